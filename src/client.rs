@@ -1,0 +1,131 @@
+//! A SOCKS5 client over the same sans-io codec the server uses: for tests,
+//! for loadgen, and for anyone scripting against a proxy.
+//!
+//! [`handshake`] works on any futures `AsyncRead + AsyncWrite` stream
+//! (glommio's included); [`handshake_blocking`] runs the same code on a std
+//! stream. Replies are read exactly, never past their end, so bytes that
+//! follow belong to the tunnel.
+
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::proto::{
+    Command, Decoded, Greeting, Method, MethodSelection, ProtoError, Reply, ReplyCode, Request,
+    TargetAddr, UserPassRequest, UserPassStatus,
+};
+
+/// Username and password for RFC 1929.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("I/O error talking to the proxy: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("proxy sent a malformed message: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("proxy accepts none of the offered authentication methods")]
+    NoAcceptableMethod,
+    #[error("proxy chose method {0:#04x}, which was not offered")]
+    UnexpectedMethod(u8),
+    #[error("proxy rejected the username or password")]
+    AuthRejected,
+    #[error("proxy replied {0}")]
+    Rejected(ReplyCode),
+}
+
+/// Reads exactly one message, asking the decoder how many bytes it still
+/// needs so nothing past the message is consumed.
+async fn read_message<S, T>(
+    s: &mut S,
+    decode: fn(&[u8]) -> Result<Decoded<T>, ProtoError>,
+) -> Result<T, ClientError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = Vec::with_capacity(Reply::MAX_LEN);
+    loop {
+        match decode(&buf)? {
+            Decoded::Complete(v, _) => return Ok(v),
+            Decoded::Incomplete(more) => {
+                let at = buf.len();
+                buf.resize(at + more, 0);
+                s.read_exact(&mut buf[at..]).await?;
+            }
+        }
+    }
+}
+
+/// Negotiates a method (no auth, or RFC 1929 when `creds` is given) and
+/// sends one request; returns the successful reply's BND address.
+pub async fn handshake<S>(
+    s: &mut S,
+    command: Command,
+    target: &TargetAddr,
+    creds: Option<&Credentials>,
+) -> Result<TargetAddr, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let method = if creds.is_some() {
+        Method::USER_PASS
+    } else {
+        Method::NO_AUTH
+    };
+    let mut out = Vec::with_capacity(600);
+    Greeting::new(&[method]).encode(&mut out);
+    s.write_all(&out).await?;
+    let MethodSelection(chosen) = read_message(s, MethodSelection::decode).await?;
+    if chosen == Method::NO_ACCEPTABLE {
+        return Err(ClientError::NoAcceptableMethod);
+    }
+    if chosen != method {
+        return Err(ClientError::UnexpectedMethod(chosen.0));
+    }
+    if let Some(c) = creds {
+        out.clear();
+        UserPassRequest {
+            username: c.username.as_bytes().to_vec(),
+            password: c.password.as_bytes().to_vec(),
+        }
+        .encode(&mut out);
+        s.write_all(&out).await?;
+        if !read_message(s, UserPassStatus::decode).await?.is_success() {
+            return Err(ClientError::AuthRejected);
+        }
+    }
+    out.clear();
+    Request {
+        command,
+        target: target.clone(),
+    }
+    .encode(&mut out);
+    s.write_all(&out).await?;
+    read_reply(s).await
+}
+
+/// Reads one reply; a failure code becomes [`ClientError::Rejected`]. BIND
+/// sends two replies, so it calls this twice.
+pub async fn read_reply<S: AsyncRead + Unpin>(s: &mut S) -> Result<TargetAddr, ClientError> {
+    let reply = read_message(s, Reply::decode).await?;
+    match reply.code {
+        ReplyCode::Succeeded => Ok(reply.bound),
+        code => Err(ClientError::Rejected(code)),
+    }
+}
+
+/// [`handshake`] on a blocking std stream.
+pub fn handshake_blocking<S>(
+    s: &mut S,
+    command: Command,
+    target: &TargetAddr,
+    creds: Option<&Credentials>,
+) -> Result<TargetAddr, ClientError>
+where
+    S: std::io::Read + std::io::Write,
+{
+    let mut s = futures_lite::io::AssertAsync::new(s);
+    futures_lite::future::block_on(handshake(&mut s, command, target, creds))
+}

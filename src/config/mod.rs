@@ -1,0 +1,437 @@
+//! Configuration: command-line flags (clap) over an optional TOML file
+//! (serde), merged into one validated [`Config`] that every core shares
+//! read-only.
+//!
+//! Every setting is an `Option` in [`Settings`] so that "not given" is
+//! distinguishable from "given as the default": a flag overrides the file,
+//! the file overrides the built-in default.
+
+mod cores;
+mod users;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+pub use cores::CoreSpec;
+pub use users::{UserDb, UsersError};
+
+/// Which relay engine moves a tunnel's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// Copy through a per-core buffer pool (read/write).
+    Copy,
+    /// Zero-copy splice(2) through a per-core pipe pool.
+    Splice,
+    /// Copy first, switch a direction to splice once it carries bulk data.
+    Auto,
+}
+
+impl RelayMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RelayMode::Copy => "copy",
+            RelayMode::Splice => "splice",
+            RelayMode::Auto => "auto",
+        }
+    }
+}
+
+/// Settings shared by the command line and the TOML file. Field docs are the
+/// `--help` text; each says its default.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Address to listen on; repeat for several (IPv4 and IPv6)
+    /// [default: 127.0.0.1:1080]
+    #[arg(short, long = "listen", value_name = "ADDR:PORT")]
+    #[serde(default)]
+    pub listen: Vec<SocketAddr>,
+
+    /// CPUs to run one pinned executor on: "all" (every CPU this process may
+    /// use), a count ("4": the first four), or a list ("0,2-3") [default: all]
+    #[arg(long, value_name = "SPEC")]
+    pub cores: Option<CoreSpec>,
+
+    /// Listen backlog of each core's socket [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub backlog: Option<u32>,
+
+    /// Set IPV6_V6ONLY on IPv6 listeners, so that [::] takes IPv6 only
+    /// [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub ipv6_only: Option<bool>,
+
+    /// Require RFC 1929 username/password from the users in FILE (one
+    /// `user:password` per line, `#` comments); without it no auth is asked
+    /// [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub users: Option<PathBuf>,
+
+    /// How long a client has to finish greeting, auth and request [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub handshake_timeout: Option<Duration>,
+
+    /// How long resolving a domain name may take [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub resolve_timeout: Option<Duration>,
+
+    /// How long connecting to one target address may take [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub connect_timeout: Option<Duration>,
+
+    /// Close a tunnel that moved no byte in either direction for this long
+    /// [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub idle_timeout: Option<Duration>,
+
+    /// On SIGINT/SIGTERM, stop accepting and let open tunnels finish for this
+    /// long before exiting [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub shutdown_grace: Option<Duration>,
+
+    /// Most connections (handshaking or relaying) one core holds; further
+    /// connections are closed at once [default: 10000, lowered to fit
+    /// RLIMIT_NOFILE]
+    #[arg(long, value_name = "N")]
+    pub max_tunnels_per_core: Option<usize>,
+
+    /// Threads per core that run getaddrinfo, so a slow resolver never blocks
+    /// a core [default: 4]
+    #[arg(long, value_name = "N")]
+    pub resolver_threads: Option<usize>,
+
+    /// Relay engine for TCP tunnels [default: copy]
+    #[arg(long, value_name = "MODE")]
+    pub relay: Option<RelayMode>,
+
+    /// Size of one copy-relay buffer in bytes [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub buffer_size: Option<usize>,
+
+    /// Log level for stderr: error, warn, info, debug, trace [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Where the access log (one line per finished connection) goes: "stderr",
+    /// "off", or a file path [default: stderr]
+    #[arg(long, value_name = "DEST")]
+    pub access_log: Option<String>,
+
+    /// Serve Prometheus metrics over HTTP on this address [default: off]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Combines two `Settings`, taking each field from `self` where it is set.
+macro_rules! overlay {
+    ($hi:expr, $lo:expr, [$($field:ident),*], [$($list:ident),*]) => {
+        Settings {
+            $($field: $hi.$field.or($lo.$field),)*
+            $($list: if $hi.$list.is_empty() { $lo.$list } else { $hi.$list },)*
+        }
+    };
+}
+
+impl Settings {
+    /// `self` (the command line) over `file`.
+    pub fn over(self, file: Settings) -> Settings {
+        overlay!(
+            self,
+            file,
+            [
+                cores,
+                backlog,
+                ipv6_only,
+                users,
+                handshake_timeout,
+                resolve_timeout,
+                connect_timeout,
+                idle_timeout,
+                shutdown_grace,
+                max_tunnels_per_core,
+                resolver_threads,
+                relay,
+                buffer_size,
+                log_level,
+                access_log,
+                metrics
+            ],
+            [listen]
+        )
+    }
+}
+
+/// coresocks: a thread-per-core SOCKS5 proxy for Linux.
+///
+/// Durations take a unit: "500ms", "10s", "5m", "1h".
+#[derive(Debug, Parser)]
+#[command(name = "coresocks", version, about, long_about = None)]
+pub struct Cli {
+    /// Read settings from this TOML file (keys as the long flags, e.g.
+    /// `idle-timeout = "5m"`); flags given on the command line win
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Where access-log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLog {
+    Off,
+    Stderr,
+    File(PathBuf),
+}
+
+/// The validated configuration every core reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    pub cores: CoreSpec,
+    pub backlog: u32,
+    pub ipv6_only: bool,
+    pub users: Option<UserDb>,
+    pub handshake_timeout: Duration,
+    pub resolve_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+    /// `None`: 10,000, or fewer where RLIMIT_NOFILE cannot hold that many.
+    pub max_tunnels_per_core: Option<usize>,
+    pub resolver_threads: usize,
+    pub relay: RelayMode,
+    pub buffer_size: usize,
+    pub log_level: String,
+    pub access_log: AccessLog,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Why the configuration cannot be used. Each message names the setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    ParseFile { path: PathBuf, message: String },
+    #[error("{0}")]
+    Users(#[from] UsersError),
+    #[error("invalid setting {setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads the file named by `--config` (if any), overlays the flags and
+    /// validates. File I/O here runs before any executor starts.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        Config::from_settings(cli.settings.over(file))
+    }
+
+    pub fn from_settings(s: Settings) -> Result<Config, ConfigError> {
+        let positive = |name: &'static str, d: Option<Duration>, default: Duration| {
+            let d = d.unwrap_or(default);
+            if d.is_zero() {
+                Err(invalid(name, "must be greater than zero"))
+            } else {
+                Ok(d)
+            }
+        };
+        let listen = if s.listen.is_empty() {
+            vec![SocketAddr::from(([127, 0, 0, 1], 1080))]
+        } else {
+            s.listen
+        };
+        let users = match &s.users {
+            Some(path) => Some(UserDb::load(path)?),
+            None => None,
+        };
+        let max_tunnels_per_core = s.max_tunnels_per_core;
+        if max_tunnels_per_core == Some(0) {
+            return Err(invalid("max-tunnels-per-core", "must be at least 1"));
+        }
+        let resolver_threads = s.resolver_threads.unwrap_or(4);
+        if resolver_threads == 0 || resolver_threads > 256 {
+            return Err(invalid("resolver-threads", "must be between 1 and 256"));
+        }
+        let buffer_size = s.buffer_size.unwrap_or(64 * 1024);
+        if !(512..=16 << 20).contains(&buffer_size) {
+            return Err(invalid(
+                "buffer-size",
+                "must be between 512 bytes and 16 MiB",
+            ));
+        }
+        let log_level = s.log_level.unwrap_or_else(|| "info".to_owned());
+        if log_level
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_err()
+        {
+            return Err(invalid(
+                "log-level",
+                format!("{log_level:?} is not one of off, error, warn, info, debug, trace"),
+            ));
+        }
+        let access_log = match s.access_log.as_deref() {
+            None | Some("stderr") => AccessLog::Stderr,
+            Some("off") => AccessLog::Off,
+            Some("") => return Err(invalid("access-log", "empty path")),
+            Some(path) => AccessLog::File(PathBuf::from(path)),
+        };
+        Ok(Config {
+            listen,
+            cores: s.cores.unwrap_or_default(),
+            backlog: s.backlog.unwrap_or(1024),
+            ipv6_only: s.ipv6_only.unwrap_or(false),
+            users,
+            handshake_timeout: positive(
+                "handshake-timeout",
+                s.handshake_timeout,
+                Duration::from_secs(10),
+            )?,
+            resolve_timeout: positive(
+                "resolve-timeout",
+                s.resolve_timeout,
+                Duration::from_secs(5),
+            )?,
+            connect_timeout: positive(
+                "connect-timeout",
+                s.connect_timeout,
+                Duration::from_secs(10),
+            )?,
+            idle_timeout: positive("idle-timeout", s.idle_timeout, Duration::from_secs(300))?,
+            shutdown_grace: s.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+            max_tunnels_per_core,
+            resolver_threads,
+            relay: s.relay.unwrap_or(RelayMode::Copy),
+            buffer_size,
+            log_level,
+            access_log,
+            metrics: s.metrics,
+        })
+    }
+}
+
+impl Settings {
+    pub fn from_file(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Settings::from_toml(&text).map_err(|message| ConfigError::ParseFile {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Settings, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. \"10s\", \"500ms\", \"5m\")"))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("coresocks").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_1080() {
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(c.listen, vec!["127.0.0.1:1080".parse().unwrap()]);
+        assert_eq!(c.idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.relay, RelayMode::Copy);
+        assert_eq!(c.access_log, AccessLog::Stderr);
+    }
+
+    #[test]
+    fn flag_overrides_file_and_file_overrides_default() {
+        let file = Settings::from_toml(
+            "listen = [\"127.0.0.1:2000\", \"[::1]:2000\"]\nidle-timeout = \"1m\"\nbacklog = 77\n",
+        )
+        .unwrap();
+        let cli = parse(&["--idle-timeout", "30s"]);
+        let c = Config::from_settings(cli.settings.over(file)).unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.backlog, 77);
+        assert_eq!(c.listen.len(), 2);
+    }
+
+    #[test]
+    fn rejects_unknown_key_in_file() {
+        let err = Settings::from_toml("idle_timeot = \"1m\"\n").unwrap_err();
+        assert!(err.contains("idle_timeot"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_duration_in_file() {
+        let err = Settings::from_toml("idle-timeout = \"soon\"\n").unwrap_err();
+        assert!(err.contains("10s"), "{err}");
+    }
+
+    #[test]
+    fn rejects_zero_timeout() {
+        let s = Settings {
+            connect_timeout: Some(Duration::ZERO),
+            ..Settings::default()
+        };
+        let err = Config::from_settings(s).unwrap_err().to_string();
+        assert!(err.contains("connect-timeout"), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_log_level() {
+        let s = Settings {
+            log_level: Some("loud".into()),
+            ..Settings::default()
+        };
+        assert!(Config::from_settings(s).is_err());
+    }
+
+    #[test]
+    fn parses_relay_mode_and_access_log() {
+        let c =
+            Config::from_settings(parse(&["--relay", "splice", "--access-log", "off"]).settings)
+                .unwrap();
+        assert_eq!(c.relay, RelayMode::Splice);
+        assert_eq!(c.access_log, AccessLog::Off);
+    }
+}

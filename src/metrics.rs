@@ -1,0 +1,196 @@
+//! Counters per core, and a Prometheus text endpoint.
+//!
+//! Each core writes only its own [`CoreMetrics`] (a cache-line-aligned block
+//! of atomics with a single writer, so an update is a plain load and store,
+//! never a locked read-modify-write). The metrics thread reads all cores
+//! when scraped; that is the only cross-core traffic, and it is off the data
+//! path.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::proto::ReplyCode;
+
+/// Relay engines, as indexed in [`CoreMetrics::tunnels_by_engine`].
+pub const ENGINES: [&str; 2] = ["copy", "splice"];
+
+#[derive(Default)]
+#[repr(align(128))]
+pub struct CoreMetrics {
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub rejected_over_limit: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub handshake_timeouts: AtomicU64,
+    pub auth_failures: AtomicU64,
+    /// Replies sent, by REP code 0x00..=0x08.
+    pub replies: [AtomicU64; 9],
+    pub bytes_client_to_target: AtomicU64,
+    pub bytes_target_to_client: AtomicU64,
+    /// Tunnels finished, by the engine that carried most of their bytes.
+    pub tunnels_by_engine: [AtomicU64; 2],
+}
+
+/// Adds to a counter that only the calling core writes.
+#[inline]
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+impl CoreMetrics {
+    pub fn reply(&self, code: ReplyCode) {
+        if let Some(c) = self.replies.get(code.to_byte() as usize) {
+            add(c, 1);
+        }
+    }
+}
+
+pub type AllMetrics = Arc<[CoreMetrics]>;
+
+pub fn new(cores: usize) -> AllMetrics {
+    (0..cores).map(|_| CoreMetrics::default()).collect()
+}
+
+/// Renders every core's counters in the Prometheus text format.
+pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
+    let mut out = String::new();
+    let mut family =
+        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
+            let _ = writeln!(
+                out,
+                "# HELP coresocks_{name} {help}\n# TYPE coresocks_{name} {kind}"
+            );
+            for (labels, v) in rows {
+                let _ = writeln!(out, "coresocks_{name}{{{labels}}} {v}");
+            }
+        };
+    let per_core = |f: &dyn Fn(&CoreMetrics) -> u64| -> Vec<(String, u64)> {
+        all.iter()
+            .zip(core_ids)
+            .map(|(m, id)| (format!("core=\"{id}\""), f(m)))
+            .collect()
+    };
+    let simple: [(&str, &str, &str, &dyn Fn(&CoreMetrics) -> u64); 8] = [
+        (
+            "connections_accepted_total",
+            "counter",
+            "Client connections accepted.",
+            &|m| m.accepted.load(Relaxed),
+        ),
+        (
+            "connections_active",
+            "gauge",
+            "Client connections open now.",
+            &|m| {
+                m.accepted
+                    .load(Relaxed)
+                    .saturating_sub(m.closed.load(Relaxed))
+            },
+        ),
+        (
+            "connections_rejected_total",
+            "counter",
+            "Connections closed at once because the core was at max-tunnels-per-core.",
+            &|m| m.rejected_over_limit.load(Relaxed),
+        ),
+        (
+            "accept_errors_total",
+            "counter",
+            "Failed accept() calls (e.g. out of file descriptors).",
+            &|m| m.accept_errors.load(Relaxed),
+        ),
+        (
+            "handshake_timeouts_total",
+            "counter",
+            "Clients dropped for not finishing the handshake in time.",
+            &|m| m.handshake_timeouts.load(Relaxed),
+        ),
+        (
+            "auth_failures_total",
+            "counter",
+            "Failed username/password authentications.",
+            &|m| m.auth_failures.load(Relaxed),
+        ),
+        (
+            "bytes_client_to_target_total",
+            "counter",
+            "Bytes relayed from clients to targets.",
+            &|m| m.bytes_client_to_target.load(Relaxed),
+        ),
+        (
+            "bytes_target_to_client_total",
+            "counter",
+            "Bytes relayed from targets to clients.",
+            &|m| m.bytes_target_to_client.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, f) in simple {
+        family(name, kind, help, &mut per_core(f).into_iter());
+    }
+    let mut replies = Vec::new();
+    for (m, id) in all.iter().zip(core_ids) {
+        for (code, c) in m.replies.iter().enumerate() {
+            let name = ReplyCode::from_byte(code as u8).as_str();
+            replies.push((format!("core=\"{id}\",code=\"{name}\""), c.load(Relaxed)));
+        }
+    }
+    family(
+        "replies_total",
+        "counter",
+        "SOCKS replies sent, by reply code.",
+        &mut replies.into_iter(),
+    );
+    let mut engines = Vec::new();
+    for (m, id) in all.iter().zip(core_ids) {
+        for (engine, c) in ENGINES.iter().zip(&m.tunnels_by_engine) {
+            engines.push((
+                format!("core=\"{id}\",engine=\"{engine}\""),
+                c.load(Relaxed),
+            ));
+        }
+    }
+    family(
+        "tunnels_total",
+        "counter",
+        "Finished TCP tunnels, by relay engine.",
+        &mut engines.into_iter(),
+    );
+    out
+}
+
+/// Serves `GET /metrics` on a plain thread (never on a core).
+pub fn serve(
+    addr: SocketAddr,
+    all: AllMetrics,
+    core_ids: Vec<usize>,
+) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
+                let mut req = [0u8; 1024];
+                let n = conn.read(&mut req).unwrap_or(0);
+                let line = String::from_utf8_lossy(&req[..n]);
+                let (status, body) = if line.starts_with("GET /metrics ") {
+                    ("200 OK", render(&all, &core_ids))
+                } else {
+                    ("404 Not Found", "try GET /metrics\n".to_owned())
+                };
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        })?;
+    Ok(bound)
+}

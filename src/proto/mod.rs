@@ -1,0 +1,59 @@
+//! Sans-io codec for SOCKS5 (RFC 1928) and username/password auth (RFC 1929).
+//!
+//! Every decoder is a pure function over a byte slice that returns
+//! [`Decoded::Complete`] with the number of bytes consumed, or
+//! [`Decoded::Incomplete`] with how many more bytes it needs at least. A
+//! malformed message is a typed [`ProtoError`]. Nothing here panics on input,
+//! touches a socket or allocates more than a length byte allows (255 bytes).
+//! The server and loadgen's client share these functions.
+
+mod addr;
+mod auth;
+mod error;
+mod handshake;
+mod request;
+mod udp;
+
+#[cfg(test)]
+mod tests;
+
+pub use addr::TargetAddr;
+pub use auth::{UserPassRequest, UserPassStatus, AUTH_VERSION};
+pub use error::ProtoError;
+pub use handshake::{Greeting, Method, MethodSelection, MethodSet};
+pub use request::{Command, Reply, ReplyCode, Request};
+pub use udp::UdpHeader;
+
+/// VER field of every RFC 1928 message.
+pub const SOCKS_VERSION: u8 = 0x05;
+
+/// Result of decoding a message from the front of a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded<T> {
+    /// A whole message, and how many bytes of the buffer it took.
+    Complete(T, usize),
+    /// The buffer holds a valid prefix; at least this many more bytes are
+    /// needed before the message can be decoded.
+    Incomplete(usize),
+}
+
+impl<T> Decoded<T> {
+    /// The value, if complete (handy in tests and in the client).
+    pub fn complete(self) -> Option<(T, usize)> {
+        match self {
+            Decoded::Complete(v, n) => Some((v, n)),
+            Decoded::Incomplete(_) => None,
+        }
+    }
+}
+
+/// Returns `Incomplete` from the enclosing decoder unless `buf` holds at
+/// least `need` bytes. Keeps every later index in bounds.
+macro_rules! need {
+    ($buf:expr, $need:expr) => {
+        if $buf.len() < $need {
+            return Ok($crate::proto::Decoded::Incomplete($need - $buf.len()));
+        }
+    };
+}
+pub(crate) use need;

@@ -1,0 +1,99 @@
+//! Per-core listening sockets.
+//!
+//! Every core gets its own socket per listen address, all bound to the same
+//! port with SO_REUSEPORT, so the kernel spreads incoming connections across
+//! cores and no core ever hands a connection to another. The sockets are
+//! made on the main thread before any executor starts, so that "address in
+//! use" is one clear error at start.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("cannot listen on {addr}: the address is already in use (is another proxy running? pick another port with --listen)")]
+    InUse { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Other {
+        addr: SocketAddr,
+        source: io::Error,
+        hint: &'static str,
+    },
+}
+
+fn hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EACCES) => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+        Some(libc::EADDRNOTAVAIL) => " (no interface of this machine has that address)",
+        _ => "",
+    }
+}
+
+fn listen_error(addr: SocketAddr, source: io::Error) -> ListenError {
+    if source.raw_os_error() == Some(libc::EADDRINUSE) {
+        ListenError::InUse { addr }
+    } else {
+        ListenError::Other {
+            addr,
+            hint: hint(&source),
+            source,
+        }
+    }
+}
+
+fn new_socket(addr: SocketAddr, ipv6_only: bool, reuse_port: bool) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(ipv6_only)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket)
+}
+
+/// Opens `cores` listening sockets on each address; returns, per address,
+/// the address actually bound (a port of 0 becomes the kernel's choice, the
+/// same for every core) and one socket per core.
+pub fn open_listeners(
+    addrs: &[SocketAddr],
+    cores: usize,
+    backlog: u32,
+    ipv6_only: bool,
+) -> Result<Vec<(SocketAddr, Vec<OwnedFd>)>, ListenError> {
+    let backlog = backlog.min(i32::MAX as u32) as i32;
+    let mut out = Vec::with_capacity(addrs.len());
+    for &addr in addrs {
+        // SO_REUSEPORT would let us silently share a port with another
+        // process of the same user; a probe bind without it fails instead.
+        if addr.port() != 0 {
+            let probe = new_socket(addr, ipv6_only, false).map_err(|e| listen_error(addr, e))?;
+            probe
+                .bind(&addr.into())
+                .map_err(|e| listen_error(addr, e))?;
+        }
+        let mut bound = addr;
+        let mut fds = Vec::with_capacity(cores);
+        for _ in 0..cores {
+            let socket = new_socket(bound, ipv6_only, true).map_err(|e| listen_error(addr, e))?;
+            socket
+                .bind(&bound.into())
+                .map_err(|e| listen_error(addr, e))?;
+            socket.listen(backlog).map_err(|e| listen_error(addr, e))?;
+            if bound.port() == 0 {
+                bound = socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .ok_or_else(|| listen_error(addr, io::Error::other("no local address")))?;
+            }
+            fds.push(OwnedFd::from(socket));
+        }
+        out.push((bound, fds));
+    }
+    Ok(out)
+}

@@ -1,0 +1,131 @@
+use std::io;
+
+use crate::proto::{ProtoError, ReplyCode};
+use crate::resolve::ResolveError;
+
+/// Everything that can end a session before its tunnel runs. Each variant
+/// knows which reply (if any) the client gets, so no error reaches a client
+/// without the right code.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("malformed message: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("client closed the connection during the handshake")]
+    ClientClosed,
+    #[error("client I/O error: {0}")]
+    ClientIo(io::Error),
+    #[error("handshake not finished within the handshake timeout")]
+    HandshakeTimeout,
+    #[error("client offers no method we accept")]
+    NoAcceptableMethod,
+    #[error("authentication failed for user {0:?}")]
+    AuthFailed(String),
+    #[error("command {0} is not supported")]
+    CommandNotSupported(crate::proto::Command),
+    #[error("{0}")]
+    Resolve(#[from] ResolveError),
+    #[error("connect to {addr} failed: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
+    #[error("connect to {0} timed out")]
+    ConnectTimeout(std::net::SocketAddr),
+    #[error("target {0} is not allowed")]
+    NotAllowed(String),
+}
+
+impl SessionError {
+    /// The request reply this error warrants; `None` where the failure
+    /// happened before a request could be answered (greeting, auth, I/O).
+    pub fn reply_code(&self) -> Option<ReplyCode> {
+        match self {
+            SessionError::Proto(e) => match e {
+                ProtoError::UnsupportedVersion(_) => Some(ReplyCode::GeneralFailure),
+                other => other.reply_code(),
+            },
+            SessionError::CommandNotSupported(_) => Some(ReplyCode::CommandNotSupported),
+            SessionError::Resolve(_) => Some(ReplyCode::HostUnreachable),
+            SessionError::Connect { source, .. } => Some(connect_reply_code(source)),
+            // A target that does not answer in time is unreachable from
+            // where we stand; 0x06 (TTL expired) is kept for what it says.
+            SessionError::ConnectTimeout(_) => Some(ReplyCode::HostUnreachable),
+            SessionError::NotAllowed(_) => Some(ReplyCode::NotAllowed),
+            SessionError::ClientClosed
+            | SessionError::ClientIo(_)
+            | SessionError::HandshakeTimeout
+            | SessionError::NoAcceptableMethod
+            | SessionError::AuthFailed(_) => None,
+        }
+    }
+
+    /// A short tag for the access log's `end=` field.
+    pub fn tag(&self) -> &'static str {
+        match self {
+            SessionError::Proto(_) => "bad-request",
+            SessionError::ClientClosed => "client-closed",
+            SessionError::ClientIo(_) => "client-error",
+            SessionError::HandshakeTimeout => "handshake-timeout",
+            SessionError::NoAcceptableMethod => "no-acceptable-method",
+            SessionError::AuthFailed(_) => "auth-failed",
+            SessionError::CommandNotSupported(_) => "command-not-supported",
+            SessionError::Resolve(ResolveError::Timeout { .. }) => "resolve-timeout",
+            SessionError::Resolve(_) => "resolve-failed",
+            SessionError::Connect { .. } => "connect-failed",
+            SessionError::ConnectTimeout(_) => "connect-timeout",
+            SessionError::NotAllowed(_) => "not-allowed",
+        }
+    }
+}
+
+/// Maps connect(2)'s errno to the reply RFC 1928 means by it.
+pub fn connect_reply_code(e: &io::Error) -> ReplyCode {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => ReplyCode::ConnectionRefused,
+        Some(libc::ENETUNREACH) | Some(libc::ENETDOWN) => ReplyCode::NetworkUnreachable,
+        Some(libc::EHOSTUNREACH) | Some(libc::EHOSTDOWN) | Some(libc::ETIMEDOUT) => {
+            ReplyCode::HostUnreachable
+        }
+        // A local firewall rule (netfilter REJECT, or a prohibited route).
+        Some(libc::EACCES) | Some(libc::EPERM) => ReplyCode::NotAllowed,
+        _ => ReplyCode::GeneralFailure,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_connect_errnos_to_reply_codes() {
+        let cases = [
+            (libc::ECONNREFUSED, ReplyCode::ConnectionRefused),
+            (libc::ENETUNREACH, ReplyCode::NetworkUnreachable),
+            (libc::EHOSTUNREACH, ReplyCode::HostUnreachable),
+            (libc::ETIMEDOUT, ReplyCode::HostUnreachable),
+            (libc::EACCES, ReplyCode::NotAllowed),
+            (libc::EADDRNOTAVAIL, ReplyCode::GeneralFailure),
+        ];
+        for (errno, want) in cases {
+            assert_eq!(
+                connect_reply_code(&io::Error::from_raw_os_error(errno)),
+                want,
+                "{errno}"
+            );
+        }
+    }
+
+    #[test]
+    fn request_errors_carry_reply_codes_and_greeting_errors_do_not() {
+        assert_eq!(
+            SessionError::Proto(ProtoError::UnsupportedAddressType(9)).reply_code(),
+            Some(ReplyCode::AddressTypeNotSupported)
+        );
+        assert_eq!(
+            SessionError::CommandNotSupported(crate::proto::Command::Bind).reply_code(),
+            Some(ReplyCode::CommandNotSupported)
+        );
+        assert_eq!(SessionError::NoAcceptableMethod.reply_code(), None);
+        assert_eq!(SessionError::HandshakeTimeout.reply_code(), None);
+    }
+}

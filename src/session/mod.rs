@@ -1,0 +1,198 @@
+//! One client connection, from greeting to the end of its tunnel.
+//!
+//! The handshake is typed: [`negotiate`] is the only way to get an
+//! [`Authenticated`] token, and reading the request or sending a reply takes
+//! that token, so no request is served before authentication.
+//!
+//! greeting -> method selection -> (RFC 1929 auth) -> request -> command
+//! (CONNECT: resolve, connect, reply, relay) -> access log line.
+
+mod access;
+mod connect;
+mod error;
+mod reader;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::rc::Rc;
+
+use futures_lite::future;
+use futures_lite::io::AsyncWriteExt;
+use glommio::net::TcpStream;
+
+pub use access::AccessRecord;
+pub use error::{connect_reply_code, SessionError};
+use reader::MessageReader;
+
+use crate::metrics;
+use crate::proto::{
+    Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request, TargetAddr,
+    UserPassRequest, UserPassStatus,
+};
+use crate::runtime::Core;
+
+/// Proof that method negotiation (and authentication, if required)
+/// succeeded.
+pub struct Authenticated {
+    pub user: Option<String>,
+}
+
+/// Serves one accepted client to the end and writes its access-log line.
+pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, conn_id: u64) {
+    let mut record = AccessRecord::new(core.id, conn_id, peer);
+    if let Err(e) = run(&core, client, &mut record).await {
+        record.end = Some(e.tag().to_owned());
+        match &e {
+            SessionError::HandshakeTimeout => metrics::add(&core.metrics().handshake_timeouts, 1),
+            SessionError::AuthFailed(_) => metrics::add(&core.metrics().auth_failures, 1),
+            _ => {}
+        }
+        tracing::debug!(conn = conn_id, client = %peer, "session ended: {e}");
+    }
+    if let Some(r) = &record.relay {
+        let m = core.metrics();
+        metrics::add(&m.bytes_client_to_target, r.client_to_target);
+        metrics::add(&m.bytes_target_to_client, r.target_to_client);
+        metrics::add(&m.tunnels_by_engine[r.engine.metrics_index()], 1);
+    }
+    if core.config.access_log != crate::config::AccessLog::Off {
+        tracing::info!(target: "access", "{}", record.line());
+    }
+}
+
+async fn run(
+    core: &Core,
+    mut client: TcpStream,
+    record: &mut AccessRecord,
+) -> Result<(), SessionError> {
+    let mut reader = MessageReader::new();
+    let handshake = async {
+        let auth = negotiate(core, &mut client, &mut reader).await?;
+        let request = read_request(&auth, &mut client, &mut reader, core).await;
+        Ok::<_, SessionError>((auth, request))
+    };
+    let deadline = async {
+        glommio::timer::sleep(core.config.handshake_timeout).await;
+        Err(SessionError::HandshakeTimeout)
+    };
+    let (auth, request) = future::or(handshake, deadline).await?;
+    record.user = auth.user.clone();
+    let request = request?;
+    record.command = Some(request.command);
+    record.target = Some(request.target.clone());
+    match request.command {
+        Command::Connect => {
+            let early = reader.leftover().to_vec();
+            drop(reader);
+            connect::serve_connect(core, &auth, client, request.target, early, record).await
+        }
+        cmd @ (Command::Bind | Command::UdpAssociate) => {
+            let e = SessionError::CommandNotSupported(cmd);
+            reply_error(core, &auth, &mut client, &e, record).await;
+            Err(e)
+        }
+    }
+}
+
+/// Greeting, method selection and, when users are configured, RFC 1929.
+async fn negotiate(
+    core: &Core,
+    client: &mut TcpStream,
+    reader: &mut MessageReader,
+) -> Result<Authenticated, SessionError> {
+    let greeting = match reader.next(client, Greeting::decode).await {
+        Err(SessionError::Proto(crate::proto::ProtoError::NoMethods)) => {
+            send(client, &MethodSelection(Method::NO_ACCEPTABLE).encode()).await?;
+            return Err(SessionError::NoAcceptableMethod);
+        }
+        other => other?,
+    };
+    let wanted = match &core.config.users {
+        Some(_) => Method::USER_PASS,
+        None => Method::NO_AUTH,
+    };
+    if !greeting.methods.contains(wanted) {
+        send(client, &MethodSelection(Method::NO_ACCEPTABLE).encode()).await?;
+        return Err(SessionError::NoAcceptableMethod);
+    }
+    send(client, &MethodSelection(wanted).encode()).await?;
+    let Some(users) = &core.config.users else {
+        return Ok(Authenticated { user: None });
+    };
+    let creds = match reader.next(client, UserPassRequest::decode).await {
+        Ok(c) => c,
+        Err(e @ SessionError::Proto(_)) => {
+            send(client, &UserPassStatus::FAILURE.encode()).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let user = String::from_utf8_lossy(&creds.username).into_owned();
+    if !users.verify(&creds.username, &creds.password) {
+        send(client, &UserPassStatus::FAILURE.encode()).await?;
+        return Err(SessionError::AuthFailed(user));
+    }
+    send(client, &UserPassStatus::SUCCESS.encode()).await?;
+    Ok(Authenticated { user: Some(user) })
+}
+
+/// Reads the request. A malformed request is answered here with the reply
+/// its error calls for, so the caller only sees the error.
+async fn read_request(
+    auth: &Authenticated,
+    client: &mut TcpStream,
+    reader: &mut MessageReader,
+    core: &Core,
+) -> Result<Request, SessionError> {
+    match reader.next(client, Request::decode).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            if let Some(code) = e.reply_code() {
+                core.metrics().reply(code);
+                let _ = send_reply(auth, client, code, &unspecified()).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Sends the failure reply for `e`, if it has one.
+async fn reply_error(
+    core: &Core,
+    auth: &Authenticated,
+    client: &mut TcpStream,
+    e: &SessionError,
+    record: &mut AccessRecord,
+) {
+    if let Some(code) = e.reply_code() {
+        record.reply = Some(code);
+        core.metrics().reply(code);
+        let _ = send_reply(auth, client, code, &unspecified()).await;
+    }
+}
+
+/// BND.ADDR/BND.PORT of a failure reply.
+fn unspecified() -> TargetAddr {
+    TargetAddr::Ip(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))
+}
+
+async fn send_reply(
+    _auth: &Authenticated,
+    client: &mut TcpStream,
+    code: ReplyCode,
+    bound: &TargetAddr,
+) -> Result<(), SessionError> {
+    let mut out = Vec::with_capacity(Reply::MAX_LEN);
+    Reply {
+        code,
+        bound: bound.clone(),
+    }
+    .encode(&mut out);
+    send(client, &out).await
+}
+
+async fn send(client: &mut TcpStream, bytes: &[u8]) -> Result<(), SessionError> {
+    client
+        .write_all(bytes)
+        .await
+        .map_err(SessionError::ClientIo)
+}
