@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -80,6 +80,9 @@ impl Drop for LiveGuard {
 
 /// Runs one core: accepts on its listeners until shutdown, then drains.
 pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<AtomicBool>) {
+    // glommio's listener does not expose its fd; keep the numbers to stop
+    // listening at shutdown (the listeners own the fds until dropped).
+    let raw_fds: Vec<_> = listeners.iter().map(|fd| fd.as_raw_fd()).collect();
     let listeners: Vec<Rc<TcpListener>> = listeners
         .into_iter()
         // SAFETY: each fd is a listening TCP socket whose ownership moves
@@ -94,6 +97,9 @@ pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<Ato
     wait_for_shutdown(&shutdown).await;
     // Stop accepting: cancel the loops and close the listening sockets, so
     // new clients are refused by the kernel instead of queueing.
+    for &fd in &raw_fds {
+        crate::sys::stop_listening(fd);
+    }
     for a in accepters {
         a.cancel().await;
     }

@@ -43,7 +43,10 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, conn_id:
         record.end = Some(e.tag().to_owned());
         match &e {
             SessionError::HandshakeTimeout => metrics::add(&core.metrics().handshake_timeouts, 1),
-            SessionError::AuthFailed(_) => metrics::add(&core.metrics().auth_failures, 1),
+            SessionError::AuthFailed(user) => {
+                record.user = Some(user.clone());
+                metrics::add(&core.metrics().auth_failures, 1)
+            }
             _ => {}
         }
         tracing::debug!(conn = conn_id, client = %peer, "session ended: {e}");

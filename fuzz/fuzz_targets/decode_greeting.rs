@@ -1,0 +1,14 @@
+//! Client greeting and server method selection (RFC 1928 section 3).
+#![no_main]
+
+use coresocks::proto::{Greeting, MethodSelection};
+use libfuzzer_sys::fuzz_target;
+
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::check(data, Greeting::decode, Greeting::encode);
+    common::check(data, MethodSelection::decode, |m, out| {
+        out.extend_from_slice(&m.encode())
+    });
+});

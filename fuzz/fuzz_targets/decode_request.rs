@@ -1,0 +1,12 @@
+//! Client request (RFC 1928 section 4), and the address decoder on its own.
+#![no_main]
+
+use coresocks::proto::{Request, TargetAddr};
+use libfuzzer_sys::fuzz_target;
+
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::check(data, Request::decode, Request::encode);
+    common::check(data, TargetAddr::decode, TargetAddr::encode);
+});

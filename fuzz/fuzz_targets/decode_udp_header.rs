@@ -1,0 +1,11 @@
+//! UDP relay header (RFC 1928 section 7): every datagram a client sends.
+#![no_main]
+
+use coresocks::proto::UdpHeader;
+use libfuzzer_sys::fuzz_target;
+
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::check(data, UdpHeader::decode, UdpHeader::encode);
+});

@@ -1,0 +1,127 @@
+//! RFC 1929 username/password.
+
+mod common;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use coresocks::client::{ClientError, Credentials};
+
+fn users_file(mode: u32) -> tempfile_path::TempPath {
+    let path = tempfile_path::TempPath::new("users");
+    let mut f = std::fs::File::create(&path.0).unwrap();
+    writeln!(f, "# test users\nalice:wonderland\nbob:builder:2\n").unwrap();
+    std::fs::set_permissions(&path.0, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+mod tempfile_path {
+    /// A file path under the system temp dir, removed on drop.
+    pub struct TempPath(pub std::path::PathBuf);
+    impl TempPath {
+        pub fn new(stem: &str) -> TempPath {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            TempPath(
+                std::env::temp_dir()
+                    .join(format!("coresocks-test-{stem}-{}-{n}", std::process::id())),
+            )
+        }
+        pub fn arg(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+fn creds(u: &str, p: &str) -> Credentials {
+    Credentials {
+        username: u.into(),
+        password: p.into(),
+    }
+}
+
+#[test]
+fn right_password_is_served() {
+    let users = users_file(0o600);
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&["--users", users.arg()]);
+    proxy.assert_serves_as(&echo, Some(&creds("alice", "wonderland")));
+    proxy.assert_serves_as(&echo, Some(&creds("bob", "builder:2")));
+    proxy.wait_for_log(&["user=alice", "reply=succeeded"]);
+}
+
+#[test]
+fn wrong_password_is_rejected_with_status_and_close() {
+    let users = users_file(0o600);
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&["--users", users.arg()]);
+    // Byte-exact: method 0x02 chosen, then status 0x01, then close.
+    let mut msg = vec![0x05, 0x01, 0x02, 0x01, 5];
+    msg.extend_from_slice(b"alice");
+    msg.push(5);
+    msg.extend_from_slice(b"wrong");
+    assert_eq!(exchange_raw(&proxy, &msg), [0x05, 0x02, 0x01, 0x01]);
+    let err = proxy
+        .connect_as(&echo.target(), Some(&creds("mallory", "wonderland")))
+        .unwrap_err();
+    assert!(matches!(err, ClientError::AuthRejected), "{err}");
+    proxy.wait_for_log(&["user=mallory", "end=auth-failed"]);
+    proxy.assert_serves_as(&echo, Some(&creds("alice", "wonderland")));
+}
+
+#[test]
+fn no_auth_is_refused_when_users_are_configured() {
+    let users = users_file(0o600);
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&["--users", users.arg()]);
+    assert_eq!(exchange_raw(&proxy, &[0x05, 0x01, 0x00]), [0x05, 0xFF]);
+    let err = proxy.connect(&echo.target()).unwrap_err();
+    assert!(matches!(err, ClientError::NoAcceptableMethod), "{err}");
+    proxy.assert_serves_as(&echo, Some(&creds("alice", "wonderland")));
+}
+
+#[test]
+fn bad_auth_version_and_empty_username_are_rejected() {
+    let users = users_file(0o600);
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&["--users", users.arg()]);
+    assert_eq!(
+        exchange_raw(&proxy, &[0x05, 0x01, 0x02, 0x05, 1, b'a', 1, b'b']),
+        [0x05, 0x02, 0x01, 0x01]
+    );
+    assert_eq!(
+        exchange_raw(&proxy, &[0x05, 0x01, 0x02, 0x01, 0, 1, b'b']),
+        [0x05, 0x02, 0x01, 0x01]
+    );
+    proxy.assert_serves_as(&echo, Some(&creds("alice", "wonderland")));
+}
+
+#[test]
+fn world_readable_users_file_is_warned_about() {
+    let users = users_file(0o644);
+    let proxy = Proxy::start(&["--users", users.arg()]);
+    proxy.wait_for_log(&["WARN", "readable by every user", "chmod 600"]);
+}
+
+#[test]
+fn malformed_users_file_is_one_clear_error() {
+    let path = tempfile_path::TempPath::new("badusers");
+    std::fs::write(&path.0, "alice:ok\nnocolon\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coresocks"))
+        .args(["--listen", "127.0.0.1:0", "--users", path.arg()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("line 2") && err.contains("user:password"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

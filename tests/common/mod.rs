@@ -1,0 +1,303 @@
+//! Test harness: the real `coresocks` binary on an ephemeral loopback port,
+//! real targets on loopback, and the crate's own client.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use coresocks::client::{handshake_blocking, ClientError, Credentials};
+use coresocks::proto::{Command as Cmd, TargetAddr};
+
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running proxy. Killed on drop.
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proxy {
+    /// Starts the proxy with `args` (plus `--listen 127.0.0.1:0` unless
+    /// args listen elsewhere). `CORESOCKS_TEST_RELAY` picks the relay engine
+    /// for the whole suite.
+    pub fn start(args: &[&str]) -> Proxy {
+        Proxy::try_start(args).unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
+    }
+
+    pub fn try_start(args: &[&str]) -> Result<Proxy, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coresocks"));
+        if !args.iter().any(|a| *a == "--listen" || *a == "-l") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !args.contains(&"--log-level") {
+            cmd.args(["--log-level", "debug"]);
+        }
+        if let Ok(relay) = std::env::var("CORESOCKS_TEST_RELAY") {
+            if !args.contains(&"--relay") {
+                cmd.args(["--relay", &relay]);
+            }
+        }
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn coresocks");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split(" ready on ").nth(1) {
+                    let addr = rest.split([' ', ',']).next().unwrap().to_owned();
+                    let _ = tx.send(addr);
+                }
+                log2.lock().unwrap().push(line);
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(addr) => Ok(Proxy {
+                child,
+                addr: addr.parse().unwrap(),
+                log,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                thread::sleep(Duration::from_millis(100));
+                Err(log.lock().unwrap().join("\n"))
+            }
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until a log line containing every one of `needles` appears.
+    pub fn wait_for_log(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(l) = self
+                .log()
+                .into_iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needles:?}:\n{}",
+                self.log().join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: sends a signal to our own child process.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// A raw TCP connection to the proxy, with timeouts.
+    pub fn raw(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect to proxy");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// A tunnel through the proxy to `target`.
+    pub fn connect(&self, target: &TargetAddr) -> Result<TcpStream, ClientError> {
+        self.connect_as(target, None)
+    }
+
+    pub fn connect_as(
+        &self,
+        target: &TargetAddr,
+        creds: Option<&Credentials>,
+    ) -> Result<TcpStream, ClientError> {
+        let mut s = self.raw();
+        handshake_blocking(&mut s, Cmd::Connect, target, creds)?;
+        Ok(s)
+    }
+
+    /// Proves the proxy still serves: a fresh tunnel echoes a message.
+    pub fn assert_serves(&self, echo: &Echo) {
+        self.assert_serves_as(echo, None)
+    }
+
+    pub fn assert_serves_as(&self, echo: &Echo, creds: Option<&Credentials>) {
+        let mut s = self
+            .connect_as(&echo.target(), creds)
+            .expect("proxy no longer serves a fresh client");
+        s.write_all(b"still alive?").unwrap();
+        let mut back = [0u8; 12];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"still alive?");
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback TCP server running `handler` on a thread per connection.
+pub struct Server {
+    pub addr: SocketAddr,
+    accepted: Arc<Mutex<usize>>,
+}
+
+impl Server {
+    pub fn start<F>(bind: &str, handler: F) -> Server
+    where
+        F: Fn(TcpStream) + Send + Sync + 'static,
+    {
+        let listener = TcpListener::bind(bind).expect("bind target");
+        let addr = listener.local_addr().unwrap();
+        let handler = Arc::new(handler);
+        let accepted = Arc::new(Mutex::new(0));
+        let acc = accepted.clone();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                *acc.lock().unwrap() += 1;
+                conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                conn.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+                let h = handler.clone();
+                thread::spawn(move || h(conn));
+            }
+        });
+        Server { addr, accepted }
+    }
+
+    pub fn target(&self) -> TargetAddr {
+        TargetAddr::Ip(self.addr)
+    }
+
+    pub fn accepted(&self) -> usize {
+        *self.accepted.lock().unwrap()
+    }
+}
+
+pub type Echo = Server;
+
+/// Echoes everything back; passes the client's FIN on after the echo.
+pub fn echo_server(bind: &str) -> Echo {
+    Server::start(bind, |mut s| {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let _ = s.shutdown(Shutdown::Write);
+    })
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so both ends can check
+/// content without storing it.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// Reads until EOF, hashing as it goes; returns (bytes, digest).
+pub fn hash_until_eof(s: &mut impl Read) -> std::io::Result<(u64, [u8; 32])> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok((total, h.finalize().into()));
+        }
+        total += n as u64;
+        h.update(&buf[..n]);
+    }
+}
+
+/// Reads everything until EOF.
+pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut v = Vec::new();
+    s.read_to_end(&mut v).expect("read to end");
+    v
+}
+
+/// True when the peer closed the connection (EOF or reset) within the
+/// read timeout, without sending anything.
+pub fn closed_without_data(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// Writes `bytes` and returns whatever the proxy sends back before closing.
+pub fn exchange_raw(proxy: &Proxy, bytes: &[u8]) -> Vec<u8> {
+    let mut s = proxy.raw();
+    s.write_all(bytes).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// A port on 127.0.0.1 with nothing listening.
+pub fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    drop(l);
+    a
+}
+
+/// The access-log lines (target `access`).
+pub fn access_lines(proxy: &Proxy) -> Vec<String> {
+    proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.contains(" access: "))
+        .collect()
+}

@@ -1,0 +1,289 @@
+//! Limits, timeouts, shutdown, config errors, metrics and --help.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn echo_once(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
+}
+
+#[test]
+fn shutdown_drains_an_open_tunnel_then_exits_0() {
+    let echo = echo_server("127.0.0.1:0");
+    let mut proxy = Proxy::start(&["--shutdown-grace", "20s"]);
+    let mut tunnel = proxy.connect(&echo.target()).unwrap();
+    echo_once(&mut tunnel, b"before");
+    proxy.signal(libc::SIGTERM);
+    proxy.wait_for_log(&["no longer accepting"]);
+    proxy.wait_for_log(&["draining"]);
+    // New clients are refused while the open tunnel keeps working.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while TcpStream::connect(proxy.addr).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "listeners must close at shutdown"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    echo_once(&mut tunnel, b"during shutdown");
+    drop(tunnel);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(proxy.log().iter().any(|l| l.contains("end=closed")));
+}
+
+#[test]
+fn shutdown_closes_what_is_left_after_the_grace_period() {
+    let echo = echo_server("127.0.0.1:0");
+    let mut proxy = Proxy::start(&["--shutdown-grace", "1s"]);
+    let mut tunnel = proxy.connect(&echo.target()).unwrap();
+    echo_once(&mut tunnel, b"x");
+    let started = Instant::now();
+    proxy.signal(libc::SIGINT);
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    proxy.wait_for_log(&["grace period over"]);
+    assert!(closed_without_data(&mut tunnel));
+}
+
+#[test]
+fn idle_tunnel_is_closed_at_the_idle_timeout() {
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&["--idle-timeout", "1s"]);
+    let mut tunnel = proxy.connect(&echo.target()).unwrap();
+    // Activity keeps it open past the timeout...
+    for _ in 0..4 {
+        echo_once(&mut tunnel, b"ping");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // ...silence closes it.
+    let started = Instant::now();
+    assert!(closed_without_data(&mut tunnel));
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    proxy.wait_for_log(&["end=idle-timeout", "up=16", "down=16"]);
+    proxy.assert_serves(&echo);
+}
+
+#[test]
+fn connections_over_the_core_limit_are_closed_at_once() {
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&["--cores", "1", "--max-tunnels-per-core", "2"]);
+    let mut a = proxy.connect(&echo.target()).unwrap();
+    let mut b = proxy.connect(&echo.target()).unwrap();
+    let mut over = proxy.raw();
+    let _ = over.write_all(&[0x05, 0x01, 0x00]);
+    assert!(closed_without_data(&mut over));
+    proxy.wait_for_log(&["max-tunnels-per-core"]);
+    echo_once(&mut a, b"a");
+    echo_once(&mut b, b"b");
+    drop(a);
+    // The slot frees as soon as the proxy sees the close.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        if let Ok(mut c) = proxy.connect(&echo.target()) {
+            echo_once(&mut c, b"c");
+            break;
+        }
+        assert!(Instant::now() < deadline, "slot never freed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_coresocks"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn port_in_use_is_one_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, err) = run_to_exit(&["--listen", &addr]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("already in use") && err.contains(&addr),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.contains("coresocks:")).count(),
+        1,
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_config_file_is_one_clear_error() {
+    let path = std::env::temp_dir().join(format!("coresocks-bad-{}.toml", std::process::id()));
+    std::fs::write(&path, "idle-timeout = \"forever\"\n").unwrap();
+    let (code, err) = run_to_exit(&["--config", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("idle-timeout") || err.contains("forever"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    let (code, err) = run_to_exit(&["--config", "/nonexistent/coresocks.toml"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/coresocks.toml"), "{err}");
+}
+
+#[test]
+fn bad_flag_value_is_rejected() {
+    let (code, err) = run_to_exit(&["--cores", "3-1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("3-1"), "{err}");
+    let (code, err) = run_to_exit(&["--listen", "127.0.0.1:0", "--cores", "4096"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("4096"), "{err}");
+}
+
+#[test]
+fn config_file_is_read_and_flags_win() {
+    let echo = echo_server("127.0.0.1:0");
+    let path = std::env::temp_dir().join(format!("coresocks-cfg-{}.toml", std::process::id()));
+    std::fs::write(
+        &path,
+        "listen = [\"127.0.0.1:0\"]\ncores = \"1\"\nidle-timeout = \"1h\"\naccess-log = \"off\"\n",
+    )
+    .unwrap();
+    let proxy = Proxy::start(&["--config", path.to_str().unwrap(), "--idle-timeout", "1s"]);
+    std::fs::remove_file(&path).unwrap();
+    proxy.wait_for_log(&["with 1 core(s)"]);
+    let mut t = proxy.connect(&echo.target()).unwrap();
+    assert!(
+        closed_without_data(&mut t),
+        "flag's 1s idle timeout applies"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        access_lines(&proxy).is_empty(),
+        "access-log = off from the file"
+    );
+}
+
+#[test]
+fn access_log_can_go_to_a_file() {
+    let echo = echo_server("127.0.0.1:0");
+    let path = std::env::temp_dir().join(format!("coresocks-access-{}.log", std::process::id()));
+    let proxy = Proxy::start(&["--access-log", path.to_str().unwrap()]);
+    proxy.assert_serves(&echo);
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains("reply=succeeded") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "access log file stayed empty");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn help_documents_every_option_with_its_default() {
+    let out = Command::new(env!("CARGO_BIN_EXE_coresocks"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--cores",
+        "--backlog",
+        "--users",
+        "--handshake-timeout",
+        "--resolve-timeout",
+        "--connect-timeout",
+        "--idle-timeout",
+        "--shutdown-grace",
+        "--max-tunnels-per-core",
+        "--relay",
+        "--log-level",
+        "--access-log",
+        "--metrics",
+        "--config",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+    assert!(help.contains("[default: 127.0.0.1:1080]"), "{help}");
+    let options = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("--") || (l.len() > 3 && l.starts_with('-') && &l[2..3] == ","))
+        .count();
+    let defaults = help.matches("[default:").count();
+    // Every setting documents its default (--config, --help, --version don't have one).
+    assert!(
+        defaults + 3 >= options,
+        "{defaults} defaults for {options} options:\n{help}"
+    );
+}
+
+#[test]
+fn metrics_endpoint_counts_replies_and_bytes() {
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&["--metrics", "127.0.0.1:0"]);
+    let line = proxy.wait_for_log(&["metrics on http://"]);
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    proxy.assert_serves(&echo);
+    let _ = proxy.connect(&coresocks::proto::TargetAddr::Ip(closed_port()));
+    proxy.wait_for_log(&["reply=connection-refused"]);
+    proxy.wait_for_log(&["end=closed"]);
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    let sum = |prefix: &str| -> u64 {
+        body.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        sum("coresocks_replies_total{") - sum("coresocks_replies_total{")
+            + sum_code(&body, "succeeded"),
+        1
+    );
+    assert_eq!(sum_code(&body, "connection-refused"), 1);
+    assert_eq!(sum("coresocks_bytes_client_to_target_total"), 12);
+    assert_eq!(sum("coresocks_bytes_target_to_client_total"), 12);
+    assert_eq!(sum("coresocks_connections_accepted_total"), 2);
+    assert!(
+        body.contains("engine=\"copy\"} 1") || body.contains("engine=\"splice\"} 1"),
+        "{body}"
+    );
+}
+
+fn sum_code(body: &str, code: &str) -> u64 {
+    body.lines()
+        .filter(|l| {
+            l.starts_with("coresocks_replies_total{") && l.contains(&format!("code=\"{code}\""))
+        })
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
