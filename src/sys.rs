@@ -83,3 +83,86 @@ pub fn set_nodelay(fd: RawFd) {
 pub fn stop_listening(fd: RawFd) {
     let _ = with_sock(fd, |s| s.shutdown(std::net::Shutdown::Both));
 }
+
+/// Puts a descriptor in O_NONBLOCK mode. splice(2) on a socket blocks
+/// unless the socket itself is non-blocking (SPLICE_F_NONBLOCK only covers
+/// the pipe end), and glommio leaves its sockets blocking (it uses
+/// MSG_DONTWAIT per call).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    with_sock(fd, |s| s.set_nonblocking(true))
+}
+
+/// A pipe used as splice(2)'s in-kernel buffer between two sockets.
+pub struct Pipe {
+    pub read: std::os::fd::OwnedFd,
+    pub write: std::os::fd::OwnedFd,
+}
+
+impl Pipe {
+    /// A non-blocking pipe of (about) `size` bytes. F_SETPIPE_SZ can fail
+    /// with EPERM once the user's pipe-user-pages-soft is spent; the pipe
+    /// then keeps the kernel default (64 KiB), which still works.
+    pub fn new(size: usize) -> io::Result<Pipe> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: pipe2 writes two descriptors into the array we pass.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds were just created and are owned by nobody else.
+        let pipe = unsafe {
+            Pipe {
+                read: std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                write: std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+            }
+        };
+        // SAFETY: fcntl on a descriptor we own.
+        unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, size as libc::c_int) };
+        Ok(pipe)
+    }
+}
+
+/// splice(2) with SPLICE_F_NONBLOCK | SPLICE_F_MOVE between two
+/// descriptors, one of which is a pipe. Ok(0) means end of stream on a
+/// socket source.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain syscall on descriptors the caller owns; null offsets
+    // mean "current position", as required for pipes and sockets.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Reads one byte from a non-blocking descriptor.
+pub fn read_one(fd: RawFd) -> io::Result<Option<u8>> {
+    let mut b = 0u8;
+    // SAFETY: reads at most one byte into a local.
+    let n = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
+    match n {
+        1 => Ok(Some(b)),
+        0 => Ok(None),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// The largest pipe an unprivileged process may ask for
+/// (/proc/sys/fs/pipe-max-size). Read once at start, off the cores.
+pub fn pipe_max_size() -> Option<usize> {
+    std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

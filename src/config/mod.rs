@@ -118,6 +118,21 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub buffer_size: Option<usize>,
 
+    /// Capacity of one splice pipe in bytes, at most
+    /// /proc/sys/fs/pipe-max-size [default: 262144]
+    #[arg(long, value_name = "BYTES")]
+    pub pipe_size: Option<usize>,
+
+    /// Most pipes one core holds for splicing; a direction that finds none
+    /// copies instead [default: max-tunnels-per-core]
+    #[arg(long, value_name = "N")]
+    pub max_pipes_per_core: Option<usize>,
+
+    /// With --relay auto: bytes a direction copies before it switches to
+    /// splice [default: 65536]
+    #[arg(long, value_name = "BYTES")]
+    pub splice_threshold: Option<u64>,
+
     /// Log level for stderr: error, warn, info, debug, trace [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -162,6 +177,9 @@ impl Settings {
                 resolver_threads,
                 relay,
                 buffer_size,
+                pipe_size,
+                max_pipes_per_core,
+                splice_threshold,
                 log_level,
                 access_log,
                 metrics
@@ -212,6 +230,9 @@ pub struct Config {
     pub resolver_threads: usize,
     pub relay: RelayMode,
     pub buffer_size: usize,
+    pub pipe_size: usize,
+    pub max_pipes_per_core: Option<usize>,
+    pub splice_threshold: u64,
     pub log_level: String,
     pub access_log: AccessLog,
     pub metrics: Option<SocketAddr>,
@@ -287,6 +308,17 @@ impl Config {
                 "must be between 512 bytes and 16 MiB",
             ));
         }
+        let pipe_size = s.pipe_size.unwrap_or(256 * 1024);
+        let pipe_max = crate::sys::pipe_max_size().unwrap_or(1 << 20);
+        if pipe_size < 4096 || pipe_size > pipe_max {
+            return Err(invalid(
+                "pipe-size",
+                format!("must be between 4096 and {pipe_max} bytes (/proc/sys/fs/pipe-max-size)"),
+            ));
+        }
+        if s.max_pipes_per_core == Some(0) {
+            return Err(invalid("max-pipes-per-core", "must be at least 1"));
+        }
         let log_level = s.log_level.unwrap_or_else(|| "info".to_owned());
         if log_level
             .parse::<tracing_subscriber::filter::LevelFilter>()
@@ -330,6 +362,9 @@ impl Config {
             resolver_threads,
             relay: s.relay.unwrap_or(RelayMode::Copy),
             buffer_size,
+            pipe_size,
+            max_pipes_per_core: s.max_pipes_per_core,
+            splice_threshold: s.splice_threshold.unwrap_or(64 * 1024),
             log_level,
             access_log,
             metrics: s.metrics,

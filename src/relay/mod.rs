@@ -12,15 +12,24 @@
 //! - an idle tunnel holds no buffer.
 
 mod copy;
+mod pipes;
 mod pool;
+mod splice;
+mod tunnel;
 
 use std::fmt;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 
+pub use pipes::PipePool;
 pub use pool::BufferPool;
+
+use crate::config::{Config, RelayMode};
+use tunnel::{Direction, Tunnel};
 
 /// One side of a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +71,18 @@ impl fmt::Display for TunnelEnd {
     }
 }
 
-/// Which engine carried a tunnel.
+/// Which engine carried (most of) a tunnel's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Copy,
+    Splice,
 }
 
 impl Engine {
     pub fn as_str(&self) -> &'static str {
         match self {
             Engine::Copy => "copy",
+            Engine::Splice => "splice",
         }
     }
 
@@ -79,6 +90,7 @@ impl Engine {
     pub fn metrics_index(&self) -> usize {
         match self {
             Engine::Copy => 0,
+            Engine::Splice => 1,
         }
     }
 }
@@ -88,32 +100,101 @@ impl Engine {
 pub struct RelayReport {
     pub client_to_target: u64,
     pub target_to_client: u64,
+    /// Bytes (both directions) moved by splice; the rest were copied.
+    pub spliced: u64,
     pub engine: Engine,
     pub end: TunnelEnd,
 }
 
-/// Per-core relay state: buffer pool and limits.
+/// Per-core relay state: pools, mode and limits.
 pub struct Relay {
+    pub mode: RelayMode,
     pub buffers: BufferPool,
+    pub pipes: PipePool,
+    /// `auto`: bytes a direction copies before it moves to splice.
+    pub splice_threshold: u64,
     pub idle_timeout: Duration,
 }
 
 impl Relay {
-    pub fn new(buffer_size: usize, idle_timeout: Duration) -> Relay {
+    pub fn new(config: &Config, max_tunnels: usize) -> Relay {
         Relay {
+            mode: config.relay,
             // Keep enough free buffers for a burst of busy tunnels; beyond
             // that, freed buffers go back to the allocator.
-            buffers: BufferPool::new(buffer_size, 256),
-            idle_timeout,
+            buffers: BufferPool::new(config.buffer_size, 256),
+            pipes: PipePool::new(
+                config.pipe_size,
+                config.max_pipes_per_core.unwrap_or(max_tunnels),
+            ),
+            splice_threshold: config.splice_threshold,
+            idle_timeout: config.idle_timeout,
         }
     }
 
     /// Relays between `client` and `target` until both directions end, one
     /// side fails, or the tunnel idles out. `early` holds client bytes that
     /// arrived with the request; they go to the target first.
-    pub async fn run(&self, client: TcpStream, target: TcpStream, early: &[u8]) -> RelayReport {
-        crate::sys::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(&target));
-        copy::relay(self, client, target, early).await
+    pub async fn run(
+        &self,
+        mut client: TcpStream,
+        mut target: TcpStream,
+        early: &[u8],
+    ) -> RelayReport {
+        let mut report = RelayReport {
+            client_to_target: 0,
+            target_to_client: 0,
+            spliced: 0,
+            engine: Engine::Copy,
+            end: TunnelEnd::Closed,
+        };
+        crate::sys::set_nodelay(target.as_raw_fd());
+        if self.mode != RelayMode::Copy {
+            for fd in [client.as_raw_fd(), target.as_raw_fd()] {
+                if let Err(e) = crate::sys::set_nonblocking(fd) {
+                    report.end = TunnelEnd::Failed(Side::Client, e);
+                    return report;
+                }
+            }
+        }
+        if !early.is_empty() {
+            if let Err(e) = target.write_all(early).await {
+                report.end = TunnelEnd::Failed(Side::Target, e);
+                close_after(&report.end, &client, &target);
+                return report;
+            }
+            report.client_to_target = early.len() as u64;
+        }
+        let mut tunnel = Tunnel {
+            relay: self,
+            up: Direction::new(Side::Client, Side::Target, self),
+            down: Direction::new(Side::Target, Side::Client, self),
+            client: &mut client,
+            target: &mut target,
+            idle: IdleClock::new(self.idle_timeout),
+        };
+        report.end = (&mut tunnel).await;
+        tunnel.up.release(self);
+        tunnel.down.release(self);
+        report.client_to_target += tunnel.up.copied + tunnel.up.spliced;
+        report.target_to_client += tunnel.down.copied + tunnel.down.spliced;
+        report.spliced = tunnel.up.spliced + tunnel.down.spliced;
+        let total = report.client_to_target + report.target_to_client;
+        if report.spliced * 2 > total {
+            report.engine = Engine::Splice;
+        }
+        close_after(&report.end, &client, &target);
+        report
+    }
+}
+
+/// When one side failed, the other is closed with a reset (SO_LINGER 0) so it
+/// learns that the tunnel broke rather than seeing a clean end of stream.
+fn close_after(end: &TunnelEnd, client: &TcpStream, target: &TcpStream) {
+    match end {
+        TunnelEnd::Failed(Side::Client, _) => crate::sys::set_linger_zero(target.as_raw_fd()),
+        TunnelEnd::Failed(Side::Target, _) => crate::sys::set_linger_zero(client.as_raw_fd()),
+        TunnelEnd::IdleTimeout | TunnelEnd::Closed => {}
     }
 }
 

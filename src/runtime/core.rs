@@ -42,7 +42,7 @@ impl Core {
         Core {
             id,
             index,
-            relay: Relay::new(config.buffer_size, config.idle_timeout),
+            relay: Relay::new(&config, max_live),
             config,
             all_metrics,
             live: Cell::new(0),

@@ -1,0 +1,172 @@
+//! The splice engine: socket -> pipe -> socket with splice(2), on the core
+//! that owns the tunnel, so bytes never enter user space.
+//!
+//! Why not io_uring's IORING_OP_SPLICE: the kernel runs every io_uring
+//! splice on an io-wq worker thread, which would put a thread pool behind a
+//! thread-per-core design. Instead we call splice(2) non-blocking and wait
+//! for readiness through glommio, which has no public "wait until readable"
+//! API but does have one that costs nothing while waiting: its plain read
+//! tries recv(2) and then arms a buffer-less io_uring poll. So:
+//! - waiting to read: splice returns EAGAIN, then a 1-byte glommio read
+//!   either arms the poll (the usual case) or, if data raced in, takes one
+//!   byte, which is sent ahead of the next splice;
+//! - waiting to write: splice returns EAGAIN with bytes in the pipe, so one
+//!   byte is taken out of the pipe and written through glommio, which waits
+//!   for POLLOUT; the rest of the pipe follows once it is written.
+//! Either way the order of bytes is kept, and an idle tunnel holds no pipe.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+
+use super::pipes::PipePool;
+use super::tunnel::{Fill, Flush};
+use crate::sys::{self, Pipe};
+
+#[derive(Default)]
+pub(super) struct SpliceState {
+    /// Held only while it has bytes in flight.
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+    /// One byte taken out of order to wait on a socket through glommio; it
+    /// goes out before anything else.
+    held: Option<u8>,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl SpliceState {
+    pub(super) fn is_empty(&self) -> bool {
+        self.in_pipe == 0 && self.held.is_none()
+    }
+
+    fn return_pipe_if_empty(&mut self, pipes: &PipePool) {
+        if self.in_pipe == 0 {
+            if let Some(p) = self.pipe.take() {
+                pipes.give(p);
+            }
+        }
+    }
+
+    /// Writes the held byte, then the pipe's contents, to `dst`.
+    pub(super) fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut TcpStream,
+        pipes: &PipePool,
+    ) -> io::Result<Flush> {
+        if let Some(b) = self.held {
+            return match Pin::new(dst).poll_write(cx, &[b]) {
+                Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(_)) => {
+                    self.held = None;
+                    Ok(Flush::Moved(1))
+                }
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => Ok(Flush::Blocked),
+            };
+        }
+        let Some(pipe) = &self.pipe else {
+            return Ok(Flush::Empty);
+        };
+        if self.in_pipe == 0 {
+            return Ok(Flush::Empty);
+        }
+        match sys::splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), self.in_pipe) {
+            Ok(n) => {
+                self.in_pipe -= n;
+                self.return_pipe_if_empty(pipes);
+                Ok(Flush::Moved(n))
+            }
+            Err(e) if would_block(&e) => {
+                // The socket's send buffer is full. Take one byte out of
+                // the pipe and let glommio's write path wait for POLLOUT.
+                match sys::read_one(pipe.read.as_raw_fd())? {
+                    Some(b) => {
+                        self.in_pipe -= 1;
+                        self.held = Some(b);
+                        self.return_pipe_if_empty(pipes);
+                        self.poll_flush(cx, dst, pipes)
+                    }
+                    None => Err(io::Error::other("pipe empty but bytes were counted in it")),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves what `src` has into a pipe. Only called when empty. Returns
+    /// `Fill::NoPipe` when no pipe can be had or the socket cannot splice:
+    /// the caller then copies instead.
+    pub(super) fn poll_fill(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut TcpStream,
+        pipes: &PipePool,
+    ) -> io::Result<Fill> {
+        if self.pipe.is_none() {
+            match pipes.take() {
+                Some(p) => self.pipe = Some(p),
+                None => return Ok(Fill::NoPipe),
+            }
+        }
+        let Some(pipe) = &self.pipe else {
+            return Ok(Fill::NoPipe);
+        };
+        match sys::splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipes.pipe_size()) {
+            Ok(0) => {
+                self.return_pipe_if_empty(pipes);
+                Ok(Fill::Eof)
+            }
+            Ok(n) => {
+                self.in_pipe += n;
+                Ok(Fill::Data)
+            }
+            Err(e) if would_block(&e) => {
+                // Nothing to read: give the pipe back, wait via glommio.
+                self.return_pipe_if_empty(pipes);
+                let mut b = [0u8; 1];
+                match Pin::new(src).poll_read(cx, &mut b) {
+                    Poll::Ready(Ok(0)) => Ok(Fill::Eof),
+                    Poll::Ready(Ok(_)) => {
+                        self.held = Some(b[0]);
+                        Ok(Fill::Data)
+                    }
+                    Poll::Ready(Err(e)) => Err(e),
+                    Poll::Pending => Ok(Fill::Blocked),
+                }
+            }
+            // This socket cannot splice (e.g. a kernel or sandbox without
+            // socket splice support): copy instead.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) =>
+            {
+                self.return_pipe_if_empty(pipes);
+                Ok(Fill::NoPipe)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the pipe back at the end of a tunnel; one with bytes left in it
+    /// is closed rather than pooled.
+    pub(super) fn release(&mut self, pipes: &PipePool) {
+        if let Some(p) = self.pipe.take() {
+            if self.in_pipe == 0 {
+                pipes.give(p);
+            } else {
+                pipes.discard(p);
+            }
+        }
+        self.in_pipe = 0;
+    }
+}
