@@ -33,6 +33,18 @@ pub struct CoreMetrics {
     pub bytes_target_to_client: AtomicU64,
     /// Tunnels finished, by the engine that carried most of their bytes.
     pub tunnels_by_engine: [AtomicU64; 2],
+    /// Bytes moved by splice (both directions); the rest were copied.
+    pub bytes_spliced: AtomicU64,
+    /// Pipes this core holds now (in use or pooled).
+    pub pipes: AtomicU64,
+    /// Times a direction wanted a pipe and had to copy instead.
+    pub pipe_misses: AtomicU64,
+}
+
+/// Sets a gauge that only the calling core writes.
+#[inline]
+pub fn set(gauge: &AtomicU64, v: u64) {
+    gauge.store(v, Relaxed);
 }
 
 /// Adds to a counter that only the calling core writes.
@@ -74,7 +86,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             .map(|(m, id)| (format!("core=\"{id}\""), f(m)))
             .collect()
     };
-    let simple: [(&str, &str, &str, &dyn Fn(&CoreMetrics) -> u64); 8] = [
+    let simple: [(&str, &str, &str, &dyn Fn(&CoreMetrics) -> u64); 11] = [
         (
             "connections_accepted_total",
             "counter",
@@ -126,6 +138,24 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             "counter",
             "Bytes relayed from targets to clients.",
             &|m| m.bytes_target_to_client.load(Relaxed),
+        ),
+        (
+            "bytes_spliced_total",
+            "counter",
+            "Bytes relayed by splice(2) without entering user space.",
+            &|m| m.bytes_spliced.load(Relaxed),
+        ),
+        (
+            "pipes",
+            "gauge",
+            "Pipes held for splicing (in use or pooled).",
+            &|m| m.pipes.load(Relaxed),
+        ),
+        (
+            "pipe_misses_total",
+            "counter",
+            "Times no pipe could be had and a direction copied instead.",
+            &|m| m.pipe_misses.load(Relaxed),
         ),
     ];
     for (name, kind, help, f) in simple {

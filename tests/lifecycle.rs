@@ -239,51 +239,22 @@ fn help_documents_every_option_with_its_default() {
 #[test]
 fn metrics_endpoint_counts_replies_and_bytes() {
     let echo = echo_server("127.0.0.1:0");
-    let proxy = Proxy::start(&["--metrics", "127.0.0.1:0"]);
-    let line = proxy.wait_for_log(&["metrics on http://"]);
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_owned();
+    let (proxy, addr) = Proxy::start_with_metrics(&[]);
     proxy.assert_serves(&echo);
     let _ = proxy.connect(&coresocks::proto::TargetAddr::Ip(closed_port()));
     proxy.wait_for_log(&["reply=connection-refused"]);
     proxy.wait_for_log(&["end=closed"]);
-    let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-    let mut body = String::new();
-    s.read_to_string(&mut body).unwrap();
+    let body = scrape(&addr);
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    let sum = |prefix: &str| -> u64 {
-        body.lines()
-            .filter(|l| l.starts_with(prefix))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-            .sum()
-    };
+    let sum = |name: &str, filters: &[&str]| metric_sum(&body, name, filters);
+    assert_eq!(sum("coresocks_replies_total", &["code=\"succeeded\""]), 1);
     assert_eq!(
-        sum("coresocks_replies_total{") - sum("coresocks_replies_total{")
-            + sum_code(&body, "succeeded"),
+        sum("coresocks_replies_total", &["code=\"connection-refused\""]),
         1
     );
-    assert_eq!(sum_code(&body, "connection-refused"), 1);
-    assert_eq!(sum("coresocks_bytes_client_to_target_total"), 12);
-    assert_eq!(sum("coresocks_bytes_target_to_client_total"), 12);
-    assert_eq!(sum("coresocks_connections_accepted_total"), 2);
-    assert!(
-        body.contains("engine=\"copy\"} 1") || body.contains("engine=\"splice\"} 1"),
-        "{body}"
-    );
-}
-
-fn sum_code(body: &str, code: &str) -> u64 {
-    body.lines()
-        .filter(|l| {
-            l.starts_with("coresocks_replies_total{") && l.contains(&format!("code=\"{code}\""))
-        })
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
-        .sum()
+    assert_eq!(sum("coresocks_bytes_client_to_target_total", &[]), 12);
+    assert_eq!(sum("coresocks_bytes_target_to_client_total", &[]), 12);
+    assert_eq!(sum("coresocks_connections_accepted_total", &[]), 2);
+    assert_eq!(sum("coresocks_connections_active", &[]), 0);
+    assert_eq!(sum("coresocks_tunnels_total", &[]), 1);
 }

@@ -45,7 +45,7 @@ pub struct Request {
 impl Request {
     /// Decodes a request. RSV is ignored, as RFC 1928 gives it no meaning.
     /// An unknown CMD is reported before the address is looked at, so a
-    /// server can answer 0x07 as soon as it has four bytes.
+    /// server can answer 0x07 as soon as it has three bytes.
     pub fn decode(buf: &[u8]) -> Result<Decoded<Request>, ProtoError> {
         need!(buf, 3);
         if buf[0] != SOCKS_VERSION {

@@ -56,6 +56,9 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, conn_id:
         metrics::add(&m.bytes_client_to_target, r.client_to_target);
         metrics::add(&m.bytes_target_to_client, r.target_to_client);
         metrics::add(&m.tunnels_by_engine[r.engine.metrics_index()], 1);
+        metrics::add(&m.bytes_spliced, r.spliced);
+        metrics::set(&m.pipes, core.relay.pipes.live() as u64);
+        metrics::set(&m.pipe_misses, core.relay.pipes.misses.get());
     }
     if core.config.access_log != crate::config::AccessLog::Off {
         tracing::info!(target: "access", "{}", record.line());

@@ -100,6 +100,34 @@ impl Proxy {
         }
     }
 
+    /// The proxy's resident memory, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    }
+
+    /// Starts a proxy with `--metrics` and returns it with the endpoint.
+    pub fn start_with_metrics(args: &[&str]) -> (Proxy, String) {
+        let mut all = args.to_vec();
+        all.extend(["--metrics", "127.0.0.1:0"]);
+        let proxy = Proxy::start(&all);
+        let line = proxy.wait_for_log(&["metrics on http://"]);
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        (proxy, addr)
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: sends a signal to our own child process.
         unsafe { libc::kill(self.child.id() as i32, sig) };
@@ -300,4 +328,22 @@ pub fn access_lines(proxy: &Proxy) -> Vec<String> {
         .into_iter()
         .filter(|l| l.contains(" access: "))
         .collect()
+}
+
+/// Fetches the Prometheus text from a metrics endpoint.
+pub fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Sum of a metric over all label sets whose line contains every filter.
+pub fn metric_sum(body: &str, name: &str, filters: &[&str]) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| filters.iter().all(|f| l.contains(f)))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
 }
