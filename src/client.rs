@@ -129,3 +129,24 @@ where
     let mut s = futures_lite::io::AssertAsync::new(s);
     futures_lite::future::block_on(handshake(&mut s, command, target, creds))
 }
+
+/// Builds a datagram for a UDP relay: the RFC 1928 header for `target`,
+/// then `payload`.
+pub fn udp_datagram(target: &TargetAddr, payload: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    crate::proto::UdpHeader {
+        frag: 0,
+        target: target.clone(),
+    }
+    .encode(out);
+    out.extend_from_slice(payload);
+}
+
+/// Splits a datagram from a UDP relay into the address it came from and
+/// its payload. A truncated header is an error.
+pub fn udp_payload(datagram: &[u8]) -> Result<(TargetAddr, &[u8]), ProtoError> {
+    match crate::proto::UdpHeader::decode(datagram)? {
+        Decoded::Complete(h, n) => Ok((h.target, &datagram[n..])),
+        Decoded::Incomplete(_) => Err(ProtoError::UnsupportedAddressType(0)),
+    }
+}

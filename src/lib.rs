@@ -4,6 +4,7 @@
 //! - [`runtime`]: pinned executors, per-core listeners, signals, shutdown
 //! - [`session`]: one connection's state machine, greeting to access log
 //! - [`relay`]: the engines that move a tunnel's bytes
+//! - [`udp`]: UDP ASSOCIATE, per-core associations
 //! - [`resolve`]: name resolution off the cores
 //! - [`config`]: flags and TOML file
 //! - [`client`]: a small SOCKS5 client over the same codec
@@ -18,3 +19,4 @@ pub mod resolve;
 pub mod runtime;
 pub mod session;
 pub mod sys;
+pub mod udp;

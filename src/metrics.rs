@@ -39,6 +39,10 @@ pub struct CoreMetrics {
     pub pipes: AtomicU64,
     /// Times a direction wanted a pipe and had to copy instead.
     pub pipe_misses: AtomicU64,
+    pub udp_associations: AtomicU64,
+    pub udp_datagrams_client_to_target: AtomicU64,
+    pub udp_datagrams_target_to_client: AtomicU64,
+    pub udp_datagrams_dropped: AtomicU64,
 }
 
 /// Sets a gauge that only the calling core writes.
@@ -86,7 +90,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             .map(|(m, id)| (format!("core=\"{id}\""), f(m)))
             .collect()
     };
-    let simple: [(&str, &str, &str, &dyn Fn(&CoreMetrics) -> u64); 11] = [
+    let simple: [(&str, &str, &str, &dyn Fn(&CoreMetrics) -> u64); 15] = [
         (
             "connections_accepted_total",
             "counter",
@@ -156,6 +160,30 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             "counter",
             "Times no pipe could be had and a direction copied instead.",
             &|m| m.pipe_misses.load(Relaxed),
+        ),
+        (
+            "udp_associations",
+            "gauge",
+            "UDP associations open now.",
+            &|m| m.udp_associations.load(Relaxed),
+        ),
+        (
+            "udp_datagrams_client_to_target_total",
+            "counter",
+            "UDP datagrams relayed from clients to targets (finished associations).",
+            &|m| m.udp_datagrams_client_to_target.load(Relaxed),
+        ),
+        (
+            "udp_datagrams_target_to_client_total",
+            "counter",
+            "UDP datagrams relayed from targets to clients (finished associations).",
+            &|m| m.udp_datagrams_target_to_client.load(Relaxed),
+        ),
+        (
+            "udp_datagrams_dropped_total",
+            "counter",
+            "UDP datagrams dropped: fragments, foreign sources, unsolicited replies, bad headers.",
+            &|m| m.udp_datagrams_dropped.load(Relaxed),
         ),
     ];
     for (name, kind, help, f) in simple {

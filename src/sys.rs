@@ -166,3 +166,39 @@ pub fn pipe_max_size() -> Option<usize> {
         .parse()
         .ok()
 }
+
+/// recvfrom(2) without blocking into `buf`; a datagram longer than `buf`
+/// is truncated (callers pass a buffer of the largest UDP payload).
+pub fn udp_recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
+    with_sock(fd, |s| {
+        // SAFETY: MaybeUninit<u8> has the layout of u8, and recv only
+        // writes initialised bytes into the slice.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        let (n, from) = s.recv_from(uninit)?;
+        let from = from
+            .as_socket()
+            .ok_or_else(|| io::Error::other("datagram from a non-IP address"))?;
+        Ok((n, from))
+    })
+}
+
+/// sendto(2) without blocking. A full send buffer is WouldBlock, which UDP
+/// callers treat as a dropped datagram.
+pub fn udp_send_to(fd: RawFd, buf: &[u8], to: std::net::SocketAddr) -> io::Result<usize> {
+    with_sock(fd, |s| s.send_to(buf, &to.into()))
+}
+
+/// The local address the kernel would use to reach `dest` (a UDP connect
+/// sends no packet; it only picks a route and a source address).
+pub fn local_addr_towards(dest: std::net::SocketAddr) -> io::Result<std::net::IpAddr> {
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(dest),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    s.connect(&dest.into())?;
+    s.local_addr()?
+        .as_socket()
+        .map(|a| a.ip())
+        .ok_or_else(|| io::Error::other("no local address"))
+}

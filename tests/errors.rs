@@ -231,14 +231,3 @@ fn silent_client_is_dropped_at_the_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(900));
     proxy.assert_serves(&echo);
 }
-
-#[test]
-fn bind_and_udp_associate_are_answered_0x07_for_now() {
-    let echo = echo_server("127.0.0.1:0");
-    let proxy = Proxy::start(&[]);
-    for cmd in [0x02u8, 0x03] {
-        let got = reply_to_request(&proxy, &[0x05, cmd, 0x00, 0x01, 127, 0, 0, 1, 0, 80]);
-        assert_eq!(got, failure(0x07), "cmd {cmd:#04x}");
-    }
-    proxy.assert_serves(&echo);
-}

@@ -133,6 +133,27 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub splice_threshold: Option<u64>,
 
+    /// BIND: how long to wait for the incoming connection [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub bind_timeout: Option<Duration>,
+
+    /// UDP ASSOCIATE: close an association that relayed no datagram for this
+    /// long [default: 2m]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub udp_idle_timeout: Option<Duration>,
+
+    /// Most UDP associations one core holds; more are answered 0x01
+    /// [default: 4096]
+    #[arg(long, value_name = "N")]
+    pub max_udp_associations_per_core: Option<usize>,
+
+    /// Most distinct targets one UDP association may send to; datagrams to
+    /// more are dropped [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_udp_targets: Option<usize>,
+
     /// Log level for stderr: error, warn, info, debug, trace [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -180,6 +201,10 @@ impl Settings {
                 pipe_size,
                 max_pipes_per_core,
                 splice_threshold,
+                bind_timeout,
+                udp_idle_timeout,
+                max_udp_associations_per_core,
+                max_udp_targets,
                 log_level,
                 access_log,
                 metrics
@@ -233,6 +258,10 @@ pub struct Config {
     pub pipe_size: usize,
     pub max_pipes_per_core: Option<usize>,
     pub splice_threshold: u64,
+    pub bind_timeout: Duration,
+    pub udp_idle_timeout: Duration,
+    pub max_udp_associations_per_core: usize,
+    pub max_udp_targets: usize,
     pub log_level: String,
     pub access_log: AccessLog,
     pub metrics: Option<SocketAddr>,
@@ -255,6 +284,14 @@ pub enum ConfigError {
         setting: &'static str,
         message: String,
     },
+}
+
+fn at_least_one(setting: &'static str, n: usize) -> Result<usize, ConfigError> {
+    if n == 0 {
+        Err(invalid(setting, "must be at least 1"))
+    } else {
+        Ok(n)
+    }
 }
 
 fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
@@ -365,6 +402,17 @@ impl Config {
             pipe_size,
             max_pipes_per_core: s.max_pipes_per_core,
             splice_threshold: s.splice_threshold.unwrap_or(64 * 1024),
+            bind_timeout: positive("bind-timeout", s.bind_timeout, Duration::from_secs(60))?,
+            udp_idle_timeout: positive(
+                "udp-idle-timeout",
+                s.udp_idle_timeout,
+                Duration::from_secs(120),
+            )?,
+            max_udp_associations_per_core: at_least_one(
+                "max-udp-associations-per-core",
+                s.max_udp_associations_per_core.unwrap_or(4096),
+            )?,
+            max_udp_targets: at_least_one("max-udp-targets", s.max_udp_targets.unwrap_or(256))?,
             log_level,
             access_log,
             metrics: s.metrics,

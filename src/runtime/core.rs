@@ -15,6 +15,7 @@ use glommio::net::{TcpListener, TcpStream};
 use crate::config::Config;
 use crate::metrics::{self, AllMetrics, CoreMetrics};
 use crate::relay::Relay;
+use crate::udp::UdpTable;
 
 /// Everything a core's connections touch. Lives in an `Rc` on its core;
 /// only `config` (read-only) and `all_metrics` (single-writer slots) are
@@ -25,6 +26,7 @@ pub struct Core {
     pub config: Arc<Config>,
     all_metrics: AllMetrics,
     pub relay: Relay,
+    pub udp: UdpTable,
     live: Cell<usize>,
     /// Effective max-tunnels-per-core (see `runtime::max_tunnels_per_core`).
     max_live: usize,
@@ -43,6 +45,7 @@ impl Core {
             id,
             index,
             relay: Relay::new(&config, max_live),
+            udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
             config,
             all_metrics,
             live: Cell::new(0),

@@ -3,7 +3,6 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use crate::proto::{Command, ReplyCode, TargetAddr};
-use crate::relay::RelayReport;
 
 /// One access-log line, filled in as the session goes.
 pub struct AccessRecord {
@@ -16,7 +15,11 @@ pub struct AccessRecord {
     pub target: Option<TargetAddr>,
     pub resolved: Option<SocketAddr>,
     pub reply: Option<ReplyCode>,
-    pub relay: Option<RelayReport>,
+    /// Bytes client -> target and target -> client (UDP: payload bytes).
+    pub up: u64,
+    pub down: u64,
+    /// `copy`, `splice` or `udp`.
+    pub engine: Option<&'static str>,
     pub end: Option<String>,
 }
 
@@ -32,7 +35,9 @@ impl AccessRecord {
             target: None,
             resolved: None,
             reply: None,
-            relay: None,
+            up: 0,
+            down: 0,
+            engine: None,
             end: None,
         }
     }
@@ -42,15 +47,6 @@ impl AccessRecord {
     pub fn line(&self) -> String {
         let mut s = String::with_capacity(256);
         let dash = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
-        let (up, down, engine, end) = match &self.relay {
-            Some(r) => (
-                r.client_to_target,
-                r.target_to_client,
-                r.engine.as_str(),
-                r.end.to_string(),
-            ),
-            None => (0, 0, "-", dash(self.end.clone())),
-        };
         let _ = write!(
             s,
             "conn={}.{} client={} user={} cmd={} target={} resolved={} reply={} up={} down={} duration_ms={} engine={} end={}",
@@ -62,11 +58,11 @@ impl AccessRecord {
             dash(self.target.as_ref().map(|t| quote(&t.to_string()))),
             dash(self.resolved.map(|a| a.to_string())),
             dash(self.reply.map(|r| r.as_str().to_owned())),
-            up,
-            down,
+            self.up,
+            self.down,
             self.started.elapsed().as_millis(),
-            engine,
-            quote(&end),
+            self.engine.unwrap_or("-"),
+            quote(self.end.as_deref().unwrap_or("-")),
         );
         s
     }

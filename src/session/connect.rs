@@ -1,12 +1,11 @@
 //! CONNECT: resolve, connect to each address in turn, reply, relay.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 
 use glommio::net::TcpStream;
 
-use super::{reply_error, send_reply, AccessRecord, Authenticated, SessionError};
-use crate::proto::{ReplyCode, TargetAddr};
+use super::{relay_tunnel, reply_error, reply_success, AccessRecord, Authenticated, SessionError};
+use crate::proto::TargetAddr;
 use crate::resolve;
 use crate::runtime::Core;
 
@@ -27,13 +26,9 @@ pub(super) async fn serve_connect(
     };
     let bound = upstream
         .local_addr()
-        .map(TargetAddr::Ip)
-        .unwrap_or_else(|_| super::unspecified());
-    record.reply = Some(ReplyCode::Succeeded);
-    core.metrics().reply(ReplyCode::Succeeded);
-    send_reply(auth, &mut client, ReplyCode::Succeeded, &bound).await?;
-    crate::sys::set_nodelay(client.as_raw_fd());
-    record.relay = Some(core.relay.run(client, upstream, &early).await);
+        .map_err(|e| SessionError::ClientIo(e.into()))?;
+    reply_success(core, auth, &mut client, bound, record).await?;
+    relay_tunnel(core, client, upstream, &early, record).await;
     Ok(())
 }
 

@@ -33,6 +33,14 @@ pub enum SessionError {
     ConnectTimeout(std::net::SocketAddr),
     #[error("target {0} is not allowed")]
     NotAllowed(String),
+    #[error("BIND: cannot listen: {0}")]
+    BindFailed(io::Error),
+    #[error("BIND: no connection arrived within the bind timeout")]
+    BindTimeout,
+    #[error("BIND: connection from {0}, not from the host named in the request")]
+    BindWrongPeer(std::net::SocketAddr),
+    #[error("UDP ASSOCIATE: {0}")]
+    UdpSetup(crate::udp::SetupError),
 }
 
 impl SessionError {
@@ -51,6 +59,11 @@ impl SessionError {
             // where we stand; 0x06 (TTL expired) is kept for what it says.
             SessionError::ConnectTimeout(_) => Some(ReplyCode::HostUnreachable),
             SessionError::NotAllowed(_) => Some(ReplyCode::NotAllowed),
+            SessionError::BindFailed(_) | SessionError::BindTimeout | SessionError::UdpSetup(_) => {
+                Some(ReplyCode::GeneralFailure)
+            }
+            // The connection came from a host the request did not allow.
+            SessionError::BindWrongPeer(_) => Some(ReplyCode::NotAllowed),
             SessionError::ClientClosed
             | SessionError::ClientIo(_)
             | SessionError::HandshakeTimeout
@@ -74,6 +87,11 @@ impl SessionError {
             SessionError::Connect { .. } => "connect-failed",
             SessionError::ConnectTimeout(_) => "connect-timeout",
             SessionError::NotAllowed(_) => "not-allowed",
+            SessionError::BindFailed(_) => "bind-failed",
+            SessionError::BindTimeout => "bind-timeout",
+            SessionError::BindWrongPeer(_) => "bind-wrong-peer",
+            SessionError::UdpSetup(crate::udp::SetupError::Full) => "udp-limit",
+            SessionError::UdpSetup(_) => "udp-failed",
         }
     }
 }

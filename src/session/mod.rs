@@ -8,9 +8,11 @@
 //! (CONNECT: resolve, connect, reply, relay) -> access log line.
 
 mod access;
+mod bind;
 mod connect;
 mod error;
 mod reader;
+mod udp;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::rc::Rc;
@@ -51,15 +53,6 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, conn_id:
         }
         tracing::debug!(conn = conn_id, client = %peer, "session ended: {e}");
     }
-    if let Some(r) = &record.relay {
-        let m = core.metrics();
-        metrics::add(&m.bytes_client_to_target, r.client_to_target);
-        metrics::add(&m.bytes_target_to_client, r.target_to_client);
-        metrics::add(&m.tunnels_by_engine[r.engine.metrics_index()], 1);
-        metrics::add(&m.bytes_spliced, r.spliced);
-        metrics::set(&m.pipes, core.relay.pipes.live() as u64);
-        metrics::set(&m.pipe_misses, core.relay.pipes.misses.get());
-    }
     if core.config.access_log != crate::config::AccessLog::Off {
         tracing::info!(target: "access", "{}", record.line());
     }
@@ -91,12 +84,53 @@ async fn run(
             drop(reader);
             connect::serve_connect(core, &auth, client, request.target, early, record).await
         }
-        cmd @ (Command::Bind | Command::UdpAssociate) => {
-            let e = SessionError::CommandNotSupported(cmd);
-            reply_error(core, &auth, &mut client, &e, record).await;
-            Err(e)
+        Command::Bind => {
+            let early = reader.leftover().to_vec();
+            drop(reader);
+            bind::serve_bind(core, &auth, client, request.target, early, record).await
+        }
+        Command::UdpAssociate => {
+            drop(reader);
+            udp::serve_udp(core, &auth, client, request.target, record).await
         }
     }
+}
+
+/// Relays a TCP tunnel (CONNECT, BIND) and records how it went.
+async fn relay_tunnel(
+    core: &Core,
+    client: TcpStream,
+    target: TcpStream,
+    early: &[u8],
+    record: &mut AccessRecord,
+) {
+    crate::sys::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(&client));
+    let r = core.relay.run(client, target, early).await;
+    let m = core.metrics();
+    metrics::add(&m.bytes_client_to_target, r.client_to_target);
+    metrics::add(&m.bytes_target_to_client, r.target_to_client);
+    metrics::add(&m.tunnels_by_engine[r.engine.metrics_index()], 1);
+    metrics::add(&m.bytes_spliced, r.spliced);
+    metrics::set(&m.pipes, core.relay.pipes.live() as u64);
+    metrics::set(&m.pipe_misses, core.relay.pipes.misses.get());
+    record.up = r.client_to_target;
+    record.down = r.target_to_client;
+    record.engine = Some(r.engine.as_str());
+    record.end = Some(r.end.to_string());
+}
+
+/// Sends the success reply (which needs authentication) and records it.
+async fn reply_success(
+    core: &Core,
+    auth: &Authenticated,
+    client: &mut TcpStream,
+    bound: SocketAddr,
+    record: &mut AccessRecord,
+) -> Result<(), SessionError> {
+    record.reply = Some(ReplyCode::Succeeded);
+    core.metrics().reply(ReplyCode::Succeeded);
+    let bound = SocketAddr::new(bound.ip().to_canonical(), bound.port());
+    send_reply(auth, client, ReplyCode::Succeeded, &TargetAddr::Ip(bound)).await
 }
 
 /// Greeting, method selection and, when users are configured, RFC 1929.

@@ -1,0 +1,115 @@
+//! BIND (RFC 1928 section 4): listen, first reply, accept one connection,
+//! second reply, relay.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use futures_lite::future;
+use glommio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{relay_tunnel, reply_error, reply_success, AccessRecord, Authenticated, SessionError};
+use crate::proto::TargetAddr;
+use crate::resolve;
+use crate::runtime::Core;
+
+pub(super) async fn serve_bind(
+    core: &Core,
+    auth: &Authenticated,
+    mut client: TcpStream,
+    target: TargetAddr,
+    early: Vec<u8>,
+    record: &mut AccessRecord,
+) -> Result<(), SessionError> {
+    let result = accept_incoming(core, auth, &mut client, &target, record).await;
+    let incoming = match result {
+        Ok(s) => s,
+        Err(e) => {
+            reply_error(core, auth, &mut client, &e, record).await;
+            return Err(e);
+        }
+    };
+    relay_tunnel(core, client, incoming, &early, record).await;
+    Ok(())
+}
+
+/// Everything up to the second reply. On error, no second reply was sent.
+async fn accept_incoming(
+    core: &Core,
+    auth: &Authenticated,
+    client: &mut TcpStream,
+    target: &TargetAddr,
+    record: &mut AccessRecord,
+) -> Result<TcpStream, SessionError> {
+    let control_local = client
+        .local_addr()
+        .map_err(|e| SessionError::ClientIo(e.into()))?;
+    // DST.ADDR names the host expected to connect (RFC 1928: the client
+    // passes what it learned from the application protocol).
+    let expected: Option<IpAddr> = match target {
+        TargetAddr::Ip(sa) if sa.ip().is_unspecified() => None,
+        TargetAddr::Ip(sa) => Some(sa.ip().to_canonical()),
+        TargetAddr::Domain(name, port) => {
+            let addrs = resolve::resolve(name, *port, core.config.resolve_timeout).await?;
+            addrs.first().map(|a| a.ip().to_canonical())
+        }
+    };
+    // Listen on the address of the interface that reaches that host.
+    let local_ip = expected
+        .and_then(|ip| crate::sys::local_addr_towards(SocketAddr::new(ip, 9)).ok())
+        .unwrap_or(control_local.ip())
+        .to_canonical();
+    let listener = listen_once(SocketAddr::new(local_ip, 0)).map_err(SessionError::BindFailed)?;
+    let listen_addr = listener
+        .local_addr()
+        .map_err(|e| SessionError::BindFailed(e.into()))?;
+    reply_success(core, auth, client, listen_addr, record).await?;
+
+    let accepted = async {
+        listener
+            .accept()
+            .await
+            .map_err(|e| SessionError::BindFailed(e.into()))
+    };
+    let timed_out = async {
+        glommio::timer::sleep(core.config.bind_timeout).await;
+        Err(SessionError::BindTimeout)
+    };
+    // A client that gives up closes its control connection; stop waiting.
+    let abandoned = async {
+        let mut b = [0u8; 1];
+        match client.peek(&mut b).await {
+            Ok(0) | Err(_) => Err(SessionError::ClientClosed),
+            // Early data: keep waiting for the incoming connection.
+            Ok(_) => future::pending().await,
+        }
+    };
+    let incoming = future::or(accepted, future::or(timed_out, abandoned)).await?;
+    let peer = incoming
+        .peer_addr()
+        .map_err(|e| SessionError::BindFailed(e.into()))?;
+    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    record.resolved = Some(peer);
+    if let Some(ip) = expected {
+        if peer.ip() != ip {
+            crate::sys::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&incoming));
+            return Err(SessionError::BindWrongPeer(peer));
+        }
+    }
+    reply_success(core, auth, client, peer, record).await?;
+    Ok(incoming)
+}
+
+/// A listening socket with a backlog of one, for the single connection BIND
+/// waits for. Closed (and its port freed) when the session ends.
+fn listen_once(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1)?;
+    // SAFETY: a fresh listening socket whose ownership moves to glommio.
+    Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
+}

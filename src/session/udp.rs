@@ -1,0 +1,60 @@
+//! UDP ASSOCIATE: set up the association on this core, reply with its
+//! relay address, then serve it until the control connection closes.
+
+use glommio::net::TcpStream;
+
+use super::{reply_error, reply_success, AccessRecord, Authenticated, SessionError};
+use crate::metrics;
+use crate::proto::TargetAddr;
+use crate::runtime::Core;
+use crate::udp;
+
+pub(super) async fn serve_udp(
+    core: &Core,
+    auth: &Authenticated,
+    mut client: TcpStream,
+    requested: TargetAddr,
+    record: &mut AccessRecord,
+) -> Result<(), SessionError> {
+    let prepared = match udp::prepare(&core.udp, &client, &requested, core.config.resolve_timeout) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = SessionError::UdpSetup(e);
+            reply_error(core, auth, &mut client, &e, record).await;
+            return Err(e);
+        }
+    };
+    let relay_addr = prepared
+        .relay_addr()
+        .map_err(|e| SessionError::UdpSetup(udp::SetupError::Socket(e)))?;
+    record.resolved = Some(relay_addr);
+    reply_success(core, auth, &mut client, relay_addr, record).await?;
+    let m = core.metrics();
+    metrics::set(&m.udp_associations, core.udp.live() as u64);
+    let (report, end) = udp::serve(prepared, client, core.config.udp_idle_timeout).await;
+    metrics::set(&m.udp_associations, core.udp.live() as u64);
+    metrics::add(&m.udp_datagrams_client_to_target, report.datagrams_up);
+    metrics::add(&m.udp_datagrams_target_to_client, report.datagrams_down);
+    metrics::add(
+        &m.udp_datagrams_dropped,
+        report.dropped_fragmented
+            + report.dropped_foreign
+            + report.dropped_other
+            + report.dropped_unsolicited,
+    );
+    metrics::add(&m.bytes_client_to_target, report.bytes_up);
+    metrics::add(&m.bytes_target_to_client, report.bytes_down);
+    record.up = report.bytes_up;
+    record.down = report.bytes_down;
+    record.engine = Some("udp");
+    record.end = Some(format!(
+        "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_foreign={} dropped_unsolicited={} dropped_other={}",
+        report.datagrams_up,
+        report.datagrams_down,
+        report.dropped_fragmented,
+        report.dropped_foreign,
+        report.dropped_unsolicited,
+        report.dropped_other
+    ));
+    Ok(())
+}

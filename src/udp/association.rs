@@ -1,0 +1,460 @@
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::time::{Duration, Instant};
+
+use futures_lite::future;
+use futures_lite::io::AsyncReadExt;
+use glommio::net::{TcpStream, UdpSocket};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::{UdpTable, MAX_HEADER};
+use crate::proto::{Decoded, TargetAddr, UdpHeader};
+use crate::resolve;
+use crate::sys;
+
+/// How an association ended.
+#[derive(Debug)]
+pub enum UdpEnd {
+    /// The client closed the TCP control connection (RFC 1928: the
+    /// association ends with it).
+    ControlClosed,
+    IdleTimeout,
+    Failed(io::Error),
+}
+
+impl std::fmt::Display for UdpEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UdpEnd::ControlClosed => f.write_str("control-closed"),
+            UdpEnd::IdleTimeout => f.write_str("idle-timeout"),
+            UdpEnd::Failed(e) => write!(f, "udp-error ({e})"),
+        }
+    }
+}
+
+/// Counters of one association, for the access log and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct UdpReport {
+    pub datagrams_up: u64,
+    pub datagrams_down: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// FRAG other than 0 (fragmentation is not supported).
+    pub dropped_fragmented: u64,
+    /// From a source other than the association's client.
+    pub dropped_foreign: u64,
+    /// Malformed header, unresolvable name, over the target limit, or the
+    /// send failed.
+    pub dropped_other: u64,
+    /// Replies from addresses the client never sent to.
+    pub dropped_unsolicited: u64,
+}
+
+/// Which client address may use the association (RFC 1928 section 6).
+struct ClientRule {
+    ip: IpAddr,
+    /// Fixed by the request, or by the first datagram when it was zero.
+    port: Cell<Option<u16>>,
+}
+
+impl ClientRule {
+    fn new(requested: &TargetAddr, control_peer: IpAddr) -> ClientRule {
+        let (ip, port) = match requested {
+            TargetAddr::Ip(sa) if !sa.ip().is_unspecified() => (sa.ip().to_canonical(), sa.port()),
+            other => (control_peer.to_canonical(), other.port()),
+        };
+        ClientRule {
+            ip,
+            port: Cell::new((port != 0).then_some(port)),
+        }
+    }
+
+    fn admits(&self, from: SocketAddr) -> bool {
+        if from.ip().to_canonical() != self.ip {
+            return false;
+        }
+        match self.port.get() {
+            Some(p) => p == from.port(),
+            None => {
+                self.port.set(Some(from.port()));
+                true
+            }
+        }
+    }
+}
+
+struct Association<'a> {
+    table: &'a UdpTable,
+    client: UdpSocket,
+    out_v4: Option<UdpSocket>,
+    out_v6: Option<UdpSocket>,
+    rule: ClientRule,
+    /// Where replies go: the client's sending address, once seen.
+    client_addr: Cell<Option<SocketAddr>>,
+    targets: RefCell<HashSet<SocketAddr>>,
+    names: RefCell<HashMap<String, SocketAddr>>,
+    resolve_timeout: Duration,
+    last_activity: Cell<Instant>,
+    report: RefCell<UdpReport>,
+}
+
+fn udp_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
+    let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&bind.into())?;
+    // SAFETY: the fd is a fresh UDP socket whose ownership moves to glommio.
+    Ok(unsafe { UdpSocket::from_raw_fd(s.into_raw_fd()) })
+}
+
+/// Waits until `sock` has a datagram, without taking it and without
+/// holding a receive buffer (glommio peeks one byte).
+async fn readable(sock: &UdpSocket) -> io::Result<()> {
+    let mut b = [0u8; 1];
+    sock.peek_from(&mut b).await.map(|_| ()).map_err(Into::into)
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl Association<'_> {
+    fn touch(&self) {
+        self.last_activity.set(Instant::now());
+    }
+
+    fn count(&self, f: impl FnOnce(&mut UdpReport)) {
+        f(&mut self.report.borrow_mut());
+    }
+
+    fn out_socket(&self, target: SocketAddr) -> Option<&UdpSocket> {
+        match target {
+            SocketAddr::V4(_) => self.out_v4.as_ref(),
+            SocketAddr::V6(_) => self.out_v6.as_ref(),
+        }
+    }
+
+    /// Sends one payload to a target, within the per-association limit of
+    /// distinct targets. Failures drop the datagram, as UDP may.
+    fn send_to_target(&self, target: SocketAddr, payload: &[u8]) {
+        let target = SocketAddr::new(target.ip().to_canonical(), target.port());
+        {
+            let mut targets = self.targets.borrow_mut();
+            if !targets.contains(&target) {
+                if targets.len() >= self.table.max_targets {
+                    drop(targets);
+                    self.count(|r| r.dropped_other += 1);
+                    return;
+                }
+                targets.insert(target);
+            }
+        }
+        let Some(sock) = self.out_socket(target) else {
+            self.count(|r| r.dropped_other += 1);
+            return;
+        };
+        match sys::udp_send_to(sock.as_raw_fd(), payload, target) {
+            Ok(_) => self.count(|r| {
+                r.datagrams_up += 1;
+                r.bytes_up += payload.len() as u64;
+            }),
+            Err(_) => self.count(|r| r.dropped_other += 1),
+        }
+    }
+
+    /// Client -> targets.
+    async fn client_loop(&self) -> UdpEnd {
+        loop {
+            if let Err(e) = readable(&self.client).await {
+                return UdpEnd::Failed(e);
+            }
+            // Drain what is queued; a domain that needs a lookup is resolved
+            // with the payload copied out, so the scratch buffer is never
+            // held across an await.
+            let pending = match self.drain_client() {
+                Ok(p) => p,
+                Err(e) => return UdpEnd::Failed(e),
+            };
+            if let Some((name, port, payload)) = pending {
+                match resolve::resolve(&name, port, self.resolve_timeout).await {
+                    Ok(addrs) => {
+                        let usable = addrs.iter().find(|a| self.out_socket(**a).is_some());
+                        let Some(&addr) = usable else {
+                            self.count(|r| r.dropped_other += 1);
+                            continue;
+                        };
+                        if self.names.borrow().len() < self.table.max_targets {
+                            self.names.borrow_mut().insert(name, addr);
+                        }
+                        self.send_to_target(addr, &payload);
+                    }
+                    Err(e) => {
+                        tracing::debug!("udp: {e}");
+                        self.count(|r| r.dropped_other += 1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Relays queued client datagrams until the socket is empty, or until
+    /// one needs a name lookup (returned to the caller).
+    fn drain_client(&self) -> io::Result<Option<(String, u16, Vec<u8>)>> {
+        let mut scratch = self.table.scratch.borrow_mut();
+        loop {
+            let (n, from) = match sys::udp_recv_from(self.client.as_raw_fd(), &mut scratch) {
+                Ok(x) => x,
+                Err(e) if would_block(&e) => return Ok(None),
+                // ICMP errors for earlier datagrams; nothing to do.
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
+                Err(e) => return Err(e),
+            };
+            if !self.rule.admits(from) {
+                self.count(|r| r.dropped_foreign += 1);
+                continue;
+            }
+            self.touch();
+            self.client_addr.set(Some(from));
+            let datagram = &scratch[..n];
+            let (header, len) = match UdpHeader::decode(datagram) {
+                Ok(Decoded::Complete(h, len)) => (h, len),
+                Ok(Decoded::Incomplete(_)) | Err(_) => {
+                    self.count(|r| r.dropped_other += 1);
+                    continue;
+                }
+            };
+            if header.frag != 0 {
+                self.count(|r| r.dropped_fragmented += 1);
+                continue;
+            }
+            let payload = &datagram[len..];
+            match header.target {
+                TargetAddr::Ip(sa) => self.send_to_target(sa, payload),
+                TargetAddr::Domain(name, port) => {
+                    if let Some(ip) = resolve::ip_literal(&name) {
+                        self.send_to_target(SocketAddr::new(ip, port), payload);
+                        continue;
+                    }
+                    let cached = self.names.borrow().get(&name).copied();
+                    match cached {
+                        Some(a) => self.send_to_target(SocketAddr::new(a.ip(), port), payload),
+                        None => return Ok(Some((name, port, payload.to_vec()))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Targets -> client, each datagram prefixed with the header naming
+    /// its source.
+    async fn target_loop(&self, sock: &UdpSocket) -> UdpEnd {
+        loop {
+            if let Err(e) = readable(sock).await {
+                return UdpEnd::Failed(e);
+            }
+            let mut scratch = self.table.scratch.borrow_mut();
+            loop {
+                let (n, from) =
+                    match sys::udp_recv_from(sock.as_raw_fd(), &mut scratch[MAX_HEADER..]) {
+                        Ok(x) => x,
+                        Err(e) if would_block(&e) => break,
+                        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
+                        Err(e) => return UdpEnd::Failed(e),
+                    };
+                let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+                let (Some(client), true) = (
+                    self.client_addr.get(),
+                    self.targets.borrow().contains(&from),
+                ) else {
+                    self.count(|r| r.dropped_unsolicited += 1);
+                    continue;
+                };
+                self.touch();
+                let mut header = Vec::with_capacity(MAX_HEADER);
+                UdpHeader {
+                    frag: 0,
+                    target: TargetAddr::Ip(from),
+                }
+                .encode(&mut header);
+                let start = MAX_HEADER - header.len();
+                scratch[start..MAX_HEADER].copy_from_slice(&header);
+                match sys::udp_send_to(
+                    self.client.as_raw_fd(),
+                    &scratch[start..MAX_HEADER + n],
+                    client,
+                ) {
+                    Ok(_) => self.count(|r| {
+                        r.datagrams_down += 1;
+                        r.bytes_down += n as u64;
+                    }),
+                    Err(_) => self.count(|r| r.dropped_other += 1),
+                }
+            }
+        }
+    }
+
+    async fn idle_watch(&self, timeout: Duration) -> UdpEnd {
+        loop {
+            let idle = self.last_activity.get().elapsed();
+            if idle >= timeout {
+                return UdpEnd::IdleTimeout;
+            }
+            glommio::timer::sleep(timeout - idle).await;
+        }
+    }
+}
+
+/// Waits for the control connection to close; bytes on it are ignored.
+async fn control_closed(control: &mut TcpStream) -> UdpEnd {
+    let mut buf = [0u8; 64];
+    loop {
+        match control.read(&mut buf).await {
+            Ok(0) => return UdpEnd::ControlClosed,
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return UdpEnd::ControlClosed,
+            Err(e) => return UdpEnd::Failed(e),
+        }
+    }
+}
+
+/// Why an association could not be set up; the session answers with a
+/// failure reply.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("this core is at max-udp-associations-per-core")]
+    Full,
+    #[error("cannot open the UDP relay socket: {0}")]
+    Socket(io::Error),
+}
+
+/// A set-up association, ready to answer the client with its address.
+pub struct Prepared<'a> {
+    assoc: Association<'a>,
+    _slot: super::Slot<'a>,
+}
+
+impl Prepared<'_> {
+    /// BND.ADDR/BND.PORT for the reply: where the client sends datagrams.
+    pub fn relay_addr(&self) -> io::Result<SocketAddr> {
+        let a: SocketAddr = self.assoc.client.local_addr()?;
+        Ok(SocketAddr::new(a.ip().to_canonical(), a.port()))
+    }
+}
+
+/// Opens the association's sockets on this core.
+pub fn prepare<'a>(
+    table: &'a UdpTable,
+    control: &TcpStream,
+    requested: &TargetAddr,
+    resolve_timeout: Duration,
+) -> Result<Prepared<'a>, SetupError> {
+    let slot = table.admit().ok_or(SetupError::Full)?;
+    let local = control
+        .local_addr()
+        .map_err(|e| SetupError::Socket(e.into()))?;
+    let peer = control
+        .peer_addr()
+        .map_err(|e| SetupError::Socket(e.into()))?;
+    let client =
+        udp_socket(SocketAddr::new(local.ip().to_canonical(), 0)).map_err(SetupError::Socket)?;
+    let any4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
+    let any6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
+    let out_v4 = udp_socket(any4).ok();
+    // IPv6 may be disabled on the host: then IPv6 targets are dropped.
+    let out_v6 = udp_socket(any6).ok();
+    if out_v4.is_none() && out_v6.is_none() {
+        return Err(SetupError::Socket(io::Error::other(
+            "no outbound UDP socket",
+        )));
+    }
+    Ok(Prepared {
+        assoc: Association {
+            table,
+            client,
+            out_v4,
+            out_v6,
+            rule: ClientRule::new(requested, peer.ip()),
+            client_addr: Cell::new(None),
+            targets: RefCell::new(HashSet::new()),
+            names: RefCell::new(HashMap::new()),
+            resolve_timeout,
+            last_activity: Cell::new(Instant::now()),
+            report: RefCell::new(UdpReport::default()),
+        },
+        _slot: slot,
+    })
+}
+
+/// Relays datagrams until the control connection closes, the association
+/// idles out, or a socket fails. Sockets and the table slot are freed on
+/// return.
+pub async fn serve(
+    prepared: Prepared<'_>,
+    mut control: TcpStream,
+    idle_timeout: Duration,
+) -> (UdpReport, UdpEnd) {
+    let assoc = &prepared.assoc;
+    let targets = async {
+        match (&assoc.out_v4, &assoc.out_v6) {
+            (Some(v4), Some(v6)) => future::or(assoc.target_loop(v4), assoc.target_loop(v6)).await,
+            (Some(s), None) | (None, Some(s)) => assoc.target_loop(s).await,
+            (None, None) => future::pending().await,
+        }
+    };
+    let end = future::or(
+        future::or(control_closed(&mut control), assoc.idle_watch(idle_timeout)),
+        future::or(assoc.client_loop(), targets),
+    )
+    .await;
+    let report = assoc.report.borrow().clone();
+    (report, end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn zero_address_means_control_peer_ip_and_first_port_wins() {
+        let rule = ClientRule::new(
+            &TargetAddr::Ip(sa("0.0.0.0:0")),
+            "127.0.0.5".parse().unwrap(),
+        );
+        assert!(!rule.admits(sa("127.0.0.6:4000")), "other IP");
+        assert!(
+            rule.admits(sa("127.0.0.5:4000")),
+            "first datagram fixes the port"
+        );
+        assert!(rule.admits(sa("127.0.0.5:4000")));
+        assert!(!rule.admits(sa("127.0.0.5:4001")), "port is now fixed");
+    }
+
+    #[test]
+    fn named_address_admits_only_itself() {
+        let rule = ClientRule::new(
+            &TargetAddr::Ip(sa("127.0.0.9:5000")),
+            "127.0.0.5".parse().unwrap(),
+        );
+        assert!(rule.admits(sa("127.0.0.9:5000")));
+        assert!(!rule.admits(sa("127.0.0.5:5000")));
+        assert!(!rule.admits(sa("127.0.0.9:5001")));
+    }
+
+    #[test]
+    fn mapped_ipv4_matches_plain_ipv4() {
+        let rule = ClientRule::new(
+            &TargetAddr::Ip(sa("0.0.0.0:0")),
+            "::ffff:127.0.0.1".parse().unwrap(),
+        );
+        assert!(rule.admits(sa("127.0.0.1:9")));
+    }
+}

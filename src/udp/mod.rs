@@ -1,0 +1,70 @@
+//! UDP ASSOCIATE (RFC 1928 sections 4, 6 and 7).
+//!
+//! An association lives on the core that accepted its TCP control
+//! connection, and owns sockets of its own: a client-facing socket bound to
+//! the address the client connected to (its port is the BND.PORT of the
+//! reply), and one outbound socket per address family. The client sends its
+//! datagrams to that port, so they arrive on the owning core by
+//! construction: no steering, no table shared between cores, no hand-off.
+//! The price is one ephemeral port per association (see docs/ARCHITECTURE.md).
+//!
+//! Datagrams are moved with non-blocking recvfrom/sendto through one
+//! per-core scratch buffer; glommio is used only to wait for readability (a
+//! 1-byte MSG_PEEK), so a waiting association holds no 64 KiB buffer.
+
+mod association;
+
+pub use association::{prepare, Prepared, SetupError};
+
+use std::cell::{Cell, RefCell};
+
+pub use association::{serve, UdpEnd, UdpReport};
+
+/// Largest UDP payload on IPv6 loopback (65535 - 8); IPv4 allows 28 less.
+pub const MAX_DATAGRAM: usize = 65_527;
+/// Longest RFC 1928 UDP header we write (IPv6: RSV 2 + FRAG 1 + ATYP 1 +
+/// 16 + PORT 2).
+pub const MAX_HEADER: usize = 22;
+
+/// Per-core UDP state: the association count and the scratch buffer.
+pub struct UdpTable {
+    live: Cell<usize>,
+    pub max_associations: usize,
+    pub max_targets: usize,
+    /// Borrowed only synchronously (never across an await), so one buffer
+    /// serves every association on the core.
+    scratch: RefCell<Box<[u8]>>,
+}
+
+impl UdpTable {
+    pub fn new(max_associations: usize, max_targets: usize) -> UdpTable {
+        UdpTable {
+            live: Cell::new(0),
+            max_associations,
+            max_targets,
+            scratch: RefCell::new(vec![0u8; MAX_HEADER + MAX_DATAGRAM].into_boxed_slice()),
+        }
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.get()
+    }
+
+    /// Reserves a slot, or `None` at the limit.
+    fn admit(&self) -> Option<Slot<'_>> {
+        if self.live.get() >= self.max_associations {
+            return None;
+        }
+        self.live.set(self.live.get() + 1);
+        Some(Slot(self))
+    }
+}
+
+/// An association's place in its core's table, freed on drop.
+struct Slot<'a>(&'a UdpTable);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.live.set(self.0.live.get() - 1);
+    }
+}

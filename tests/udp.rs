@@ -1,0 +1,311 @@
+//! UDP ASSOCIATE end to end.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use common::*;
+use coresocks::client::{handshake_blocking, udp_datagram, udp_payload, ClientError};
+use coresocks::proto::{Command, ReplyCode, TargetAddr};
+
+/// A UDP echo server; returns its address.
+fn udp_echo(bind: &str) -> SocketAddr {
+    let sock = UdpSocket::bind(bind).unwrap();
+    let addr = sock.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// A control connection with its association: (control, relay address).
+fn associate(proxy: &Proxy, client_addr: SocketAddr) -> (TcpStream, SocketAddr) {
+    let mut control = proxy.raw();
+    let bound = handshake_blocking(
+        &mut control,
+        Command::UdpAssociate,
+        &TargetAddr::Ip(client_addr),
+        None,
+    )
+    .expect("UDP ASSOCIATE");
+    let TargetAddr::Ip(relay) = bound else {
+        panic!("relay address must be an IP, got {bound:?}");
+    };
+    assert!(
+        !relay.ip().is_unspecified(),
+        "BND.ADDR must be reachable, not {relay}"
+    );
+    (control, relay)
+}
+
+fn client_socket(bind: &str) -> UdpSocket {
+    let s = UdpSocket::bind(bind).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s
+}
+
+/// Sends `payload` to `target` through the relay and returns the reply.
+fn roundtrip(
+    sock: &UdpSocket,
+    relay: SocketAddr,
+    target: &TargetAddr,
+    payload: &[u8],
+) -> (TargetAddr, Vec<u8>) {
+    let mut dgram = Vec::new();
+    udp_datagram(target, payload, &mut dgram);
+    sock.send_to(&dgram, relay).unwrap();
+    let mut buf = vec![0u8; 65536];
+    let (n, from) = sock.recv_from(&mut buf).expect("reply through the relay");
+    assert_eq!(from, relay, "replies come from the relay address");
+    let (source, data) = udp_payload(&buf[..n]).unwrap();
+    (source, data.to_vec())
+}
+
+fn no_reply(sock: &UdpSocket) -> bool {
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    let r = sock.recv_from(&mut buf).is_err();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    r
+}
+
+#[test]
+fn echoes_ipv4_payloads_from_1_byte_to_65000() {
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&[]);
+    let sock = client_socket("127.0.0.1:0");
+    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    for size in [1usize, 64, 1400, 8192, 32768, 65000] {
+        let payload = pattern(size, size as u64);
+        let (source, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), &payload);
+        assert_eq!(source, TargetAddr::Ip(echo), "header names the target");
+        assert!(data == payload, "payload of {size} bytes corrupted");
+    }
+}
+
+#[test]
+fn ipv6_client_and_ipv6_target() {
+    let echo = udp_echo("[::1]:0");
+    let proxy = Proxy::start(&["--listen", "[::1]:0"]);
+    let sock = client_socket("[::1]:0");
+    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    assert!(relay.is_ipv6(), "{relay}");
+    for size in [1usize, 1400, 65000] {
+        let payload = pattern(size, 3);
+        let (source, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), &payload);
+        assert_eq!(source, TargetAddr::Ip(echo));
+        assert!(data == payload);
+    }
+}
+
+#[test]
+fn ipv4_client_to_ipv6_target() {
+    let echo = udp_echo("[::1]:0");
+    let proxy = Proxy::start(&[]);
+    let sock = client_socket("127.0.0.1:0");
+    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let (source, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"cross-family");
+    assert_eq!(source, TargetAddr::Ip(echo));
+    assert_eq!(data, b"cross-family");
+}
+
+#[test]
+fn domain_target_is_resolved() {
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&[]);
+    let sock = client_socket("127.0.0.1:0");
+    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let target = TargetAddr::domain("localhost", echo.port()).unwrap();
+    for i in 0..3 {
+        let (source, data) = roundtrip(&sock, relay, &target, format!("by name {i}").as_bytes());
+        assert_eq!(source, TargetAddr::Ip(echo));
+        assert_eq!(data, format!("by name {i}").as_bytes());
+    }
+}
+
+#[test]
+fn fragments_are_dropped_and_counted() {
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&[]);
+    let sock = client_socket("127.0.0.1:0");
+    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let mut dgram = Vec::new();
+    coresocks::proto::UdpHeader {
+        frag: 1,
+        target: TargetAddr::Ip(echo),
+    }
+    .encode(&mut dgram);
+    dgram.extend_from_slice(b"fragment");
+    sock.send_to(&dgram, relay).unwrap();
+    assert!(no_reply(&sock), "a fragment must not be relayed");
+    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"whole");
+    assert_eq!(data, b"whole");
+    drop(control);
+    proxy.wait_for_log(&[
+        "cmd=udp-associate",
+        "dropped_frag=1",
+        "datagrams_up=1",
+        "datagrams_down=1",
+    ]);
+}
+
+#[test]
+fn datagrams_from_another_source_are_dropped() {
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&[]);
+    let sock = client_socket("127.0.0.1:0");
+    let stranger = client_socket("127.0.0.1:0");
+    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let mut dgram = Vec::new();
+    udp_datagram(&TargetAddr::Ip(echo), b"not mine", &mut dgram);
+    stranger.send_to(&dgram, relay).unwrap();
+    assert!(no_reply(&stranger));
+    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"mine");
+    assert_eq!(data, b"mine");
+    drop(control);
+    proxy.wait_for_log(&["cmd=udp-associate", "dropped_foreign=1"]);
+}
+
+#[test]
+fn zero_address_binds_to_the_first_sender_port_of_the_control_peer() {
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&[]);
+    let sock = client_socket("127.0.0.1:0");
+    let other = client_socket("127.0.0.1:0");
+    let (_control, relay) = associate(&proxy, "0.0.0.0:0".parse().unwrap());
+    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"first");
+    assert_eq!(data, b"first");
+    let mut dgram = Vec::new();
+    udp_datagram(&TargetAddr::Ip(echo), b"second port", &mut dgram);
+    other.send_to(&dgram, relay).unwrap();
+    assert!(
+        no_reply(&other),
+        "the first datagram fixed the client's port"
+    );
+}
+
+#[test]
+fn closing_control_connection_ends_the_association() {
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&[]);
+    let sock = client_socket("127.0.0.1:0");
+    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"before");
+    assert_eq!(data, b"before");
+    drop(control);
+    proxy.wait_for_log(&["cmd=udp-associate", "end=\"control-closed"]);
+    let mut dgram = Vec::new();
+    udp_datagram(&TargetAddr::Ip(echo), b"after", &mut dgram);
+    let _ = sock.send_to(&dgram, relay);
+    assert!(
+        no_reply(&sock),
+        "no relay after the control connection closed"
+    );
+    // The relay port was released.
+    UdpSocket::bind(relay).expect("relay port must be free again");
+}
+
+#[test]
+fn idle_association_times_out_and_closes_control() {
+    let proxy = Proxy::start(&["--udp-idle-timeout", "1s"]);
+    let sock = client_socket("127.0.0.1:0");
+    let (mut control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let started = Instant::now();
+    assert!(closed_without_data(&mut control));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    proxy.wait_for_log(&["end=\"idle-timeout"]);
+    UdpSocket::bind(relay).expect("relay port must be free again");
+}
+
+#[test]
+fn association_limit_answers_general_failure() {
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&["--cores", "1", "--max-udp-associations-per-core", "1"]);
+    let sock = client_socket("127.0.0.1:0");
+    let (_first, _) = associate(&proxy, sock.local_addr().unwrap());
+    let mut second = proxy.raw();
+    let err = handshake_blocking(
+        &mut second,
+        Command::UdpAssociate,
+        &TargetAddr::Ip("0.0.0.0:0".parse().unwrap()),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, ClientError::Rejected(ReplyCode::GeneralFailure)),
+        "{err}"
+    );
+    proxy.wait_for_log(&["end=udp-limit"]);
+    proxy.assert_serves(&echo);
+}
+
+#[test]
+fn a_thousand_associations_over_all_cores_each_echo_intact() {
+    const ASSOCIATIONS: usize = 1000;
+    const THREADS: usize = 10;
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&[]);
+    let proxy_addr = proxy.addr;
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut open = Vec::new();
+                for i in 0..ASSOCIATIONS / THREADS {
+                    let sock = client_socket("127.0.0.1:0");
+                    let mut control = TcpStream::connect(proxy_addr).unwrap();
+                    control.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                    let bound = handshake_blocking(
+                        &mut control,
+                        Command::UdpAssociate,
+                        &TargetAddr::Ip(sock.local_addr().unwrap()),
+                        None,
+                    )
+                    .unwrap();
+                    let TargetAddr::Ip(relay) = bound else {
+                        panic!()
+                    };
+                    let payload = pattern(512, (t * 10_000 + i) as u64);
+                    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), &payload);
+                    assert!(data == payload, "association {t}/{i} corrupted");
+                    open.push((control, sock));
+                }
+                open.len()
+            })
+        })
+        .collect();
+    let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(total, ASSOCIATIONS);
+    // Every association reports its datagrams on the core that owns it.
+    let cores = coresocks::sys::allowed_cpus().unwrap().len();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let lines: Vec<String> = access_lines(&proxy)
+            .into_iter()
+            .filter(|l| l.contains("cmd=udp-associate"))
+            .collect();
+        if lines.len() == ASSOCIATIONS {
+            for l in &lines {
+                assert!(l.contains("datagrams_up=1 datagrams_down=1"), "{l}");
+            }
+            let served_by: std::collections::HashSet<&str> = lines
+                .iter()
+                .filter_map(|l| l.split("conn=").nth(1)?.split('.').next())
+                .collect();
+            assert_eq!(served_by.len(), cores, "{served_by:?}");
+            break;
+        }
+        // Each thread closed its control connections when it returned;
+        // wait for every association to log its end.
+        assert!(
+            Instant::now() < deadline,
+            "{} of {ASSOCIATIONS} associations logged",
+            lines.len()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
