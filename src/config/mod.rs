@@ -41,6 +41,18 @@ impl RelayMode {
     }
 }
 
+/// How the splice engine waits for a socket that would block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SpliceWake {
+    /// Through glommio's read/write paths (recv, then a buffer-less io_uring
+    /// poll).
+    Glommio,
+    /// POLL_ADD on a second, per-core io_uring, completions signalled to the
+    /// executor through an eventfd.
+    Ring,
+}
+
 /// Settings shared by the command line and the TOML file. Field docs are the
 /// `--help` text; each says its default.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
@@ -133,6 +145,11 @@ pub struct Settings {
     #[arg(long, value_name = "BYTES")]
     pub splice_threshold: Option<u64>,
 
+    /// How the splice engine waits for sockets (see docs/ARCHITECTURE.md)
+    /// [default: glommio]
+    #[arg(long, value_name = "HOW")]
+    pub splice_wake: Option<SpliceWake>,
+
     /// BIND: how long to wait for the incoming connection [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -201,6 +218,7 @@ impl Settings {
                 pipe_size,
                 max_pipes_per_core,
                 splice_threshold,
+                splice_wake,
                 bind_timeout,
                 udp_idle_timeout,
                 max_udp_associations_per_core,
@@ -258,6 +276,7 @@ pub struct Config {
     pub pipe_size: usize,
     pub max_pipes_per_core: Option<usize>,
     pub splice_threshold: u64,
+    pub splice_wake: SpliceWake,
     pub bind_timeout: Duration,
     pub udp_idle_timeout: Duration,
     pub max_udp_associations_per_core: usize,
@@ -402,6 +421,7 @@ impl Config {
             pipe_size,
             max_pipes_per_core: s.max_pipes_per_core,
             splice_threshold: s.splice_threshold.unwrap_or(64 * 1024),
+            splice_wake: s.splice_wake.unwrap_or(SpliceWake::Glommio),
             bind_timeout: positive("bind-timeout", s.bind_timeout, Duration::from_secs(60))?,
             udp_idle_timeout: positive(
                 "udp-idle-timeout",

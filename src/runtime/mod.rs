@@ -93,7 +93,13 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             .io_memory(IO_MEMORY)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(config.resolver_threads))
             .spawn(move || async move {
-                let core = Rc::new(Core::new(cpu, index, config, all_metrics, max_tunnels));
+                let core = match Core::new(cpu, index, config, all_metrics, max_tunnels) {
+                    Ok(c) => Rc::new(c),
+                    Err(e) => {
+                        tracing::error!(core = cpu, "cannot set up core {cpu}: {e}");
+                        return Err(e);
+                    }
+                };
                 tracing::info!(
                     core = cpu,
                     "core {cpu} listening on {}",
@@ -101,6 +107,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 );
                 let _ = started.send(());
                 self::core::run_core(core, listeners, shutdown).await;
+                Ok(())
             })
             .map_err(|e| RuntimeError::CoreStart {
                 cpu,
@@ -111,7 +118,10 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     drop(started_tx);
     // Every core that started says so; a core that failed drops its sender.
     let started = started_rx.iter().take(cpus.len()).count();
-    if started == cpus.len() {
+    if started < cpus.len() {
+        // A core failed to start: stop the others, then report why.
+        shutdown.store(true, Ordering::Relaxed);
+    } else {
         tracing::info!(
             cores = cpus.len(),
             "coresocks ready on {} with {} core(s)",
@@ -121,12 +131,12 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
     let mut first_error = None;
     for (cpu, handle) in handles {
-        if let Err(e) = handle.join() {
-            first_error.get_or_insert(RuntimeError::CoreStart {
-                cpu,
-                message: e.to_string(),
-            });
-        }
+        let message = match handle.join() {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        first_error.get_or_insert(RuntimeError::CoreStart { cpu, message });
     }
     match first_error {
         Some(e) => Err(e),

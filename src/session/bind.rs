@@ -59,7 +59,8 @@ async fn accept_incoming(
         .and_then(|ip| crate::sys::local_addr_towards(SocketAddr::new(ip, 9)).ok())
         .unwrap_or(control_local.ip())
         .to_canonical();
-    let listener = listen_once(SocketAddr::new(local_ip, 0)).map_err(SessionError::BindFailed)?;
+    let (listener, _stop) =
+        listen_once(SocketAddr::new(local_ip, 0)).map_err(SessionError::BindFailed)?;
     let listen_addr = listener
         .local_addr()
         .map_err(|e| SessionError::BindFailed(e.into()))?;
@@ -100,9 +101,19 @@ async fn accept_incoming(
     Ok(incoming)
 }
 
+/// Stops the listening socket when dropped: closing alone would leave it
+/// listening while glommio's io_uring accept still holds it.
+struct StopListening(std::os::fd::RawFd);
+
+impl Drop for StopListening {
+    fn drop(&mut self) {
+        crate::sys::stop_listening(self.0);
+    }
+}
+
 /// A listening socket with a backlog of one, for the single connection BIND
-/// waits for. Closed (and its port freed) when the session ends.
-fn listen_once(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// waits for. Stopped (and its port freed) when the session is done with it.
+fn listen_once(addr: SocketAddr) -> std::io::Result<(TcpListener, StopListening)> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
@@ -110,6 +121,9 @@ fn listen_once(addr: SocketAddr) -> std::io::Result<TcpListener> {
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1)?;
-    // SAFETY: a fresh listening socket whose ownership moves to glommio.
-    Ok(unsafe { TcpListener::from_raw_fd(s.into_raw_fd()) })
+    let fd = s.into_raw_fd();
+    // SAFETY: a fresh listening socket whose ownership moves to glommio; the
+    // guard only calls shutdown(2) on it, before the listener is dropped
+    // (locals drop in reverse order).
+    Ok((unsafe { TcpListener::from_raw_fd(fd) }, StopListening(fd)))
 }
