@@ -76,10 +76,10 @@ pub fn set_nodelay(fd: RawFd) {
     let _ = with_sock(fd, |s| s.set_tcp_nodelay(true));
 }
 
-/// Stops a listening socket at once. Closing is not enough while io_uring
-/// still holds an accept on it (the kernel keeps the file open until the
-/// request is cancelled); shutdown() moves it out of LISTEN, so new
-/// connection attempts are refused right away and the pending accept ends.
+/// Stops a socket at once. Closing is not enough while io_uring still holds
+/// a request on it (the kernel keeps the file open until the request is
+/// cancelled); shutdown() moves a listener out of LISTEN, so new connection
+/// attempts are refused right away, and ends pending accepts and receives.
 pub fn stop_listening(fd: RawFd) {
     let _ = with_sock(fd, |s| s.shutdown(std::net::Shutdown::Both));
 }

@@ -411,6 +411,18 @@ pub async fn serve(
         future::or(assoc.client_loop(), targets),
     )
     .await;
+    // Pending io_uring receives hold the sockets open until cancelled;
+    // shutdown(2) ends them now, so the relay port is freed promptly.
+    for sock in [
+        Some(&assoc.client),
+        assoc.out_v4.as_ref(),
+        assoc.out_v6.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        sys::stop_listening(sock.as_raw_fd());
+    }
     let report = assoc.report.borrow().clone();
     (report, end)
 }
