@@ -258,3 +258,131 @@ fn metrics_endpoint_counts_replies_and_bytes() {
     assert_eq!(sum("coresocks_connections_active", &[]), 0);
     assert_eq!(sum("coresocks_tunnels_total", &[]), 1);
 }
+
+/// Runs coresocks with an rlimit lowered (soft and hard) before exec.
+fn command_with_rlimit(resource: libc::__rlimit_resource_t, limit: u64) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coresocks"));
+    // SAFETY: setrlimit is async-signal-safe; the closure touches no locks
+    // or allocations.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(resource, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+#[test]
+fn too_small_memlock_limit_is_one_clear_error() {
+    let out = command_with_rlimit(libc::RLIMIT_MEMLOCK, 64 * 1024)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("RLIMIT_MEMLOCK") && err.contains("ulimit -l"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn out_of_descriptors_backs_off_and_recovers() {
+    let echo = echo_server("127.0.0.1:0");
+    let mut child = command_with_rlimit(libc::RLIMIT_NOFILE, 64)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--max-tunnels-per-core",
+            "1000",
+            "--log-level",
+            "debug",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            log2.lock().unwrap().push(line);
+        }
+    });
+    let wait_for = |needle: &str| -> String {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        loop {
+            if let Some(l) = log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in {:?}",
+                log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let ready = wait_for("ready on ");
+    let addr = ready
+        .split(" ready on ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    // Hold more connections than the proxy has descriptors for.
+    let hogs: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    wait_for("accept failed");
+    drop(hogs);
+    wait_for("accepting again");
+    // Serves normally once descriptors are free.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        if coresocks::client::handshake_blocking(
+            &mut s,
+            coresocks::proto::Command::Connect,
+            &echo.target(),
+            None,
+        )
+        .is_ok()
+        {
+            echo_once(&mut s, b"recovered");
+            break;
+        }
+        assert!(Instant::now() < deadline, "proxy never recovered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let warnings = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert_eq!(
+        warnings, 1,
+        "one warning per episode, not one per failed accept"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
