@@ -127,15 +127,17 @@ impl CoreCtx {
         }
     }
 
-    /// Says this core is set up, then waits for the common start.
+    /// Says this core is set up, then waits until the common start is
+    /// known (it lies a few milliseconds ahead).
     pub async fn ready(&self) -> Result<Window, LoadgenError> {
         self.control.ready.fetch_add(1, Ordering::AcqRel);
         loop {
             if self.control.abort.load(Ordering::Acquire) {
                 return Err(LoadgenError::Aborted);
             }
+            // Returns a little before the start, so the core can spawn its
+            // tasks in time; each task waits for `start` (or its schedule).
             if let Some(w) = self.control.window(self.warmup, self.duration) {
-                crate::net::sleep_until(w.start).await;
                 return Ok(w);
             }
             glommio::timer::sleep(Duration::from_millis(1)).await;
@@ -404,7 +406,8 @@ fn drive(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    let start = Instant::now() + Duration::from_millis(5);
+    // Time for every core to see the start and spawn its tasks.
+    let start = Instant::now() + Duration::from_millis(20);
     let offset = (start - control.base).as_nanos() as u64;
     control.start_ns.store(offset + 1, Ordering::Release);
 

@@ -157,6 +157,7 @@ async fn connection_loop(
     live: Live,
 ) {
     let mut answer = vec![0u8; request.len() - 1];
+    net::sleep_until(w.start).await;
     loop {
         let begin = Instant::now();
         if begin >= w.t1 {

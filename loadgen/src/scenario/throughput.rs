@@ -249,6 +249,7 @@ async fn run_stream(
     let fd = stream.as_raw_fd();
     let (rd, wr) = split(stream);
     let seen = Seen::default();
+    sleep_until(w.start).await;
     let work = async {
         let (sent, read) = futures_lite::future::zip(
             write_side(wr, direction, &buf, w, fd),
