@@ -1,1 +1,64 @@
-fn main() {}
+//! loadgen: the load generator of coresocks. See README.md.
+
+mod cli;
+mod compare;
+mod cores;
+mod error;
+mod net;
+mod report;
+mod runner;
+mod scenario;
+mod serve;
+mod stats;
+mod target;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command, OutputArgs};
+use crate::error::LoadgenError;
+use crate::report::Report;
+use crate::scenario::PathChoice;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), LoadgenError> {
+    match cli.command {
+        Command::Throughput { path, args, out } => {
+            let path = PathChoice::from_args(&path)?;
+            finish(scenario::throughput::run(&path, &args)?, &out)
+        }
+        Command::Cps { path, args, out } => {
+            let path = PathChoice::from_args(&path)?;
+            finish(scenario::cps::run(&path, &args)?, &out)
+        }
+        Command::Latency { path, args, out } => {
+            let path = PathChoice::from_args(&path)?;
+            finish(scenario::latency::run(&path, &args)?, &out)
+        }
+        Command::Udp { path, args, out } => {
+            let path = PathChoice::from_args(&path)?;
+            finish(scenario::udp::run(&path, &args)?, &out)
+        }
+        Command::Serve(args) => serve::run(&args),
+        Command::Compare(args) => compare::run(&args),
+    }
+}
+
+fn finish(report: Report, out: &OutputArgs) -> Result<(), LoadgenError> {
+    print!("{}", report.table());
+    if let Some(path) = &out.json {
+        report.write_json(path)?;
+    }
+    Ok(())
+}

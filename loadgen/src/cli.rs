@@ -1,0 +1,350 @@
+//! Command line: one subcommand per scenario, plus `serve` and `compare`.
+//!
+//! Options shared by the scenarios are split in two groups: [`PathArgs`]
+//! (which proxy, or direct) and [`RunArgs`] (cores, targets, timing), so that
+//! `compare` can reuse a scenario's options while it picks the paths itself.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::cores::CoreSpec;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for SOCKS5 proxies: throughput, connection rate and open-loop latency",
+    long_about = "Load generator for SOCKS5 proxies: throughput, connection rate and open-loop latency.\n\n\
+        Runs thread-per-core (one pinned glommio executor per --cores CPU). Unless --target is given, \
+        it starts its own echo/sink/source targets on loopback. See loadgen/README.md."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Bulk data through N concurrent tunnels; reports Gbit/s
+    Throughput {
+        #[command(flatten)]
+        path: PathArgs,
+        #[command(flatten)]
+        args: ThroughputArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Connection rate: connect, negotiate, CONNECT, one small echo, close
+    Cps {
+        #[command(flatten)]
+        path: PathArgs,
+        #[command(flatten)]
+        args: CpsArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Open-loop request/response latency over persistent tunnels at a fixed rate
+    Latency {
+        #[command(flatten)]
+        path: PathArgs,
+        #[command(flatten)]
+        args: LatencyArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// UDP through UDP ASSOCIATE (waits on the proxy's UDP support)
+    Udp {
+        #[command(flatten)]
+        path: PathArgs,
+        #[command(flatten)]
+        args: UdpArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Run only the targets (echo, sink, source) until SIGINT/SIGTERM or --duration
+    Serve(ServeArgs),
+    /// Run one scenario against several proxies (and direct), interleaved over rounds
+    Compare(CompareArgs),
+}
+
+/// How loadgen reaches the target: through a SOCKS5 proxy, or direct.
+#[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    /// SOCKS5 proxy to measure (HOST:PORT)
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "direct")]
+    pub proxy: Option<String>,
+    /// No proxy: connect to the target directly (the baseline)
+    #[arg(long, conflicts_with = "proxy")]
+    pub direct: bool,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+}
+
+/// RFC 1929 username/password, offered to every proxy.
+#[derive(Debug, Clone, Args)]
+pub struct AuthArgs {
+    /// Username for the proxy (RFC 1929); needs --password
+    #[arg(long, requires = "password")]
+    pub user: Option<String>,
+    /// Password for the proxy (RFC 1929); needs --user
+    #[arg(long, requires = "user")]
+    pub password: Option<String>,
+}
+
+/// Cores, targets and timing, common to every scenario.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// CPUs for loadgen's executors: a list like 0 or 0,1 or 2-3 (CPU ids,
+    /// as taskset -c), "count:N" for the first N allowed CPUs, or "all"
+    /// [default: the first CPU loadgen may run on]
+    #[arg(long, value_name = "CPUS")]
+    pub cores: Option<CoreSpec>,
+    /// Use the targets of a `loadgen serve` at HOST:PORT instead of starting
+    /// loadgen's own on loopback
+    #[arg(long, value_name = "HOST:PORT")]
+    pub target: Option<String>,
+    /// CPUs for loadgen's own targets (same syntax as --cores)
+    /// [default: the --cores CPUs]
+    #[arg(long, value_name = "CPUS", conflicts_with = "target")]
+    pub target_cores: Option<CoreSpec>,
+    /// Length of the measurement window (e.g. 5, 5s, 500ms, 1m)
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Load before the measurement window that is not counted
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Limit for each connect, handshake and response, and for the drain
+    /// after the window
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
+    /// Also write the result as JSON to FILE (schema in loadgen/README.md)
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Client to target
+    Up,
+    /// Target to client
+    Down,
+    /// Both at once on every tunnel
+    Both,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Concurrent tunnels, spread over the cores
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub streams: u32,
+    /// Which way the bulk data flows
+    #[arg(long, value_enum, default_value_t = Direction::Up)]
+    pub direction: Direction,
+    /// Bytes per write call (e.g. 262144, 256k, 1m)
+    #[arg(long, default_value = "256k", value_parser = parse_size)]
+    pub write_size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CpsArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Connection loops per core, each one connection at a time
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub concurrency: u32,
+    /// Bytes of the one request echoed on each connection
+    #[arg(long, default_value = "32", value_parser = parse_size)]
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Persistent tunnels, spread over the cores
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub connections: u32,
+    /// Total requests per second over all tunnels (a fixed schedule)
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// Bytes per request (the echo answers as many)
+    #[arg(long, default_value = "64", value_parser = parse_size)]
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UdpArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Datagrams per second over all associations
+    #[arg(long, default_value_t = 10_000.0)]
+    pub rate: f64,
+    /// Payload bytes per datagram
+    #[arg(long, default_value = "64", value_parser = parse_size)]
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address of the target port (all modes share it; see README)
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub listen: String,
+    /// CPUs for the targets (same syntax as loadgen's --cores)
+    #[arg(long, value_name = "CPUS")]
+    pub cores: Option<CoreSpec>,
+    /// Stop by itself after this long [default: only on SIGINT/SIGTERM]
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// Write the counters as JSON to FILE on exit
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Test hook: after this many echo reads on a core, freeze that core
+    /// once for --pause (to check that latency sees a stall)
+    #[arg(long, value_name = "READS", requires = "pause")]
+    pub pause_after: Option<u64>,
+    /// Test hook: how long the --pause-after freeze lasts
+    #[arg(long, value_parser = parse_duration, requires = "pause_after")]
+    pub pause: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// A proxy to measure, as NAME=HOST:PORT (repeat for each proxy)
+    #[arg(long = "proxy", value_name = "NAME=HOST:PORT", value_parser = parse_named_proxy)]
+    pub proxies: Vec<(String, String)>,
+    /// Also measure without a proxy (the baseline for the ratios)
+    #[arg(long)]
+    pub direct: bool,
+    #[command(flatten)]
+    pub auth: AuthArgs,
+    /// Rounds; each round runs every path once, in the same order
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: u32,
+    /// Pause between runs (lets TIME_WAIT and caches settle)
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub gap: Duration,
+    /// Also write every run and the medians as JSON to FILE
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[command(subcommand)]
+    pub scenario: CompareScenario,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CompareScenario {
+    /// Compare throughput
+    Throughput(ThroughputArgs),
+    /// Compare connection rate
+    Cps(CpsArgs),
+    /// Compare open-loop latency
+    Latency(LatencyArgs),
+}
+
+/// "5", "1.5s", "250ms", "2m", "100us": a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 5, 5s, 500ms or 1m"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1e3,
+        "us" | "µs" => value / 1e6,
+        "m" | "min" => value * 60.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?} (use s, ms, us or m)"
+            ))
+        }
+    };
+    if !seconds.is_finite() || !(0.0..=86_400.0).contains(&seconds) {
+        return Err(format!("{text:?} is out of range (0 to 24h)"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// "64", "256k", "1m" (binary multiples: k = 1024).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let lower = text.to_ascii_lowercase();
+    let (number, multiplier) = match lower.strip_suffix(['k', 'm']) {
+        Some(n) if lower.ends_with('k') => (n, 1024),
+        Some(n) => (n, 1024 * 1024),
+        None => (lower.as_str(), 1),
+    };
+    let value: usize = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 64, 256k or 1m"))?;
+    match value.checked_mul(multiplier) {
+        Some(0) => Err("a size must be at least 1 byte".into()),
+        Some(v) if v <= 64 * 1024 * 1024 => Ok(v),
+        _ => Err(format!("{text:?} is larger than 64m")),
+    }
+}
+
+fn parse_named_proxy(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((name, addr)) if !name.trim().is_empty() && !addr.trim().is_empty() => {
+            Ok((name.trim().to_owned(), addr.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?} is not NAME=HOST:PORT (e.g. coresocks=127.0.0.1:1080)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5h").is_err());
+        assert!(parse_duration("-1").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64").unwrap(), 64);
+        assert_eq!(parse_size("256k").unwrap(), 256 * 1024);
+        assert_eq!(parse_size("1M").unwrap(), 1024 * 1024);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1g").is_err());
+        assert!(parse_size("100m").is_err());
+    }
+
+    #[test]
+    fn named_proxies() {
+        assert_eq!(
+            parse_named_proxy("cs=127.0.0.1:1080").unwrap(),
+            ("cs".into(), "127.0.0.1:1080".into())
+        );
+        assert!(parse_named_proxy("127.0.0.1:1080").is_err());
+        assert!(parse_named_proxy("=1.2.3.4:5").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,307 @@
+//! `loadgen compare`: the same scenario against several paths, interleaved
+//! (round 1: A B C, round 2: A B C, ...) so that slow drifts of the machine
+//! (heat, other load, page cache) spread over every path instead of
+//! favouring whichever ran first. Prints medians and ratios as a markdown
+//! table.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::cli::{CompareArgs, CompareScenario};
+use crate::error::LoadgenError;
+use crate::report::{write_json, Machine, Metric};
+use crate::scenario::{self, PathChoice};
+
+#[derive(Debug, Serialize)]
+struct CompareReport {
+    schema: &'static str,
+    scenario: &'static str,
+    rounds: u32,
+    /// Path names in the order each round runs them.
+    order: Vec<String>,
+    /// The scenario's parameters (as in a single run's JSON).
+    parameters: serde_json::Value,
+    machine: Machine,
+    /// The metric the ratio columns of the table use.
+    headline: &'static str,
+    /// Every run, in the order it ran.
+    runs: Vec<RunRecord>,
+    summary: Vec<Summary>,
+    markdown: String,
+}
+
+#[derive(Debug, Serialize)]
+struct RunRecord {
+    /// 1-based position in the sequence of runs.
+    index: usize,
+    round: u32,
+    name: String,
+    metrics: BTreeMap<&'static str, f64>,
+    errors: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Summary {
+    name: String,
+    median: BTreeMap<&'static str, f64>,
+    /// median / the direct path's median, per metric (absent without --direct).
+    ratio_to_direct: Option<BTreeMap<&'static str, f64>>,
+    /// median / the first proxy's median, per metric.
+    ratio_to_first_proxy: Option<BTreeMap<&'static str, f64>>,
+}
+
+fn scenario_name(s: &CompareScenario) -> &'static str {
+    match s {
+        CompareScenario::Throughput(_) => "throughput",
+        CompareScenario::Cps(_) => "cps",
+        CompareScenario::Latency(_) => "latency",
+    }
+}
+
+pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
+    if args.proxies.is_empty() && !args.direct {
+        return Err(LoadgenError::Usage(
+            "compare needs at least one --proxy NAME=HOST:PORT (and usually --direct)".into(),
+        ));
+    }
+    let mut paths = Vec::new();
+    if args.direct {
+        paths.push(PathChoice::direct());
+    }
+    for (name, addr) in &args.proxies {
+        if name == "direct" || paths.iter().any(|p: &PathChoice| &p.name == name) {
+            return Err(LoadgenError::Usage(format!(
+                "proxy name {name:?} is used twice (or is \"direct\")"
+            )));
+        }
+        paths.push(PathChoice::proxy(name, addr, &args.auth)?);
+    }
+    let first_proxy = paths
+        .iter()
+        .find(|p| p.proxy.is_some())
+        .map(|p| p.name.clone());
+
+    let mut runs: Vec<RunRecord> = Vec::new();
+    let mut parameters = serde_json::Value::Null;
+    let mut metric_names: Vec<(&'static str, bool)> = Vec::new();
+    let total = args.rounds as usize * paths.len();
+    for round in 1..=args.rounds {
+        for path in &paths {
+            if !runs.is_empty() && !args.gap.is_zero() {
+                std::thread::sleep(args.gap);
+            }
+            eprintln!(
+                "run {}/{total} (round {round}/{}): {}",
+                runs.len() + 1,
+                args.rounds,
+                path.name
+            );
+            let report = scenario::run(&args.scenario, path)?;
+            let metrics = report.metrics();
+            if metric_names.is_empty() {
+                metric_names = metrics
+                    .iter()
+                    .map(|m| (m.name, m.higher_is_better))
+                    .collect();
+                parameters = report.parameters.clone();
+            }
+            eprintln!("  {}", describe_metrics(&metrics));
+            runs.push(RunRecord {
+                index: runs.len() + 1,
+                round,
+                name: path.name.clone(),
+                metrics: metrics.iter().map(|m| (m.name, m.value)).collect(),
+                errors: report.errors.total,
+            });
+        }
+    }
+
+    let medians: Vec<(String, BTreeMap<&'static str, f64>)> = paths
+        .iter()
+        .map(|p| {
+            let mine: Vec<&RunRecord> = runs.iter().filter(|r| r.name == p.name).collect();
+            let median = metric_names
+                .iter()
+                .map(|(m, _)| {
+                    let values: Vec<f64> = mine
+                        .iter()
+                        .filter_map(|r| r.metrics.get(m).copied())
+                        .collect();
+                    (*m, median(values))
+                })
+                .collect();
+            (p.name.clone(), median)
+        })
+        .collect();
+    let reference = |name: &Option<String>| {
+        name.as_ref()
+            .and_then(|n| medians.iter().find(|(m, _)| m == n))
+            .map(|(_, v)| v.clone())
+    };
+    let direct_ref = reference(&args.direct.then(|| "direct".to_owned()));
+    let proxy_ref = reference(&first_proxy);
+    let ratios = |mine: &BTreeMap<&'static str, f64>,
+                  base: &Option<BTreeMap<&'static str, f64>>| {
+        base.as_ref().map(|b| {
+            mine.iter()
+                .map(|(k, v)| (*k, ratio(*v, b.get(k).copied().unwrap_or(0.0))))
+                .collect::<BTreeMap<_, _>>()
+        })
+    };
+    let summary: Vec<Summary> = medians
+        .iter()
+        .map(|(name, median)| Summary {
+            name: name.clone(),
+            ratio_to_direct: ratios(median, &direct_ref),
+            ratio_to_first_proxy: ratios(median, &proxy_ref),
+            median: median.clone(),
+        })
+        .collect();
+
+    let headline = metric_names.first().map(|(m, _)| *m).unwrap_or("");
+    let markdown = markdown_table(
+        &summary,
+        &metric_names,
+        headline,
+        args.rounds,
+        args.direct,
+        first_proxy.as_deref(),
+    );
+    print!("{markdown}");
+    if let Some(path) = &args.json {
+        let report = CompareReport {
+            schema: "loadgen-compare-v1",
+            scenario: scenario_name(&args.scenario),
+            rounds: args.rounds,
+            order: paths.iter().map(|p| p.name.clone()).collect(),
+            parameters,
+            machine: Machine::current(),
+            headline,
+            runs,
+            summary,
+            markdown,
+        };
+        write_json(&report, path)?;
+    }
+    Ok(())
+}
+
+fn describe_metrics(metrics: &[Metric]) -> String {
+    metrics
+        .iter()
+        .map(|m| format!("{} {}", m.name, format_value(m.value)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn format_value(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn ratio(value: f64, base: f64) -> f64 {
+    if base == 0.0 {
+        0.0
+    } else {
+        value / base
+    }
+}
+
+fn markdown_table(
+    summary: &[Summary],
+    metrics: &[(&'static str, bool)],
+    headline: &str,
+    rounds: u32,
+    direct: bool,
+    first_proxy: Option<&str>,
+) -> String {
+    let mut header = vec!["path".to_owned()];
+    header.extend(
+        metrics
+            .iter()
+            .map(|(m, _)| format!("{m} (median of {rounds})")),
+    );
+    if direct {
+        header.push(format!("{headline} x direct"));
+    }
+    if let Some(p) = first_proxy {
+        header.push(format!("{headline} x {p}"));
+    }
+    let mut out = String::new();
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let _ = writeln!(
+        out,
+        "|{}",
+        header
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+            .collect::<String>()
+    );
+    for s in summary {
+        let mut cells = vec![s.name.clone()];
+        cells.extend(
+            metrics
+                .iter()
+                .map(|(m, _)| format_value(s.median.get(m).copied().unwrap_or(0.0))),
+        );
+        for r in [&s.ratio_to_direct, &s.ratio_to_first_proxy]
+            .into_iter()
+            .flatten()
+        {
+            cells.push(format!("{:.2}", r.get(headline).copied().unwrap_or(0.0)));
+        }
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    let better: Vec<String> = metrics
+        .iter()
+        .map(|(m, higher)| {
+            format!(
+                "{m}: {}",
+                if *higher {
+                    "higher is better"
+                } else {
+                    "lower is better"
+                }
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nRatios are the median of {headline} divided by the reference's median. {}.",
+        better.join("; ")
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(ratio(5.0, 0.0), 0.0);
+        assert_eq!(ratio(5.0, 10.0), 0.5);
+    }
+}

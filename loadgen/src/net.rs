@@ -1,0 +1,253 @@
+//! Connecting: a tunnel through the proxy (with coresocks' own client) or a
+//! direct connection, the check made before any load, and the small socket
+//! helpers the scenarios share.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use coresocks::client::{self, Credentials};
+use coresocks::proto::{Command, TargetAddr};
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use socket2::SockRef;
+
+use crate::error::{describe, Failure, LoadgenError, Stage};
+use crate::target::{HELLO_REPLY, MODE_HELLO};
+
+/// How to reach the target: through a SOCKS5 proxy or directly.
+#[derive(Debug, Clone)]
+pub struct PathSpec {
+    pub proxy: Option<SocketAddr>,
+    pub creds: Option<Credentials>,
+    pub target: SocketAddr,
+}
+
+impl PathSpec {
+    /// Where the TCP connection goes first.
+    pub fn first_hop(&self) -> SocketAddr {
+        self.proxy.unwrap_or(self.target)
+    }
+}
+
+/// Resolves HOST:PORT once, at start-up (never on a core).
+pub fn resolve(what: &'static str, text: &str) -> Result<SocketAddr, LoadgenError> {
+    let err = |reason: String| LoadgenError::Resolve {
+        what,
+        addr: text.to_owned(),
+        reason,
+    };
+    let mut addrs = text.to_socket_addrs().map_err(|e| err(e.to_string()))?;
+    addrs
+        .next()
+        .ok_or_else(|| err("no address found".to_owned()))
+}
+
+/// Opens a tunnel to the path's target: TCP to the first hop, then, through
+/// a proxy, the SOCKS5 negotiation and CONNECT. `stage` tells the caller
+/// how far it got when it fails (for the timeout that wraps it).
+/// `linger_zero` makes every close of this socket a RST, failures included.
+pub async fn open(
+    path: &PathSpec,
+    stage: &std::cell::Cell<Stage>,
+    linger_zero: bool,
+) -> Result<TcpStream, Failure> {
+    stage.set(Stage::Connect);
+    let mut stream = TcpStream::connect(path.first_hop())
+        .await
+        .map_err(|e| Failure::from_io(&io::Error::from(e), Stage::Connect))?;
+    if linger_zero {
+        set_linger_zero(&stream);
+    }
+    let _ = stream.set_nodelay(true);
+    if path.proxy.is_some() {
+        stage.set(Stage::Handshake);
+        client::handshake(
+            &mut stream,
+            Command::Connect,
+            &TargetAddr::Ip(path.target),
+            path.creds.as_ref(),
+        )
+        .await
+        .map_err(|e| Failure::from_client(&e))?;
+    }
+    stage.set(Stage::Target);
+    Ok(stream)
+}
+
+/// Runs `fut`, or gives `Failure::Timeout`-like results when `limit` passes
+/// first; `on_timeout` picks the failure from the stage reached.
+pub async fn within<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, Failure>>,
+    on_timeout: impl FnOnce() -> Failure,
+) -> Result<T, Failure> {
+    futures_lite::future::or(fut, async move {
+        glommio::timer::sleep(limit).await;
+        Err(on_timeout())
+    })
+    .await
+}
+
+/// The failure a timeout means at this stage.
+pub fn timeout_failure(stage: Stage) -> Failure {
+    match stage {
+        Stage::Connect => Failure::ConnectTimeout,
+        Stage::Handshake | Stage::Target => Failure::Timeout,
+    }
+}
+
+/// Lets the other futures of this task and the other tasks of this core
+/// run. A loop whose reads or writes complete at once (glommio tries the
+/// syscall before waiting) would otherwise never return to the executor and
+/// starve the rest of the core, including the other half of a duplex tunnel.
+pub async fn fair_share() {
+    futures_lite::future::yield_now().await;
+}
+
+/// Sleeps until `at` (returns at once when it has passed).
+pub async fn sleep_until(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        glommio::timer::sleep(at - now).await;
+    }
+}
+
+/// Checks the path before any load: the proxy (if any) accepts us and
+/// CONNECTs to the target, and the target speaks loadgen's protocol. Runs on
+/// the main thread with blocking sockets, so every cause gets its own
+/// message.
+pub fn preflight(path: &PathSpec, timeout: Duration) -> Result<(), LoadgenError> {
+    let fail = |failure: Failure, stage: Stage| {
+        LoadgenError::Unreachable(describe(failure, stage, path.proxy, path.target))
+    };
+    let io_fail = |e: io::Error, stage: Stage| {
+        let failure = Failure::from_io(&e, stage);
+        match failure {
+            Failure::Io => LoadgenError::Unreachable(format!(
+                "{} ({e})",
+                describe(failure, stage, path.proxy, path.target)
+            )),
+            _ => fail(failure, stage),
+        }
+    };
+    let mut stream = std::net::TcpStream::connect_timeout(&path.first_hop(), timeout)
+        .map_err(|e| io_fail(e, Stage::Connect))?;
+    let setup = |s: &std::net::TcpStream| -> io::Result<()> {
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.set_nodelay(true)
+    };
+    setup(&stream).map_err(|e| io_fail(e, Stage::Connect))?;
+    if path.proxy.is_some() {
+        client::handshake_blocking(
+            &mut stream,
+            Command::Connect,
+            &TargetAddr::Ip(path.target),
+            path.creds.as_ref(),
+        )
+        .map_err(|e| match e {
+            client::ClientError::Io(io) => io_fail(io, Stage::Handshake),
+            other => fail(Failure::from_client(&other), Stage::Handshake),
+        })?;
+    }
+    stream
+        .write_all(&[MODE_HELLO])
+        .map_err(|e| io_fail(e, Stage::Target))?;
+    let mut answer = [0u8; 4];
+    match stream.read_exact(&mut answer) {
+        Ok(()) if &answer == HELLO_REPLY => Ok(()),
+        Ok(()) => Err(fail(Failure::TargetProtocol, Stage::Target)),
+        // A proxy that connected, then closed: the target hung up on us.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(fail(Failure::TargetProtocol, Stage::Target))
+        }
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(LoadgenError::Unreachable(format!(
+                "the target at {} did not answer loadgen's hello within {:?} (is it a `loadgen serve`?)",
+                path.target, timeout
+            )))
+        }
+        Err(e) => Err(io_fail(e, Stage::Target)),
+    }
+}
+
+/// Half-closes the write side (sends FIN) of a socket we own.
+pub fn shutdown_write(fd: RawFd) {
+    // SAFETY: callers pass the fd of a socket they still hold open.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let _ = SockRef::from(&borrowed).shutdown(Shutdown::Write);
+}
+
+/// Makes close() send RST: no TIME_WAIT on our side (see README).
+pub fn set_linger_zero(stream: &TcpStream) {
+    coresocks::sys::set_linger_zero(stream.as_raw_fd());
+}
+
+/// Splits a stream so one task (or two futures) can read while writing.
+/// glommio keeps separate read and write readiness sources per stream, so
+/// both halves can wait at once. The RefCell is only borrowed inside a poll,
+/// never across an await: no lock on the data path.
+pub fn split(stream: TcpStream) -> (ReadHalf, WriteHalf) {
+    let shared = Rc::new(RefCell::new(stream));
+    (ReadHalf(shared.clone()), WriteHalf(shared))
+}
+
+pub struct ReadHalf(Rc<RefCell<TcpStream>>);
+pub struct WriteHalf(Rc<RefCell<TcpStream>>);
+
+impl WriteHalf {
+    pub fn fd(&self) -> RawFd {
+        self.0.borrow().as_raw_fd()
+    }
+}
+
+fn busy() -> io::Error {
+    io::Error::other("stream half polled while the other half was being polled")
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_read(cx, buf),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_write(cx, buf),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_flush(cx),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut s) => Pin::new(&mut *s).poll_close(cx),
+            Err(_) => Poll::Ready(Err(busy())),
+        }
+    }
+}

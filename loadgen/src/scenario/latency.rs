@@ -1,0 +1,366 @@
+//! Open-loop latency: K persistent tunnels send S-byte requests to the echo
+//! target at a fixed total rate R, and each request's latency runs from the
+//! time it was *meant* to be sent, not the time it was sent.
+//!
+//! Every tunnel has a fixed schedule (tunnel j sends request n at
+//! `start + j/R + n*K/R`), so the R requests per second are evenly spread
+//! over all tunnels. The sender never waits for answers: when the path
+//! stalls, requests keep their places in the schedule (sent late, or queued
+//! in the socket), and every one of them reports the stall. A closed loop
+//! that waits for each answer before the next request would send fewer
+//! requests during a stall and hide it (coordinated omission).
+//!
+//! The echo answers bytes in order, so the receiver knows which request an
+//! answer belongs to by counting bytes, and computes its intended send time
+//! from the same schedule: sender and receiver share no queue.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::cli::LatencyArgs;
+use crate::error::{describe, Failure, FailureCounts, LoadgenError, Stage};
+use crate::net::{self, sleep_until, split, ReadHalf, WriteHalf};
+use crate::report::{Report, ScenarioResult};
+use crate::runner::{self, CoreCtx, Live, LiveKind, Window};
+use crate::scenario::{PathChoice, RunSetup};
+use crate::stats::{self, new_histogram, Percentiles};
+use crate::target::MODE_ECHO;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyResult {
+    pub connections: u32,
+    pub size: usize,
+    /// Requests per second asked for (--rate).
+    pub target_rate: f64,
+    /// Requests whose intended send time lies inside the window.
+    pub requests_in_window: u64,
+    /// Answers that arrived inside the window.
+    pub responses_in_window: u64,
+    /// responses_in_window / window length.
+    pub achieved_rate: f64,
+    /// Requests of the run that got no answer before the drain timeout.
+    pub lost: u64,
+    /// Latency of the requests scheduled inside the window, from their
+    /// intended send time to the last byte of their answer. Lost requests
+    /// count with the time they had waited when given up.
+    pub latency: Percentiles,
+    /// How far behind its schedule a sender got at worst (loadgen's own
+    /// lag; large values mean loadgen itself could not keep the rate).
+    pub max_send_lag_us: f64,
+}
+
+/// When each request of one tunnel is due.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    phase_ns: f64,
+    interval_ns: f64,
+    /// Requests due before the end of the window.
+    total: u64,
+}
+
+impl Schedule {
+    fn new(w: &Window, tunnel: usize, tunnels: usize, rate: f64) -> Schedule {
+        let phase_ns = tunnel as f64 * 1e9 / rate;
+        let interval_ns = tunnels as f64 * 1e9 / rate;
+        let end_ns = (w.t1 - w.start).as_nanos() as f64;
+        let total = if end_ns > phase_ns {
+            ((end_ns - phase_ns) / interval_ns).ceil() as u64
+        } else {
+            0
+        };
+        Schedule {
+            start: w.start,
+            phase_ns,
+            interval_ns,
+            total,
+        }
+    }
+
+    fn at(&self, n: u64) -> Instant {
+        self.start + Duration::from_nanos((self.phase_ns + n as f64 * self.interval_ns) as u64)
+    }
+}
+
+struct CoreStats {
+    latency: Histogram<u64>,
+    requests_in_window: u64,
+    responses_in_window: u64,
+    lost: u64,
+    max_lag: Duration,
+    failures: FailureCounts,
+}
+
+pub fn run(path: &PathChoice, args: &LatencyArgs) -> Result<Report, LoadgenError> {
+    if !(args.rate.is_finite() && args.rate > 0.0 && args.rate <= 1e8) {
+        return Err(LoadgenError::Usage(format!(
+            "--rate {} must be a number of requests per second between 0 and 1e8",
+            args.rate
+        )));
+    }
+    let setup = RunSetup::new(&args.run, path, LiveKind::Responses)?;
+    let params = Arc::new(args.clone());
+    let p = params.clone();
+    let mut out = runner::run(&setup.plan, move |ctx| core(ctx, p.clone()))?;
+
+    let mut failures = FailureCounts::default();
+    let mut latency = new_histogram();
+    let (mut requests, mut responses, mut lost) = (0, 0, 0);
+    let mut max_lag = Duration::ZERO;
+    for s in std::mem::take(&mut out.per_core) {
+        failures.merge(&s.failures);
+        stats::merge(&mut latency, &s.latency);
+        requests += s.requests_in_window;
+        responses += s.responses_in_window;
+        lost += s.lost;
+        max_lag = max_lag.max(s.max_lag);
+    }
+    let window = args.run.duration.as_secs_f64();
+    let result = LatencyResult {
+        connections: args.connections,
+        size: args.size,
+        target_rate: args.rate,
+        requests_in_window: requests,
+        responses_in_window: responses,
+        achieved_rate: if window > 0.0 {
+            responses as f64 / window
+        } else {
+            0.0
+        },
+        lost,
+        latency: Percentiles::of(&latency),
+        max_send_lag_us: max_lag.as_secs_f64() * 1e6,
+    };
+    let mut notes = Vec::new();
+    if result.max_send_lag_us > 1000.0 {
+        notes.push(format!(
+            "a sender fell {:.1} ms behind its schedule: the latencies include that wait (they are measured from the intended send time)",
+            result.max_send_lag_us / 1000.0
+        ));
+    }
+    Ok(setup.report(
+        "latency",
+        serde_json::json!({
+            "connections": args.connections,
+            "rate": args.rate,
+            "size": args.size,
+        }),
+        out,
+        ScenarioResult::Latency(result),
+        failures,
+        notes,
+    ))
+}
+
+async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, LoadgenError> {
+    let tunnels = args.connections as usize;
+    let mine: Vec<usize> = (0..tunnels)
+        .filter(|j| j % ctx.cores == ctx.index)
+        .collect();
+    let mut opened = Vec::with_capacity(mine.len());
+    for &j in &mine {
+        let stage = Cell::new(Stage::Connect);
+        let setup = async {
+            let mut s = net::open(&ctx.path, &stage, false).await?;
+            s.write_all(&[MODE_ECHO])
+                .await
+                .map_err(|e| Failure::from_io(&e, Stage::Target))?;
+            Ok(s)
+        };
+        match net::within(ctx.timeout, setup, || net::timeout_failure(stage.get())).await {
+            Ok(s) => opened.push((j, s)),
+            Err(f) => {
+                return Err(LoadgenError::Setup(format!(
+                    "tunnel {} of {tunnels} could not be opened: {}",
+                    j + 1,
+                    describe(f, stage.get(), ctx.path.proxy, ctx.path.target)
+                )))
+            }
+        }
+    }
+    let window = ctx.ready().await?;
+    let stats = Rc::new(RefCell::new(CoreStats {
+        latency: new_histogram(),
+        requests_in_window: 0,
+        responses_in_window: 0,
+        lost: 0,
+        max_lag: Duration::ZERO,
+        failures: FailureCounts::default(),
+    }));
+    let tasks: Vec<_> = opened
+        .into_iter()
+        .map(|(j, stream)| {
+            let schedule = Schedule::new(&window, j, tunnels, args.rate);
+            let (rd, wr) = split(stream);
+            glommio::spawn_local(run_tunnel(
+                rd,
+                wr,
+                schedule,
+                window,
+                args.size,
+                ctx.timeout,
+                stats.clone(),
+                ctx.live(),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        t.await;
+    }
+    match Rc::try_unwrap(stats) {
+        Ok(cell) => Ok(cell.into_inner()),
+        Err(_) => Err(LoadgenError::Executor(
+            "latency tunnels still running".into(),
+        )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_tunnel(
+    rd: ReadHalf,
+    wr: WriteHalf,
+    schedule: Schedule,
+    w: Window,
+    size: usize,
+    timeout: Duration,
+    stats: Rc<RefCell<CoreStats>>,
+    live: Live,
+) {
+    // Answers received so far; outlives the futures if the timeout wins.
+    let answered = Cell::new(0u64);
+    let work = async {
+        let (sent, received) = futures_lite::future::zip(
+            send(wr, schedule, size, &stats),
+            receive(rd, schedule, w, size, &answered, &stats, &live),
+        )
+        .await;
+        sent.and(received)
+    };
+    let deadline = w.t1 + timeout;
+    let outcome = futures_lite::future::or(work, async {
+        sleep_until(deadline).await;
+        Err(Failure::Timeout)
+    })
+    .await;
+    let mut s = stats.borrow_mut();
+    // Counted after the load so the first request is not delayed by it.
+    s.requests_in_window += (0..schedule.total)
+        .filter(|&n| schedule.at(n) >= w.t0)
+        .count() as u64;
+    let unanswered = schedule.total - answered.get();
+    if unanswered > 0 {
+        // Requests never answered still waited at least until now: count
+        // them so a stall cannot hide in "lost".
+        let now = Instant::now();
+        for n in answered.get()..schedule.total {
+            let due = schedule.at(n);
+            if due >= w.t0 {
+                stats::record(&mut s.latency, now.saturating_duration_since(due));
+            }
+        }
+        s.lost += unanswered;
+        let cause = match outcome {
+            Err(f) => f,
+            Ok(()) => Failure::ClosedEarly,
+        };
+        s.failures.add_n(cause, unanswered);
+        live.add_errors(unanswered);
+    }
+}
+
+async fn send(
+    mut wr: WriteHalf,
+    schedule: Schedule,
+    size: usize,
+    stats: &RefCell<CoreStats>,
+) -> Result<(), Failure> {
+    // Requests already due go out in one write, up to about 1 MiB.
+    let batch = ((1 << 20) / size).clamp(1, 64);
+    let payload: Vec<u8> = (0..batch * size).map(|i| (i % 253) as u8).collect();
+    let mut n = 0u64;
+    let mut max_lag = Duration::ZERO;
+    while n < schedule.total {
+        let due = schedule.at(n);
+        sleep_until(due).await;
+        let now = Instant::now();
+        max_lag = max_lag.max(now.saturating_duration_since(due));
+        let mut k = 1u64;
+        while n + k < schedule.total && (k as usize) < batch && schedule.at(n + k) <= now {
+            k += 1;
+        }
+        wr.write_all(&payload[..k as usize * size])
+            .await
+            .map_err(|e| Failure::from_io(&e, Stage::Target))?;
+        n += k;
+    }
+    let mut s = stats.borrow_mut();
+    s.max_lag = s.max_lag.max(max_lag);
+    Ok(())
+}
+
+async fn receive(
+    mut rd: ReadHalf,
+    schedule: Schedule,
+    w: Window,
+    size: usize,
+    answered: &Cell<u64>,
+    stats: &RefCell<CoreStats>,
+    live: &Live,
+) -> Result<(), Failure> {
+    let mut buf = vec![0u8; size.max(64 * 1024)];
+    let mut bytes = 0u64;
+    while answered.get() < schedule.total {
+        let n = rd
+            .read(&mut buf)
+            .await
+            .map_err(|e| Failure::from_io(&e, Stage::Target))?;
+        if n == 0 {
+            return Err(Failure::ClosedEarly);
+        }
+        let now = Instant::now();
+        bytes += n as u64;
+        let complete = (bytes / size as u64).min(schedule.total);
+        let mut s = stats.borrow_mut();
+        let in_window = now >= w.t0 && now < w.t1;
+        for done in answered.get()..complete {
+            let due = schedule.at(done);
+            if due >= w.t0 {
+                stats::record(&mut s.latency, now.saturating_duration_since(due));
+            }
+            if in_window {
+                s.responses_in_window += 1;
+            }
+        }
+        live.add_primary(complete - answered.get());
+        answered.set(complete);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_spreads_tunnels_evenly() {
+        let start = Instant::now();
+        let w = Window {
+            start,
+            t0: start,
+            t1: start + Duration::from_secs(1),
+        };
+        // 1000 req/s over 4 tunnels: each sends every 4 ms, 1 ms apart.
+        let s: Vec<Schedule> = (0..4).map(|j| Schedule::new(&w, j, 4, 1000.0)).collect();
+        assert_eq!(s.iter().map(|s| s.total).sum::<u64>(), 1000);
+        assert_eq!(s[1].at(0) - start, Duration::from_millis(1));
+        assert_eq!(s[1].at(2) - start, Duration::from_millis(9));
+        assert!(s[3].at(s[3].total - 1) < w.t1);
+        assert!(s[3].at(s[3].total) >= w.t1);
+    }
+}

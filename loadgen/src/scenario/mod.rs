@@ -1,0 +1,172 @@
+//! The scenarios, and what they share: turning options into a runner
+//! [`Plan`] and a run's output into a [`Report`].
+
+pub mod cps;
+pub mod latency;
+pub mod throughput;
+pub mod udp;
+
+use std::net::SocketAddr;
+
+use coresocks::client::Credentials;
+
+use crate::cli::{AuthArgs, CompareScenario, PathArgs, RunArgs};
+use crate::cores::default_cores;
+use crate::error::{FailureCounts, LoadgenError};
+use crate::net::resolve;
+use crate::report::{self, Errors, Machine, PathInfo, Report, ScenarioResult, RESULT_SCHEMA};
+use crate::runner::{LiveKind, Plan, RunOutput, Targets};
+
+/// Which path one run measures.
+#[derive(Debug, Clone)]
+pub struct PathChoice {
+    /// "direct", or a name for the proxy.
+    pub name: String,
+    pub proxy: Option<SocketAddr>,
+    pub creds: Option<Credentials>,
+}
+
+impl PathChoice {
+    pub fn direct() -> PathChoice {
+        PathChoice {
+            name: "direct".into(),
+            proxy: None,
+            creds: None,
+        }
+    }
+
+    pub fn proxy(name: &str, addr: &str, auth: &AuthArgs) -> Result<PathChoice, LoadgenError> {
+        Ok(PathChoice {
+            name: name.to_owned(),
+            proxy: Some(resolve("proxy", addr)?),
+            creds: credentials(auth),
+        })
+    }
+
+    pub fn from_args(args: &PathArgs) -> Result<PathChoice, LoadgenError> {
+        match &args.proxy {
+            Some(addr) => PathChoice::proxy(addr, addr, &args.auth),
+            None => Ok(PathChoice::direct()),
+        }
+    }
+}
+
+fn credentials(auth: &AuthArgs) -> Option<Credentials> {
+    match (&auth.user, &auth.password) {
+        (Some(u), Some(p)) => Some(Credentials {
+            username: u.clone(),
+            password: p.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Runs a scenario given as `compare` holds it.
+pub fn run(scenario: &CompareScenario, path: &PathChoice) -> Result<Report, LoadgenError> {
+    match scenario {
+        CompareScenario::Throughput(a) => throughput::run(path, a),
+        CompareScenario::Cps(a) => cps::run(path, a),
+        CompareScenario::Latency(a) => latency::run(path, a),
+    }
+}
+
+/// A resolved plan, and what the report needs to describe it.
+pub struct RunSetup {
+    pub plan: Plan,
+    path: PathChoice,
+    run: RunArgs,
+}
+
+impl RunSetup {
+    pub fn new(run: &RunArgs, path: &PathChoice, live: LiveKind) -> Result<RunSetup, LoadgenError> {
+        let allowed = coresocks::sys::allowed_cpus()
+            .map_err(|e| LoadgenError::Cores(format!("cannot read the CPU affinity: {e}")))?;
+        let load_cpus = match &run.cores {
+            Some(spec) => spec.select(&allowed).map_err(LoadgenError::Cores)?,
+            None => default_cores(&allowed),
+        };
+        if load_cpus.is_empty() {
+            return Err(LoadgenError::Cores("no CPU to run on".into()));
+        }
+        let targets = match (&run.target, &run.target_cores) {
+            (Some(addr), _) => Targets::External(resolve("target", addr)?),
+            (None, Some(spec)) => {
+                Targets::Internal(spec.select(&allowed).map_err(LoadgenError::Cores)?)
+            }
+            (None, None) => Targets::Internal(load_cpus.clone()),
+        };
+        if let Targets::Internal(cpus) = &targets {
+            if cpus.is_empty() {
+                return Err(LoadgenError::Cores("no CPU for the targets".into()));
+            }
+        }
+        Ok(RunSetup {
+            plan: Plan {
+                load_cpus,
+                targets,
+                proxy: path.proxy,
+                creds: path.creds.clone(),
+                warmup: run.warmup,
+                duration: run.duration,
+                timeout: run.timeout,
+                live,
+            },
+            path: path.clone(),
+            run: run.clone(),
+        })
+    }
+
+    /// Builds the report common to every scenario around its `result`.
+    pub fn report<R>(
+        &self,
+        scenario: &'static str,
+        scenario_params: serde_json::Value,
+        out: RunOutput<R>,
+        result: ScenarioResult,
+        failures: FailureCounts,
+        notes: Vec<String>,
+    ) -> Report {
+        let mut parameters = serde_json::json!({
+            "cores": self.plan.load_cpus,
+            "target_cores": out.target_cpus,
+            "warmup_s": self.run.warmup.as_secs_f64(),
+            "duration_s": self.run.duration.as_secs_f64(),
+            "timeout_s": self.run.timeout.as_secs_f64(),
+        });
+        if let (Some(all), serde_json::Value::Object(extra)) =
+            (parameters.as_object_mut(), scenario_params)
+        {
+            all.extend(extra);
+        }
+        let (series_unit, series) = report::series(self.plan.live, &out.samples);
+        Report {
+            schema: RESULT_SCHEMA,
+            loadgen_version: env!("CARGO_PKG_VERSION"),
+            scenario,
+            started_unix_s: out.started_unix_s,
+            path: PathInfo {
+                name: self.path.name.clone(),
+                mode: if self.path.proxy.is_some() {
+                    "proxy"
+                } else {
+                    "direct"
+                },
+                proxy: self.path.proxy.map(|p| p.to_string()),
+                auth: self.path.creds.is_some(),
+                target: out.target_addr.to_string(),
+                target_internal: matches!(self.plan.targets, Targets::Internal(_)),
+            },
+            parameters,
+            machine: Machine::current(),
+            result,
+            errors: Errors {
+                total: failures.total(),
+                by_cause: failures.by_name(),
+            },
+            series_unit,
+            series,
+            target: out.target_stats,
+            notes,
+        }
+    }
+}

@@ -1,0 +1,453 @@
+//! Bulk throughput through N tunnels.
+//!
+//! Up: the client writes large buffers; the sink acknowledges its running
+//! total, and the bytes counted are the totals acknowledged from the start
+//! of the window to the final acknowledgement after the client's FIN: bytes
+//! the target received, not bytes handed to a socket buffer. Down: the
+//! client counts what it reads inside the window. Both: both at once on each
+//! tunnel, the acknowledgements riding in the headers of the data units.
+
+use std::cell::Cell;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use serde::Serialize;
+
+use crate::cli::{Direction, ThroughputArgs};
+use crate::error::{describe, Failure, FailureCounts, LoadgenError, Stage};
+use crate::net::{self, shutdown_write, sleep_until, split, ReadHalf, WriteHalf};
+use crate::runner::{self, CoreCtx, Live, LiveKind, Window};
+use crate::scenario::{PathChoice, RunSetup};
+use crate::target::{ACK_FINAL, MODE_DUPLEX, MODE_SINK, MODE_SOURCE, UNIT};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ThroughputResult {
+    pub direction: Direction,
+    pub streams: u32,
+    /// Bytes the target acknowledged inside the window (up).
+    pub bytes_up: u64,
+    /// Bytes loadgen received inside the window (down).
+    pub bytes_down: u64,
+    /// From the start of the window to the last final acknowledgement.
+    pub seconds_up: f64,
+    /// The window.
+    pub seconds_down: f64,
+    pub gbit_s_up: f64,
+    pub gbit_s_down: f64,
+    pub gbit_s_total: f64,
+    pub gbit_s_per_stream_mean: f64,
+    pub gbit_s_per_stream_min: f64,
+    pub gbit_s_per_stream_max: f64,
+    /// Tunnels that ended without the target's final count (a proxy that
+    /// closes both ways at the first FIN): their up bytes stop at the last
+    /// acknowledgement seen.
+    pub streams_without_final_ack: u64,
+    pub per_stream: Vec<StreamResult>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StreamResult {
+    pub stream: usize,
+    /// Position of the loadgen core that ran it (index into `cores`).
+    pub core: usize,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub gbit_s: f64,
+    /// Why the tunnel failed, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+struct CoreOut {
+    streams: Vec<StreamOutcome>,
+    failures: FailureCounts,
+}
+
+struct StreamOutcome {
+    index: usize,
+    core: usize,
+    bytes_up: u64,
+    seconds_up: f64,
+    bytes_down: u64,
+    final_ack: bool,
+    failure: Option<Failure>,
+}
+
+pub fn run(
+    path: &PathChoice,
+    args: &ThroughputArgs,
+) -> Result<crate::report::Report, LoadgenError> {
+    let setup = RunSetup::new(&args.run, path, LiveKind::Throughput)?;
+    let params = Arc::new(args.clone());
+    let p = params.clone();
+    let mut out = runner::run(&setup.plan, move |ctx| core(ctx, p.clone()))?;
+
+    let duration = args.run.duration.as_secs_f64();
+    let mut failures = FailureCounts::default();
+    let mut streams: Vec<StreamOutcome> = Vec::new();
+    for c in std::mem::take(&mut out.per_core) {
+        failures.merge(&c.failures);
+        streams.extend(c.streams);
+    }
+    streams.sort_by_key(|s| s.index);
+    let bytes_up: u64 = streams.iter().map(|s| s.bytes_up).sum();
+    let bytes_down: u64 = streams.iter().map(|s| s.bytes_down).sum();
+    let seconds_up = streams.iter().map(|s| s.seconds_up).fold(0.0, f64::max);
+    let gbit = |bytes: u64, secs: f64| {
+        if secs > 0.0 {
+            bytes as f64 * 8.0 / secs / 1e9
+        } else {
+            0.0
+        }
+    };
+    let uses_up = args.direction != Direction::Down;
+    let uses_down = args.direction != Direction::Up;
+    let per_stream: Vec<StreamResult> = streams
+        .iter()
+        .map(|s| StreamResult {
+            stream: s.index,
+            core: s.core,
+            bytes_up: s.bytes_up,
+            bytes_down: s.bytes_down,
+            gbit_s: gbit(s.bytes_up, s.seconds_up) + gbit(s.bytes_down, duration),
+            failure: s.failure.map(|f| f.name()),
+        })
+        .collect();
+    let rates: Vec<f64> = per_stream.iter().map(|s| s.gbit_s).collect();
+    let gbit_s_up = if uses_up {
+        gbit(bytes_up, seconds_up)
+    } else {
+        0.0
+    };
+    let gbit_s_down = if uses_down {
+        gbit(bytes_down, duration)
+    } else {
+        0.0
+    };
+    let without_final = streams
+        .iter()
+        .filter(|s| uses_up && !s.final_ack && s.failure.is_none())
+        .count() as u64;
+    let result = ThroughputResult {
+        direction: args.direction,
+        streams: args.streams,
+        bytes_up,
+        bytes_down,
+        seconds_up: if uses_up { seconds_up } else { 0.0 },
+        seconds_down: if uses_down { duration } else { 0.0 },
+        gbit_s_up,
+        gbit_s_down,
+        gbit_s_total: gbit_s_up + gbit_s_down,
+        gbit_s_per_stream_mean: rates.iter().sum::<f64>() / rates.len().max(1) as f64,
+        gbit_s_per_stream_min: rates.iter().copied().reduce(f64::min).unwrap_or(0.0),
+        gbit_s_per_stream_max: rates.iter().copied().fold(0.0, f64::max),
+        streams_without_final_ack: without_final,
+        per_stream,
+    };
+    let mut notes = Vec::new();
+    if without_final > 0 {
+        notes.push(format!(
+            "{without_final} tunnel(s) closed before the target's final count arrived: the proxy may not relay half-closed tunnels; their up bytes stop at the last acknowledgement"
+        ));
+    }
+    Ok(setup.report(
+        "throughput",
+        serde_json::json!({
+            "streams": args.streams,
+            "direction": args.direction,
+            "write_size": args.write_size,
+        }),
+        out,
+        crate::report::ScenarioResult::Throughput(result),
+        failures,
+        notes,
+    ))
+}
+
+async fn core(ctx: CoreCtx, args: Arc<ThroughputArgs>) -> Result<CoreOut, LoadgenError> {
+    let streams = args.streams as usize;
+    let mine: Vec<usize> = (0..streams)
+        .filter(|i| i % ctx.cores == ctx.index)
+        .collect();
+    let mut tunnels = Vec::with_capacity(mine.len());
+    for &i in &mine {
+        let stage = Cell::new(Stage::Connect);
+        let opened = net::within(ctx.timeout, net::open(&ctx.path, &stage, false), || {
+            net::timeout_failure(stage.get())
+        })
+        .await;
+        match opened {
+            Ok(s) => tunnels.push((i, s)),
+            Err(f) => {
+                return Err(LoadgenError::Setup(format!(
+                    "tunnel {} of {streams} could not be opened: {}",
+                    i + 1,
+                    describe(f, stage.get(), ctx.path.proxy, ctx.path.target)
+                )))
+            }
+        }
+    }
+    let window = ctx.ready().await?;
+    // One write buffer per core, shared by its tunnels.
+    let buf: Rc<[u8]> = vec![0xa5_u8; args.write_size].into();
+    let tasks: Vec<_> = tunnels
+        .into_iter()
+        .map(|(i, s)| {
+            glommio::spawn_local(run_stream(
+                i,
+                ctx.index,
+                s,
+                window,
+                args.direction,
+                buf.clone(),
+                ctx.live(),
+                ctx.timeout,
+            ))
+        })
+        .collect();
+    let mut out = CoreOut {
+        streams: Vec::with_capacity(tasks.len()),
+        failures: FailureCounts::default(),
+    };
+    for t in tasks {
+        let s = t.await;
+        if let Some(f) = s.failure {
+            out.failures.add(f);
+        }
+        out.streams.push(s);
+    }
+    Ok(out)
+}
+
+/// What the reading side learned; kept outside the futures so a timeout
+/// that drops them still leaves the counts.
+#[derive(Default)]
+struct Seen {
+    /// Last acknowledged total before the window (subtracted).
+    base: Cell<u64>,
+    acked: Cell<u64>,
+    last_ack_at: Cell<Option<Instant>>,
+    final_ack: Cell<bool>,
+    down: Cell<u64>,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_stream(
+    index: usize,
+    core: usize,
+    stream: TcpStream,
+    w: Window,
+    direction: Direction,
+    buf: Rc<[u8]>,
+    live: Live,
+    timeout: std::time::Duration,
+) -> StreamOutcome {
+    let fd = stream.as_raw_fd();
+    let (rd, wr) = split(stream);
+    let seen = Seen::default();
+    sleep_until(w.start).await;
+    let work = async {
+        let (sent, read) = futures_lite::future::zip(
+            write_side(wr, direction, &buf, w, fd),
+            read_side(rd, direction, w, &seen, &live),
+        )
+        .await;
+        sent.and(read)
+    };
+    let failure = futures_lite::future::or(work, async {
+        sleep_until(w.t1 + timeout).await;
+        Err(Failure::Timeout)
+    })
+    .await
+    .err();
+    if failure.is_some() {
+        live.add_errors(1);
+    }
+    let seconds_up = seen
+        .last_ack_at
+        .get()
+        .map(|at| at.saturating_duration_since(w.t0).as_secs_f64())
+        .unwrap_or(0.0);
+    StreamOutcome {
+        index,
+        core,
+        bytes_up: seen.acked.get() - seen.base.get(),
+        seconds_up,
+        bytes_down: seen.down.get(),
+        final_ack: seen.final_ack.get(),
+        failure,
+    }
+}
+
+async fn write_side(
+    mut wr: WriteHalf,
+    direction: Direction,
+    buf: &[u8],
+    w: Window,
+    fd: std::os::fd::RawFd,
+) -> Result<(), Failure> {
+    let io = |e: std::io::Error| Failure::from_io(&e, Stage::Target);
+    let mode = match direction {
+        Direction::Up => MODE_SINK,
+        Direction::Down => MODE_SOURCE,
+        Direction::Both => MODE_DUPLEX,
+    };
+    wr.write_all(&[mode]).await.map_err(io)?;
+    if direction == Direction::Down {
+        sleep_until(w.t1).await;
+    } else {
+        while Instant::now() < w.t1 {
+            wr.write(buf).await.map_err(io)?;
+            net::fair_share().await;
+        }
+    }
+    // FIN: the target sends its final count (up) or stops sending (down).
+    shutdown_write(fd);
+    Ok(())
+}
+
+async fn read_side(
+    mut rd: ReadHalf,
+    direction: Direction,
+    w: Window,
+    seen: &Seen,
+    live: &Live,
+) -> Result<(), Failure> {
+    let size = if direction == Direction::Up {
+        4096
+    } else {
+        256 * 1024
+    };
+    let mut buf = vec![0u8; size];
+    let mut acks = AckParser::default();
+    let mut units = UnitParser::default();
+    loop {
+        let n = rd
+            .read(&mut buf)
+            .await
+            .map_err(|e| Failure::from_io(&e, Stage::Target))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let on_ack = |value: u64| {
+            let total = value & !ACK_FINAL;
+            live.add_primary(total.saturating_sub(seen.acked.get()));
+            seen.acked.set(total);
+            seen.last_ack_at.set(Some(now));
+            if now < w.t0 {
+                seen.base.set(total);
+            }
+            if value & ACK_FINAL != 0 {
+                seen.final_ack.set(true);
+            }
+        };
+        match direction {
+            Direction::Up => acks.feed(&buf[..n], on_ack),
+            Direction::Down | Direction::Both => {
+                if now >= w.t0 && now < w.t1 {
+                    seen.down.set(seen.down.get() + n as u64);
+                    live.add_secondary(n as u64);
+                }
+                if direction == Direction::Both {
+                    units.feed(&buf[..n], on_ack);
+                }
+            }
+        }
+        net::fair_share().await;
+    }
+}
+
+/// Splits the sink's stream of 8-byte totals, which may arrive cut anywhere.
+#[derive(Default)]
+struct AckParser {
+    partial: [u8; 8],
+    have: usize,
+}
+
+impl AckParser {
+    fn feed(&mut self, data: &[u8], mut on_ack: impl FnMut(u64)) {
+        for &b in data {
+            self.partial[self.have] = b;
+            self.have += 1;
+            if self.have == 8 {
+                on_ack(u64::from_le_bytes(self.partial));
+                self.have = 0;
+            }
+        }
+    }
+}
+
+/// Finds the 8-byte header at the start of every duplex unit.
+#[derive(Default)]
+struct UnitParser {
+    /// Position inside the current unit.
+    pos: usize,
+    header: [u8; 8],
+}
+
+impl UnitParser {
+    fn feed(&mut self, mut data: &[u8], mut on_header: impl FnMut(u64)) {
+        while !data.is_empty() {
+            if self.pos < 8 {
+                let take = (8 - self.pos).min(data.len());
+                self.header[self.pos..self.pos + take].copy_from_slice(&data[..take]);
+                self.pos += take;
+                data = &data[take..];
+                if self.pos == 8 {
+                    on_header(u64::from_le_bytes(self.header));
+                }
+            } else {
+                let take = (UNIT - self.pos).min(data.len());
+                self.pos += take;
+                data = &data[take..];
+            }
+            if self.pos == UNIT {
+                self.pos = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_cut_anywhere() {
+        let mut stream = Vec::new();
+        for v in [1u64, 70_000, 5 | ACK_FINAL] {
+            stream.extend_from_slice(&v.to_le_bytes());
+        }
+        for cut in 1..stream.len() {
+            let mut p = AckParser::default();
+            let mut seen = Vec::new();
+            p.feed(&stream[..cut], |v| seen.push(v));
+            p.feed(&stream[cut..], |v| seen.push(v));
+            assert_eq!(seen, vec![1, 70_000, 5 | ACK_FINAL]);
+        }
+    }
+
+    #[test]
+    fn unit_headers_found_across_reads() {
+        let mut data = Vec::new();
+        for total in [0u64, 100, 200] {
+            let mut unit = vec![0xee_u8; UNIT];
+            unit[..8].copy_from_slice(&total.to_le_bytes());
+            data.extend_from_slice(&unit);
+        }
+        data.extend_from_slice(&(300 | ACK_FINAL).to_le_bytes());
+        for chunk in [1usize, 7, 8, 1000, UNIT, UNIT + 3] {
+            let mut p = UnitParser::default();
+            let mut seen = Vec::new();
+            for piece in data.chunks(chunk) {
+                p.feed(piece, |v| seen.push(v));
+            }
+            assert_eq!(seen, vec![0, 100, 200, 300 | ACK_FINAL], "chunk {chunk}");
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The targets: what sits behind the proxy and answers loadgen's traffic.
+//!
+//! One TCP port serves every mode. The client's first byte picks the mode:
+//!
+//! | byte | mode   | what the target does |
+//! |------|--------|----------------------|
+//! | `H`  | hello  | answers `LGT1` and closes: the check that a target speaks this protocol |
+//! | `E`  | echo   | sends every byte back |
+//! | `S`  | sink   | reads and discards; acknowledges the running total of bytes received as 8-byte little-endian numbers, at least every 64 KiB, and once more after the client's FIN with bit 63 set (the final count); then closes |
+//! | `R`  | source | sends data until the client's FIN, then closes |
+//! | `D`  | duplex | sink and source at once: the data it sends is cut in 64 KiB units whose first 8 bytes carry the sink's running total; after the client's FIN it sends one 8-byte header alone with bit 63 set and closes |
+//!
+//! The mode byte itself is not echoed nor counted. Acknowledgements let the
+//! client count exactly the bytes the target received (not the bytes it
+//! handed to its own kernel), which is what makes throughput honest through a
+//! proxy that buffers.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use serde::Serialize;
+
+use crate::net::{fair_share, shutdown_write, split};
+
+pub const MODE_HELLO: u8 = b'H';
+pub const MODE_ECHO: u8 = b'E';
+pub const MODE_SINK: u8 = b'S';
+pub const MODE_SOURCE: u8 = b'R';
+pub const MODE_DUPLEX: u8 = b'D';
+/// The answer to `H`.
+pub const HELLO_REPLY: &[u8; 4] = b"LGT1";
+/// Set in the last acknowledgement of a sink or duplex connection.
+pub const ACK_FINAL: u64 = 1 << 63;
+/// Duplex data unit: an 8-byte header, then filler.
+pub const UNIT: usize = 64 * 1024;
+
+/// The sink acknowledges at least this often (bytes).
+const ACK_EVERY: u64 = 64 * 1024;
+/// Large reads and writes keep the target's cost per byte low.
+const BULK_BUF: usize = 256 * 1024;
+const ECHO_BUF: usize = 64 * 1024;
+
+/// What one core's targets saw (also the JSON of `loadgen serve`).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct TargetStats {
+    /// TCP connections accepted, whatever their mode.
+    pub accepted: u64,
+    /// Connections by mode (hello, echo, sink, source, duplex, unknown).
+    pub hello_connections: u64,
+    pub echo_connections: u64,
+    pub sink_connections: u64,
+    pub source_connections: u64,
+    pub duplex_connections: u64,
+    /// Connections that closed before sending a mode byte or sent an
+    /// unknown one.
+    pub other_connections: u64,
+    /// Echo: read calls and bytes echoed.
+    pub echo_reads: u64,
+    pub echo_bytes: u64,
+    /// Sink and duplex: bytes received after the mode byte.
+    pub bytes_received: u64,
+    /// Source and duplex: bytes sent (headers included).
+    pub bytes_sent: u64,
+}
+
+impl TargetStats {
+    pub fn merge(&mut self, o: &TargetStats) {
+        self.accepted += o.accepted;
+        self.hello_connections += o.hello_connections;
+        self.echo_connections += o.echo_connections;
+        self.sink_connections += o.sink_connections;
+        self.source_connections += o.source_connections;
+        self.duplex_connections += o.duplex_connections;
+        self.other_connections += o.other_connections;
+        self.echo_reads += o.echo_reads;
+        self.echo_bytes += o.echo_bytes;
+        self.bytes_received += o.bytes_received;
+        self.bytes_sent += o.bytes_sent;
+    }
+}
+
+/// A test hook: freeze the whole core once, after this many echo reads.
+#[derive(Debug, Clone, Copy)]
+pub struct PauseHook {
+    pub after_reads: u64,
+    pub pause: Duration,
+}
+
+/// Per-core counters, shared by the core's connection tasks.
+#[derive(Default)]
+struct Counters {
+    accepted: Cell<u64>,
+    hello: Cell<u64>,
+    echo: Cell<u64>,
+    sink: Cell<u64>,
+    source: Cell<u64>,
+    duplex: Cell<u64>,
+    other: Cell<u64>,
+    echo_reads: Cell<u64>,
+    echo_bytes: Cell<u64>,
+    received: Cell<u64>,
+    sent: Cell<u64>,
+    paused: Cell<bool>,
+}
+
+fn bump(cell: &Cell<u64>, n: u64) {
+    cell.set(cell.get() + n);
+}
+
+/// The targets running on one core.
+pub struct TargetCore {
+    accept_loop: glommio::task::JoinHandle<()>,
+    counters: Rc<Counters>,
+}
+
+impl TargetCore {
+    /// Starts accepting on `listener` (a bound, listening socket).
+    pub fn start(listener: OwnedFd, hook: Option<PauseHook>) -> TargetCore {
+        // SAFETY: the descriptor is an owned, listening TCP socket; glommio
+        // takes ownership of it.
+        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let counters = Rc::new(Counters::default());
+        let task = glommio::spawn_local(accept_loop(listener, counters.clone(), hook)).detach();
+        TargetCore {
+            accept_loop: task,
+            counters,
+        }
+    }
+
+    /// Stops accepting and returns the counters. Open connections end when
+    /// the executor does.
+    pub fn finish(self) -> TargetStats {
+        self.accept_loop.cancel();
+        let c = &self.counters;
+        TargetStats {
+            accepted: c.accepted.get(),
+            hello_connections: c.hello.get(),
+            echo_connections: c.echo.get(),
+            sink_connections: c.sink.get(),
+            source_connections: c.source.get(),
+            duplex_connections: c.duplex.get(),
+            other_connections: c.other.get(),
+            echo_reads: c.echo_reads.get(),
+            echo_bytes: c.echo_bytes.get(),
+            bytes_received: c.received.get(),
+            bytes_sent: c.sent.get(),
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, counters: Rc<Counters>, hook: Option<PauseHook>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                bump(&counters.accepted, 1);
+                let _ = stream.set_nodelay(true);
+                glommio::spawn_local(serve_connection(stream, counters.clone(), hook)).detach();
+            }
+            // Out of descriptors and the like: back off instead of spinning.
+            Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, c: Rc<Counters>, hook: Option<PauseHook>) {
+    let mut mode = [0u8; 1];
+    if stream.read_exact(&mut mode).await.is_err() {
+        bump(&c.other, 1);
+        return;
+    }
+    // Errors below only mean the client went away: nothing to report.
+    let _ = match mode[0] {
+        MODE_HELLO => {
+            bump(&c.hello, 1);
+            stream.write_all(HELLO_REPLY).await
+        }
+        MODE_ECHO => {
+            bump(&c.echo, 1);
+            echo(stream, &c, hook).await
+        }
+        MODE_SINK => {
+            bump(&c.sink, 1);
+            sink(stream, &c).await
+        }
+        MODE_SOURCE => {
+            bump(&c.source, 1);
+            source(stream, c.clone()).await
+        }
+        MODE_DUPLEX => {
+            bump(&c.duplex, 1);
+            duplex(stream, c.clone()).await
+        }
+        _ => {
+            bump(&c.other, 1);
+            Ok(())
+        }
+    };
+}
+
+async fn echo(mut stream: TcpStream, c: &Counters, hook: Option<PauseHook>) -> io::Result<()> {
+    let mut buf = vec![0u8; ECHO_BUF];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        bump(&c.echo_reads, 1);
+        bump(&c.echo_bytes, n as u64);
+        if let Some(h) = hook {
+            if !c.paused.get() && c.echo_reads.get() >= h.after_reads {
+                c.paused.set(true);
+                // Deliberately blocks the executor thread: a stalled server,
+                // as a GC pause or a page fault storm would stall it.
+                std::thread::sleep(h.pause);
+            }
+        }
+        stream.write_all(&buf[..n]).await?;
+        fair_share().await;
+    }
+}
+
+async fn sink(mut stream: TcpStream, c: &Counters) -> io::Result<()> {
+    let mut buf = vec![0u8; BULK_BUF];
+    let mut total = 0u64;
+    let mut acked = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        bump(&c.received, n as u64);
+        if total - acked >= ACK_EVERY {
+            stream.write_all(&total.to_le_bytes()).await?;
+            acked = total;
+        }
+        fair_share().await;
+    }
+    stream.write_all(&(total | ACK_FINAL).to_le_bytes()).await
+}
+
+/// Sends until the client's FIN (seen by a reader running beside the
+/// writer), so the client decides when the flow ends.
+async fn source(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
+    let (mut rd, mut wr) = split(stream);
+    let fd = wr.fd();
+    let eof = Rc::new(Cell::new(false));
+    let reader = {
+        let eof = eof.clone();
+        glommio::spawn_local(async move {
+            let mut scratch = [0u8; 512];
+            // Anything but more data (EOF or an error) ends the flow.
+            while let Ok(n) = rd.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            eof.set(true);
+        })
+    };
+    let buf = vec![0x5a_u8; BULK_BUF];
+    while !eof.get() {
+        let n = wr.write(&buf).await?;
+        bump(&c.sent, n as u64);
+        fair_share().await;
+    }
+    drop(reader);
+    shutdown_write(fd);
+    Ok(())
+}
+
+async fn duplex(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
+    let (mut rd, mut wr) = split(stream);
+    let fd = wr.fd();
+    let received = Rc::new(Cell::new(0u64));
+    let eof = Rc::new(Cell::new(false));
+    let reader = {
+        let (received, eof, c) = (received.clone(), eof.clone(), c.clone());
+        glommio::spawn_local(async move {
+            let mut buf = vec![0u8; BULK_BUF];
+            while let Ok(n) = rd.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                received.set(received.get() + n as u64);
+                bump(&c.received, n as u64);
+                fair_share().await;
+            }
+            eof.set(true);
+        })
+    };
+    let mut buf = vec![0x5a_u8; BULK_BUF];
+    while !eof.get() {
+        let total = received.get().to_le_bytes();
+        for unit in buf.chunks_mut(UNIT) {
+            unit[..8].copy_from_slice(&total);
+        }
+        wr.write_all(&buf).await?;
+        bump(&c.sent, buf.len() as u64);
+        fair_share().await;
+    }
+    drop(reader);
+    wr.write_all(&(received.get() | ACK_FINAL).to_le_bytes())
+        .await?;
+    bump(&c.sent, 8);
+    shutdown_write(fd);
+    Ok(())
+}
+
+/// Binds one listening socket per core on `addr`, all on the same port
+/// (SO_REUSEPORT: the kernel spreads connections over them).
+pub fn bind_listeners(
+    addr: std::net::SocketAddr,
+    count: usize,
+) -> io::Result<(std::net::SocketAddr, Vec<OwnedFd>)> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut bound = addr;
+    let mut fds = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_port(true)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(4096)?;
+        if let Some(local) = socket.local_addr()?.as_socket() {
+            // The first bind picks the port when asked for port 0.
+            bound = local;
+        }
+        fds.push(OwnedFd::from(socket));
+    }
+    Ok((bound, fds))
+}

@@ -1,0 +1,95 @@
+//! Throughput counts bytes the target received, exactly.
+
+mod common;
+
+use common::*;
+
+fn run_throughput(path: &[&str], extra: &[&str]) -> serde_json::Value {
+    let json = TempFile::new("throughput.json");
+    let mut args = vec![
+        "throughput",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        json.arg(),
+    ];
+    args.extend_from_slice(path);
+    args.extend_from_slice(extra);
+    loadgen(&args).assert_ok();
+    json.json()
+}
+
+#[test]
+fn direct_up_counts_the_bytes_the_target_received() {
+    let _serial = serial();
+    let r = run_throughput(&["--direct"], &["--streams", "2"]);
+    let counted = u64_at(&r, "/result/bytes_up");
+    assert!(counted > 0);
+    // With no warmup, every acknowledged byte is in the window.
+    assert_eq!(counted, u64_at(&r, "/target/bytes_received"));
+    assert_eq!(u64_at(&r, "/result/streams_without_final_ack"), 0);
+    assert_eq!(u64_at(&r, "/errors/total"), 0);
+    let per_stream: u64 = r["result"]["per_stream"]
+        .as_array()
+        .expect("per_stream")
+        .iter()
+        .map(|s| s["bytes_up"].as_u64().expect("bytes_up"))
+        .sum();
+    assert_eq!(per_stream, counted);
+}
+
+#[test]
+fn direct_up_to_an_external_target_matches_its_counters() {
+    let _serial = serial();
+    let counters = TempFile::new("serve.json");
+    let target = serve(&counters, &[]);
+    let r = run_throughput(&["--direct", "--target", &target.arg()], &[]);
+    target.stop();
+    let served = counters.json();
+    assert_eq!(
+        u64_at(&r, "/result/bytes_up"),
+        u64_at(&served, "/counters/bytes_received")
+    );
+    assert_eq!(u64_at(&served, "/counters/sink_connections"), 1);
+    assert!(r["target"].is_null(), "no own targets with --target");
+}
+
+#[test]
+fn through_coresocks_up_counts_the_bytes_the_target_received() {
+    let _serial = serial();
+    let proxy = coresocks(&[]);
+    let r = run_throughput(&["--proxy", &proxy.arg()], &["--streams", "2"]);
+    assert!(u64_at(&r, "/result/bytes_up") > 0);
+    assert_eq!(
+        u64_at(&r, "/result/bytes_up"),
+        u64_at(&r, "/target/bytes_received")
+    );
+    assert_eq!(u64_at(&r, "/result/streams_without_final_ack"), 0);
+    assert_eq!(r["path"]["mode"], "proxy");
+}
+
+#[test]
+fn through_coresocks_both_ways_counts_both_directions() {
+    let _serial = serial();
+    let proxy = coresocks(&[]);
+    let r = run_throughput(&["--proxy", &proxy.arg()], &["--direction", "both"]);
+    let up = u64_at(&r, "/result/bytes_up");
+    let down = u64_at(&r, "/result/bytes_down");
+    assert!(up > 0 && down > 0, "up {up} down {down}");
+    assert_eq!(up, u64_at(&r, "/target/bytes_received"));
+    // Down counts only the window; the target sent at least that much.
+    assert!(down <= u64_at(&r, "/target/bytes_sent"));
+}
+
+#[test]
+fn direct_down_counts_what_loadgen_received() {
+    let _serial = serial();
+    let r = run_throughput(&["--direct"], &["--direction", "down"]);
+    let down = u64_at(&r, "/result/bytes_down");
+    assert!(down > 0);
+    assert!(down <= u64_at(&r, "/target/bytes_sent"));
+    assert_eq!(u64_at(&r, "/result/bytes_up"), 0);
+    assert_eq!(f64_at(&r, "/result/seconds_down"), 1.0);
+}
