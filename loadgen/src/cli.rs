@@ -15,10 +15,11 @@ use crate::cores::CoreSpec;
 #[command(
     name = "loadgen",
     version,
-    about = "Load generator for SOCKS5 proxies: throughput, connection rate and open-loop latency",
-    long_about = "Load generator for SOCKS5 proxies: throughput, connection rate and open-loop latency.\n\n\
+    about = "Load generator for SOCKS5 proxies: throughput, connection rate, open-loop latency, UDP and idle tunnels",
+    long_about = "Load generator for SOCKS5 proxies: throughput, connection rate, open-loop latency, UDP and idle tunnels.\n\n\
         Runs thread-per-core (one pinned glommio executor per --cores CPU). Unless --target is given, \
-        it starts its own echo/sink/source targets on loopback. See loadgen/README.md."
+        it starts its own echo/sink/source targets (TCP) and UDP echo (same port) on loopback. \
+        See loadgen/README.md."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -54,7 +55,7 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
-    /// UDP through UDP ASSOCIATE (waits on the proxy's UDP support)
+    /// Open-loop UDP datagrams through UDP ASSOCIATE (or direct) to a UDP echo
     Udp {
         #[command(flatten)]
         path: PathArgs,
@@ -63,7 +64,16 @@ pub enum Command {
         #[command(flatten)]
         out: OutputArgs,
     },
-    /// Run only the targets (echo, sink, source) until SIGINT/SIGTERM or --duration
+    /// Open N tunnels, hold them silent for --duration, close them (memory per idle tunnel)
+    Idle {
+        #[command(flatten)]
+        path: PathArgs,
+        #[command(flatten)]
+        args: IdleArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Run only the targets (echo, sink, source, UDP echo) until SIGINT/SIGTERM or --duration
     Serve(ServeArgs),
     /// Run one scenario against several proxies (and direct), interleaved over rounds
     Compare(CompareArgs),
@@ -119,6 +129,10 @@ pub struct RunArgs {
     /// after the window
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// Sample this process (the proxy) at the start and end of the window:
+    /// CPU seconds from /proc/PID/stat, VmRSS from /proc/PID/status
+    #[arg(long, value_name = "PID")]
+    pub proxy_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -185,11 +199,33 @@ pub struct LatencyArgs {
 pub struct UdpArgs {
     #[command(flatten)]
     pub run: RunArgs,
-    /// Datagrams per second over all associations
+    /// UDP associations (each with its own UDP socket and, through a proxy,
+    /// its own TCP control connection), spread over the cores
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub associations: u32,
+    /// Datagrams per second over all associations (a fixed schedule)
     #[arg(long, default_value_t = 10_000.0)]
     pub rate: f64,
-    /// Payload bytes per datagram
-    #[arg(long, default_value = "64", value_parser = parse_size)]
+    /// Payload bytes per datagram (16 to 65000; the first 16 carry the
+    /// sequence number and the intended send time)
+    #[arg(long, default_value = "64", value_parser = parse_udp_size)]
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// --duration is how long the tunnels are held open and silent
+    /// (--warmup is not used)
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Tunnels to open and hold, spread over the cores
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub tunnels: u32,
+    /// Tunnels each core opens at the same time
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub open_concurrency: u32,
+    /// Bytes of the one echo that proves each tunnel works
+    #[arg(long, default_value = "16", value_parser = parse_size)]
     pub size: usize,
 }
 
@@ -214,6 +250,10 @@ pub struct ServeArgs {
     /// Test hook: how long the --pause-after freeze lasts
     #[arg(long, value_parser = parse_duration, requires = "pause_after")]
     pub pause: Option<Duration>,
+    /// Test hook: the UDP echo drops every Nth datagram it receives (per
+    /// core), to check that losses are counted
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub udp_drop_every: Option<u64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -226,6 +266,10 @@ pub struct CompareArgs {
     pub direct: bool,
     #[command(flatten)]
     pub auth: AuthArgs,
+    /// Sample a proxy's process, as NAME=PID (NAME as in --proxy; repeat
+    /// for each proxy): its CPU time and RSS become columns of the table
+    #[arg(long = "proxy-pid", value_name = "NAME=PID", value_parser = parse_named_pid)]
+    pub proxy_pids: Vec<(String, u32)>,
     /// Rounds; each round runs every path once, in the same order
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub rounds: u32,
@@ -247,6 +291,22 @@ pub enum CompareScenario {
     Cps(CpsArgs),
     /// Compare open-loop latency
     Latency(LatencyArgs),
+    /// Compare UDP datagrams per second, loss and latency
+    Udp(UdpArgs),
+    /// Compare idle tunnels (with --proxy-pid: the proxy's memory per tunnel)
+    Idle(IdleArgs),
+}
+
+impl CompareScenario {
+    pub fn run_args(&self) -> &RunArgs {
+        match self {
+            CompareScenario::Throughput(a) => &a.run,
+            CompareScenario::Cps(a) => &a.run,
+            CompareScenario::Latency(a) => &a.run,
+            CompareScenario::Udp(a) => &a.run,
+            CompareScenario::Idle(a) => &a.run,
+        }
+    }
 }
 
 /// "5", "1.5s", "250ms", "2m", "100us": a bare number is seconds.
@@ -296,6 +356,28 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     }
 }
 
+/// A UDP payload: room for the sequence number and send time, and no more
+/// than fits a datagram with the SOCKS5 header on IPv4.
+pub fn parse_udp_size(text: &str) -> Result<usize, String> {
+    let size = parse_size(text)?;
+    if !(16..=65_000).contains(&size) {
+        return Err(format!(
+            "{text:?}: a UDP payload is 16 to 65000 bytes (16 carry the sequence number and send time)"
+        ));
+    }
+    Ok(size)
+}
+
+fn parse_named_pid(text: &str) -> Result<(String, u32), String> {
+    match text.split_once('=') {
+        Some((name, pid)) if !name.trim().is_empty() => match pid.trim().parse::<u32>() {
+            Ok(pid) if pid > 0 => Ok((name.trim().to_owned(), pid)),
+            _ => Err(format!("{text:?}: {pid:?} is not a process id")),
+        },
+        _ => Err(format!("{text:?} is not NAME=PID (e.g. cs=4242)")),
+    }
+}
+
 fn parse_named_proxy(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((name, addr)) if !name.trim().is_empty() && !addr.trim().is_empty() => {
@@ -340,6 +422,18 @@ mod tests {
         );
         assert!(parse_named_proxy("127.0.0.1:1080").is_err());
         assert!(parse_named_proxy("=1.2.3.4:5").is_err());
+        assert_eq!(parse_named_pid("cs=42").unwrap(), ("cs".into(), 42));
+        assert!(parse_named_pid("42").is_err());
+        assert!(parse_named_pid("cs=x").is_err());
+        assert!(parse_named_pid("cs=0").is_err());
+    }
+
+    #[test]
+    fn udp_sizes() {
+        assert_eq!(parse_udp_size("64").unwrap(), 64);
+        assert_eq!(parse_udp_size("65000").unwrap(), 65000);
+        assert!(parse_udp_size("15").is_err());
+        assert!(parse_udp_size("64k").is_err());
     }
 
     #[test]

@@ -57,6 +57,8 @@ fn scenario_name(s: &CompareScenario) -> &'static str {
         CompareScenario::Throughput(_) => "throughput",
         CompareScenario::Cps(_) => "cps",
         CompareScenario::Latency(_) => "latency",
+        CompareScenario::Udp(_) => "udp",
+        CompareScenario::Idle(_) => "idle",
     }
 }
 
@@ -77,6 +79,30 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
             )));
         }
         paths.push(PathChoice::proxy(name, addr, &args.auth)?);
+    }
+    if args.scenario.run_args().proxy_pid.is_some() {
+        return Err(LoadgenError::Usage(
+            "in compare, give each proxy's process as --proxy-pid NAME=PID before the scenario name"
+                .into(),
+        ));
+    }
+    for (name, pid) in &args.proxy_pids {
+        match paths
+            .iter_mut()
+            .find(|p| &p.name == name && p.proxy.is_some())
+        {
+            Some(p) if p.proxy_pid.is_none() => p.proxy_pid = Some(*pid),
+            Some(_) => {
+                return Err(LoadgenError::Usage(format!(
+                    "--proxy-pid gives {name:?} twice"
+                )))
+            }
+            None => {
+                return Err(LoadgenError::Usage(format!(
+                    "--proxy-pid {name}={pid}: no --proxy named {name:?}"
+                )))
+            }
+        }
     }
     let first_proxy = paths
         .iter()
@@ -100,12 +126,15 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
             );
             let report = scenario::run(&args.scenario, path)?;
             let metrics = report.metrics();
-            if metric_names.is_empty() {
-                metric_names = metrics
-                    .iter()
-                    .map(|m| (m.name, m.higher_is_better))
-                    .collect();
+            if runs.is_empty() {
                 parameters = report.parameters.clone();
+            }
+            // Every metric any run had, in the order first seen (the proxy
+            // process's only come with --proxy-pid).
+            for m in &metrics {
+                if !metric_names.iter().any(|(n, _)| *n == m.name) {
+                    metric_names.push((m.name, m.higher_is_better));
+                }
             }
             eprintln!("  {}", describe_metrics(&metrics));
             runs.push(RunRecord {
@@ -122,14 +151,15 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
         .iter()
         .map(|p| {
             let mine: Vec<&RunRecord> = runs.iter().filter(|r| r.name == p.name).collect();
+            // A metric no run of this path had is left out (not 0).
             let median = metric_names
                 .iter()
-                .map(|(m, _)| {
+                .filter_map(|(m, _)| {
                     let values: Vec<f64> = mine
                         .iter()
                         .filter_map(|r| r.metrics.get(m).copied())
                         .collect();
-                    (*m, median(values))
+                    (!values.is_empty()).then(|| (*m, median(values)))
                 })
                 .collect();
             (p.name.clone(), median)
@@ -146,7 +176,7 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
                   base: &Option<BTreeMap<&'static str, f64>>| {
         base.as_ref().map(|b| {
             mine.iter()
-                .map(|(k, v)| (*k, ratio(*v, b.get(k).copied().unwrap_or(0.0))))
+                .filter_map(|(k, v)| b.get(k).map(|base| (*k, ratio(*v, *base))))
                 .collect::<BTreeMap<_, _>>()
         })
     };
@@ -258,11 +288,11 @@ fn markdown_table(
     );
     for s in summary {
         let mut cells = vec![s.name.clone()];
-        cells.extend(
-            metrics
-                .iter()
-                .map(|(m, _)| format_value(s.median.get(m).copied().unwrap_or(0.0))),
-        );
+        cells.extend(metrics.iter().map(|(m, _)| {
+            s.median
+                .get(m)
+                .map_or_else(|| "-".to_owned(), |v| format_value(*v))
+        }));
         for r in [&s.ratio_to_direct, &s.ratio_to_first_proxy]
             .into_iter()
             .flatten()

@@ -191,8 +191,6 @@ pub enum LoadgenError {
     Unreachable(String),
     #[error("{0}")]
     Setup(String),
-    #[error("the udp scenario needs the proxy's UDP ASSOCIATE, which coresocks does not support yet; nothing was sent")]
-    UdpNotYet,
     #[error("cannot write {path}: {source}")]
     Output { path: String, source: io::Error },
     #[error("cannot install signal handlers: {0}")]

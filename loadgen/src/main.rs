@@ -5,6 +5,7 @@ mod compare;
 mod cores;
 mod error;
 mod net;
+mod procstat;
 mod report;
 mod runner;
 mod scenario;
@@ -49,6 +50,10 @@ fn run(cli: Cli) -> Result<(), LoadgenError> {
         Command::Udp { path, args, out } => {
             let path = PathChoice::from_args(&path)?;
             finish(scenario::udp::run(&path, &args)?, &out)
+        }
+        Command::Idle { path, args, out } => {
+            let path = PathChoice::from_args(&path)?;
+            finish(scenario::idle::run(&path, &args)?, &out)
         }
         Command::Serve(args) => serve::run(&args),
         Command::Compare(args) => compare::run(&args),

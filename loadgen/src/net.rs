@@ -178,6 +178,184 @@ pub fn preflight(path: &PathSpec, timeout: Duration) -> Result<(), LoadgenError>
     }
 }
 
+/// The payload of the UDP check datagram (the echo sends it back).
+const UDP_PROBE: &[u8] = b"loadgen udp check";
+
+/// Words for a failure of UDP ASSOCIATE or of the UDP path: as
+/// [`describe`], but a refusal names the command.
+pub fn describe_udp(failure: Failure, stage: Stage, path: &PathSpec) -> String {
+    match (failure, path.proxy) {
+        (Failure::Reply(code), Some(proxy)) => {
+            let code = coresocks::proto::ReplyCode::from_byte(code);
+            let hint = match code {
+                coresocks::proto::ReplyCode::CommandNotSupported => {
+                    " (the proxy does not support UDP ASSOCIATE)"
+                }
+                coresocks::proto::ReplyCode::NotAllowed => {
+                    " (its rules forbid UDP, or this client or target)"
+                }
+                _ => "",
+            };
+            format!("the proxy at {proxy} refused UDP ASSOCIATE: {code}{hint}")
+        }
+        _ => describe(failure, stage, path.proxy, path.target),
+    }
+}
+
+/// The relay's address from the UDP ASSOCIATE reply. An unspecified
+/// address (0.0.0.0, as some proxies answer) means the proxy's own.
+pub fn relay_addr(bound: &TargetAddr, proxy: SocketAddr) -> Result<SocketAddr, String> {
+    match bound {
+        TargetAddr::Ip(a) if a.ip().is_unspecified() => Ok(SocketAddr::new(proxy.ip(), a.port())),
+        TargetAddr::Ip(a) => Ok(*a),
+        other => Err(format!(
+            "the proxy at {proxy} named its UDP relay {other:?}; loadgen needs an IP address"
+        )),
+    }
+}
+
+/// The UDP part of the check: through the proxy, a UDP ASSOCIATE on its
+/// own control connection; then a datagram to the UDP echo (on the
+/// target's port number) must come back within `timeout` (sent again
+/// every 200 ms, as UDP may drop it).
+pub fn preflight_udp(path: &PathSpec, timeout: Duration) -> Result<(), LoadgenError> {
+    let unreachable =
+        |f: Failure, stage: Stage| LoadgenError::Unreachable(describe_udp(f, stage, path));
+    let io_fail = |e: io::Error, stage: Stage| {
+        let f = Failure::from_io(&e, stage);
+        match f {
+            Failure::Io => {
+                LoadgenError::Unreachable(format!("{} ({e})", describe_udp(f, stage, path)))
+            }
+            _ => unreachable(f, stage),
+        }
+    };
+    // Kept open for the check: the association lives as long as it.
+    let mut _control = None;
+    let (sock, dest) = match path.proxy {
+        Some(proxy) => {
+            let mut control = std::net::TcpStream::connect_timeout(&proxy, timeout)
+                .map_err(|e| io_fail(e, Stage::Connect))?;
+            control
+                .set_read_timeout(Some(timeout))
+                .and_then(|()| control.set_write_timeout(Some(timeout)))
+                .map_err(|e| io_fail(e, Stage::Connect))?;
+            let local = control
+                .local_addr()
+                .map_err(|e| io_fail(e, Stage::Connect))?;
+            let sock = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))
+                .map_err(|e| io_fail(e, Stage::Connect))?;
+            let me = sock.local_addr().map_err(|e| io_fail(e, Stage::Connect))?;
+            let bound = client::handshake_blocking(
+                &mut control,
+                Command::UdpAssociate,
+                &TargetAddr::Ip(me),
+                path.creds.as_ref(),
+            )
+            .map_err(|e| match e {
+                client::ClientError::Io(io) => io_fail(io, Stage::Handshake),
+                other => unreachable(Failure::from_client(&other), Stage::Handshake),
+            })?;
+            let relay = relay_addr(&bound, proxy).map_err(LoadgenError::Unreachable)?;
+            _control = Some(control);
+            (sock, relay)
+        }
+        None => {
+            let any = match path.target {
+                SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+                SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            };
+            let sock = std::net::UdpSocket::bind(any).map_err(|e| io_fail(e, Stage::Connect))?;
+            (sock, path.target)
+        }
+    };
+    let mut datagram = Vec::new();
+    if path.proxy.is_some() {
+        client::udp_datagram(&TargetAddr::Ip(path.target), UDP_PROBE, &mut datagram);
+    } else {
+        datagram.extend_from_slice(UDP_PROBE);
+    }
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 2048];
+    let mut last_error = None;
+    while Instant::now() < deadline {
+        if let Err(e) = sock.send_to(&datagram, dest) {
+            last_error = Some(e);
+        }
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), Duration::from_millis(200));
+        sock.set_read_timeout(Some(wait))
+            .map_err(|e| io_fail(e, Stage::Target))?;
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            match sock.recv_from(&mut buf) {
+                Ok((n, _)) => {
+                    let payload = if path.proxy.is_some() {
+                        client::udp_payload(&buf[..n]).ok().map(|(_, p)| p)
+                    } else {
+                        Some(&buf[..n])
+                    };
+                    if payload == Some(UDP_PROBE) {
+                        return Ok(());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) => {
+                    last_error = Some(e);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    let via = match path.proxy {
+        Some(proxy) => format!(" through the UDP relay {dest} of the proxy at {proxy}"),
+        None => String::new(),
+    };
+    let cause = last_error
+        .map(|e| format!(" (last error: {e})"))
+        .unwrap_or_default();
+    Err(LoadgenError::Unreachable(format!(
+        "no UDP echo from {}{via} within {timeout:?}{cause} (loadgen serve echoes UDP on its TCP port number; is UDP allowed on the way?)",
+        path.target
+    )))
+}
+
+/// Whether the peer of a connected TCP socket has closed it (a FIN or a
+/// RST is waiting), without reading any data: a 1-byte MSG_PEEK that does
+/// not block. `None` while the connection looks alive.
+pub fn peer_closed(fd: RawFd) -> Option<Failure> {
+    let mut b = 0u8;
+    // SAFETY: peeks at most one byte into a local, on a socket the caller
+    // holds open.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Some(Failure::ClosedEarly),
+        n if n > 0 => None,
+        _ => {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
+                _ => Some(Failure::from_io(&e, Stage::Target)),
+            }
+        }
+    }
+}
+
 /// Half-closes the write side (sends FIN) of a socket we own.
 pub fn shutdown_write(fd: RawFd) {
     // SAFETY: callers pass the fd of a socket they still hold open.

@@ -8,14 +8,19 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::error::LoadgenError;
+use crate::procstat::ProxyProcess;
 use crate::runner::LiveKind;
 use crate::scenario::cps::CpsResult;
+use crate::scenario::idle::IdleResult;
 use crate::scenario::latency::LatencyResult;
 use crate::scenario::throughput::ThroughputResult;
+use crate::scenario::udp::UdpResult;
 use crate::stats::{Percentiles, Sample};
 use crate::target::TargetStats;
 
 pub const RESULT_SCHEMA: &str = "loadgen-result-v1";
+
+const MIB: f64 = 1024.0 * 1024.0;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -32,6 +37,8 @@ pub struct Report {
     pub series: Vec<SeriesPoint>,
     /// Counters of loadgen's own targets (absent with --target).
     pub target: Option<TargetStats>,
+    /// The proxy's CPU time and memory (--proxy-pid; null without).
+    pub proxy_process: Option<ProxyProcess>,
     pub notes: Vec<String>,
 }
 
@@ -91,6 +98,8 @@ pub enum ScenarioResult {
     Throughput(ThroughputResult),
     Cps(CpsResult),
     Latency(LatencyResult),
+    Udp(UdpResult),
+    Idle(IdleResult),
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,7 +130,10 @@ pub fn series(kind: LiveKind, samples: &[Sample]) -> (&'static str, Vec<SeriesPo
         LiveKind::Throughput => "gbit_s",
         LiveKind::Connections => "connections_per_s",
         LiveKind::Responses => "responses_per_s",
+        LiveKind::Datagrams => "datagrams_per_s",
+        LiveKind::Tunnels => "open_tunnels",
     };
+    let mut open = 0i64;
     let points = samples
         .iter()
         .map(|s| {
@@ -133,7 +145,13 @@ pub fn series(kind: LiveKind, samples: &[Sample]) -> (&'static str, Vec<SeriesPo
                     Some(gbit(s.primary)),
                     Some(gbit(s.secondary)),
                 ),
-                LiveKind::Connections | LiveKind::Responses => (per_s(s.primary), None, None),
+                LiveKind::Connections | LiveKind::Responses | LiveKind::Datagrams => {
+                    (per_s(s.primary), None, None)
+                }
+                LiveKind::Tunnels => {
+                    open += s.primary as i64 - s.secondary as i64;
+                    (open as f64, None, None)
+                }
             };
             SeriesPoint {
                 t_s: round3(s.t_s),
@@ -173,7 +191,7 @@ impl Report {
             value,
             higher_is_better,
         };
-        match &self.result {
+        let mut metrics = match &self.result {
             ScenarioResult::Throughput(t) => vec![
                 m("Gbit/s", t.gbit_s_total, true),
                 m("Gbit/s per stream", t.gbit_s_per_stream_mean, true),
@@ -192,7 +210,33 @@ impl Report {
                 m("achieved req/s", l.achieved_rate, true),
                 m("errors", self.errors.total as f64, false),
             ],
+            ScenarioResult::Udp(u) => vec![
+                m("pps", u.pps, true),
+                m("loss %", u.loss_percent, false),
+                m("p99 µs", u.latency.p99_us, false),
+                m("p50 µs", u.latency.p50_us, false),
+                m("p99.9 µs", u.latency.p99_9_us, false),
+                m("errors", self.errors.total as f64, false),
+            ],
+            ScenarioResult::Idle(i) => vec![
+                m("tunnels opened", i.opened as f64, true),
+                m("open s", i.open_seconds, false),
+                m("errors", self.errors.total as f64, false),
+            ],
+        };
+        // Only runs with --proxy-pid have these; compare shows them for the
+        // paths that do.
+        if let Some(p) = &self.proxy_process {
+            metrics.push(m("proxy CPU s", p.cpu_s, false));
+            if let Some(per_gib) = p.cpu_s_per_gib {
+                metrics.push(m("proxy CPU s/GiB", per_gib, false));
+            }
+            metrics.push(m("proxy RSS end MiB", p.rss_end_bytes as f64 / MIB, false));
+            if let Some(per_tunnel) = p.rss_growth_per_tunnel_bytes {
+                metrics.push(m("proxy RSS/tunnel KiB", per_tunnel / 1024.0, false));
+            }
         }
+        metrics
     }
 
     /// The readable summary printed on stdout.
@@ -306,6 +350,74 @@ impl Report {
                     ),
                 );
             }
+            ScenarioResult::Udp(u) => {
+                row(
+                    "pps",
+                    format!(
+                        "{:.0} received/s of {:.0} asked ({} associations, {} bytes; {:.1} Mbit/s of payload both ways)",
+                        u.pps, u.target_rate, u.associations, u.size, u.payload_mbit_s
+                    ),
+                );
+                row(
+                    "datagrams",
+                    format!(
+                        "{} sent, {} received, {} lost ({:.3} %) in window",
+                        u.sent, u.received, u.lost, u.loss_percent
+                    ),
+                );
+                if u.send_failures + u.duplicates + u.invalid > 0 {
+                    row(
+                        "odd datagrams",
+                        format!(
+                            "{} send failures, {} duplicates, {} invalid",
+                            u.send_failures, u.duplicates, u.invalid
+                        ),
+                    );
+                }
+                let q = &u.latency;
+                row(
+                    "latency µs",
+                    format!(
+                        "p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  (n={})",
+                        q.p50_us, q.p90_us, q.p99_us, q.p99_9_us, q.max_us, q.count
+                    ),
+                );
+            }
+            ScenarioResult::Idle(i) => {
+                row(
+                    "tunnels",
+                    format!(
+                        "{} opened of {} ({} failed) in {:.3} s; held {:.2} s; {} closed by the other end",
+                        i.opened, i.tunnels, i.failed, i.open_seconds, i.held_seconds, i.closed_by_peer
+                    ),
+                );
+            }
+        }
+        if let Some(p) = &self.proxy_process {
+            let per_gib = p
+                .cpu_s_per_gib
+                .map(|g| format!(", {g:.3} s per GiB relayed"))
+                .unwrap_or_default();
+            row(
+                "proxy CPU",
+                format!(
+                    "{:.3} s in {:.3} s (user {:.3}, system {:.3}; {:.2} cores){per_gib}  [pid {}]",
+                    p.cpu_s, p.seconds, p.cpu_user_s, p.cpu_system_s, p.cpu_cores, p.pid
+                ),
+            );
+            let per_tunnel = p
+                .rss_growth_per_tunnel_bytes
+                .map(|b| format!(", {:.2} KiB per tunnel", b / 1024.0))
+                .unwrap_or_default();
+            row(
+                "proxy RSS",
+                format!(
+                    "{:.1} MiB -> {:.1} MiB ({:+.1} MiB{per_tunnel})",
+                    p.rss_start_bytes as f64 / MIB,
+                    p.rss_end_bytes as f64 / MIB,
+                    p.rss_growth_bytes as f64 / MIB
+                ),
+            );
         }
         let errors = if self.errors.total == 0 {
             "0".to_owned()

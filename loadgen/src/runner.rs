@@ -26,9 +26,10 @@ use coresocks::client::Credentials;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::error::LoadgenError;
-use crate::net::{preflight, PathSpec};
+use crate::net::{preflight, preflight_udp, PathSpec};
+use crate::procstat::{self, ProcSample};
 use crate::stats::{LiveCounters, Sample};
-use crate::target::{bind_listeners, PauseHook, TargetCore, TargetStats};
+use crate::target::{bind_targets, TargetCore, TargetHooks, TargetStats};
 
 /// glommio refuses to start an executor below this RLIMIT_MEMLOCK.
 const MIN_MEMLOCK: u64 = 512 * 1024;
@@ -51,6 +52,18 @@ pub enum LiveKind {
     Throughput,
     Connections,
     Responses,
+    Datagrams,
+    Tunnels,
+}
+
+/// When `--proxy-pid` is sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampling {
+    /// At the start and the end of the measurement window.
+    Window,
+    /// Before the cores set up (open their tunnels), and `settle` after the
+    /// load starts (every tunnel is open by then).
+    Tunnels { settle: Duration },
 }
 
 #[derive(Debug, Clone)]
@@ -63,6 +76,12 @@ pub struct Plan {
     pub duration: Duration,
     pub timeout: Duration,
     pub live: LiveKind,
+    /// The proxy's process, sampled as `sampling` says.
+    pub proxy_pid: Option<u32>,
+    pub sampling: Sampling,
+    /// Also check, before the load, that a datagram gets through the path
+    /// to the UDP echo and back.
+    pub udp_check: bool,
 }
 
 /// The load's timeline, the same on every core.
@@ -167,6 +186,8 @@ pub struct RunOutput<R> {
     pub target_addr: SocketAddr,
     pub target_cpus: Vec<usize>,
     pub started_unix_s: f64,
+    /// The two samples of `--proxy-pid`, or why they could not be taken.
+    pub proxy_samples: Option<Result<(ProcSample, ProcSample), String>>,
 }
 
 struct ExecOutput<R> {
@@ -212,13 +233,14 @@ where
         Targets::External(addr) => (*addr, Vec::new(), Vec::new()),
         Targets::Internal(cpus) => {
             let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-            let (addr, fds) =
-                bind_listeners(loopback, cpus.len()).map_err(|source| LoadgenError::Listen {
+            let sockets =
+                bind_targets(loopback, cpus.len()).map_err(|source| LoadgenError::Listen {
                     addr: loopback.to_string(),
                     source,
                 })?;
-            let fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-            (addr, cpus.clone(), fds)
+            let fds: Vec<Option<(OwnedFd, OwnedFd)>> =
+                sockets.tcp.into_iter().zip(sockets.udp).map(Some).collect();
+            (sockets.addr, cpus.clone(), fds)
         }
     };
     let path = PathSpec {
@@ -267,7 +289,8 @@ where
         let path = path.clone();
         let (timeout, warmup, duration) = (plan.timeout, plan.warmup, plan.duration);
         let spawned = executor(cpu, &format!("loadgen-{cpu}")).spawn(move || async move {
-            let target = listener.map(|fd| TargetCore::start(fd, None::<PauseHook>));
+            let target = listener
+                .map(|(tcp, udp)| TargetCore::start(tcp, Some(udp), TargetHooks::default()));
             control.running.fetch_add(1, Ordering::AcqRel);
             let load = match load_index {
                 Some(index) => {
@@ -327,9 +350,9 @@ where
     control.stop.store(true, Ordering::Release);
     let mut per_core = Vec::with_capacity(n_load);
     let mut target_stats: Option<TargetStats> = None;
-    let (samples, mut first_error) = match outcome {
-        Ok(samples) => (samples, None),
-        Err(e) => (Vec::new(), Some(e)),
+    let (samples, proxy_samples, mut first_error) = match outcome {
+        Ok(driven) => (driven.samples, driven.proxy, None),
+        Err(e) => (Vec::new(), None, Some(e)),
     };
     for handle in handles {
         match handle.join() {
@@ -365,7 +388,51 @@ where
         target_addr,
         target_cpus,
         started_unix_s,
+        proxy_samples,
     })
+}
+
+/// What the main thread collected.
+struct Driven {
+    samples: Vec<Sample>,
+    proxy: Option<Result<(ProcSample, ProcSample), String>>,
+}
+
+/// The two samples of the proxy's process, taken as the load goes.
+struct ProxySampler {
+    pid: u32,
+    first: Option<ProcSample>,
+    second: Option<ProcSample>,
+    error: Option<String>,
+}
+
+impl ProxySampler {
+    fn take(&mut self, second: bool) {
+        if self.error.is_some() {
+            return;
+        }
+        match procstat::sample(self.pid) {
+            Ok(s) if second => self.second = Some(s),
+            Ok(s) => self.first = Some(s),
+            Err(e) => {
+                self.error = Some(format!(
+                    "the proxy process {} could not be sampled: {e}",
+                    self.pid
+                ))
+            }
+        }
+    }
+
+    fn result(self) -> Result<(ProcSample, ProcSample), String> {
+        match (self.first, self.second, self.error) {
+            (_, _, Some(e)) => Err(e),
+            (Some(a), Some(b), None) => Ok((a, b)),
+            _ => Err(format!(
+                "the proxy process {} was not sampled at both ends (the load ended early)",
+                self.pid
+            )),
+        }
+    }
 }
 
 /// The main thread's part: wait for the executors, check the path, start
@@ -376,7 +443,7 @@ fn drive(
     path: &PathSpec,
     executors: usize,
     spawn_error: Option<LoadgenError>,
-) -> Result<Vec<Sample>, LoadgenError> {
+) -> Result<Driven, LoadgenError> {
     let fail = |e: LoadgenError| {
         control.abort.store(true, Ordering::Release);
         Err(e)
@@ -396,6 +463,20 @@ fn drive(
     if let Err(e) = preflight(path, plan.timeout) {
         return fail(e);
     }
+    if plan.udp_check {
+        if let Err(e) = preflight_udp(path, plan.timeout) {
+            return fail(e);
+        }
+    }
+    let mut sampler = plan.proxy_pid.map(|pid| ProxySampler {
+        pid,
+        first: None,
+        second: None,
+        error: None,
+    });
+    if let (Some(s), Sampling::Tunnels { .. }) = (sampler.as_mut(), plan.sampling) {
+        s.take(false);
+    }
     control.go.store(true, Ordering::Release);
 
     let n_load = plan.load_cpus.len();
@@ -410,6 +491,15 @@ fn drive(
     let start = Instant::now() + Duration::from_millis(20);
     let offset = (start - control.base).as_nanos() as u64;
     control.start_ns.store(offset + 1, Ordering::Release);
+    // Pending samples of the proxy process: (when, which).
+    let mut pending: Vec<(Instant, bool)> = match (&sampler, plan.sampling) {
+        (None, _) => Vec::new(),
+        (Some(_), Sampling::Window) => vec![
+            (start + plan.warmup, false),
+            (start + plan.warmup + plan.duration, true),
+        ],
+        (Some(_), Sampling::Tunnels { settle }) => vec![(start + settle, true)],
+    };
 
     let live_line = std::io::stderr().is_terminal();
     let mut samples = Vec::new();
@@ -420,6 +510,15 @@ fn drive(
     loop {
         let finished =
             control.done.load(Ordering::Acquire) >= n_load || control.abort.load(Ordering::Acquire);
+        if let Some(s) = sampler.as_mut() {
+            while let Some(&(at, second)) = pending.first() {
+                if Instant::now() < at {
+                    break;
+                }
+                s.take(second);
+                pending.remove(0);
+            }
+        }
         let now = Instant::now();
         if now >= next_tick || finished {
             let totals = control
@@ -453,7 +552,10 @@ fn drive(
         if finished {
             break;
         }
-        let wait = next_tick
+        let wake = pending
+            .first()
+            .map_or(next_tick, |&(at, _)| at.min(next_tick));
+        let wait = wake
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(20));
         std::thread::sleep(wait);
@@ -462,7 +564,10 @@ fn drive(
         eprint!("\r\x1b[2K");
         let _ = std::io::stderr().flush();
     }
-    Ok(samples)
+    Ok(Driven {
+        samples,
+        proxy: sampler.map(ProxySampler::result),
+    })
 }
 
 fn print_live(kind: LiveKind, s: &Sample, errors_total: u64) {
@@ -473,6 +578,8 @@ fn print_live(kind: LiveKind, s: &Sample, errors_total: u64) {
         }
         LiveKind::Connections => format!("{:10.0} conn/s", per_s(s.primary)),
         LiveKind::Responses => format!("{:10.0} resp/s", per_s(s.primary)),
+        LiveKind::Datagrams => format!("{:10.0} datagrams/s", per_s(s.primary)),
+        LiveKind::Tunnels => String::from("holding tunnels"),
     };
     let phase = if s.warmup { " warmup" } else { "" };
     eprint!(

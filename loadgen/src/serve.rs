@@ -1,5 +1,6 @@
-//! `loadgen serve`: only the targets, one executor per core, until SIGINT,
-//! SIGTERM or --duration; then the counters on stdout (and as JSON).
+//! `loadgen serve`: only the targets (TCP modes and the UDP echo on the
+//! same port number), one executor per core, until SIGINT, SIGTERM or
+//! --duration; then the counters on stdout (and as JSON).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use crate::error::LoadgenError;
 use crate::net::resolve;
 use crate::report::write_json;
 use crate::runner::{check_memlock, executor};
-use crate::target::{bind_listeners, PauseHook, TargetCore, TargetStats};
+use crate::target::{bind_targets, PauseHook, TargetCore, TargetHooks, TargetStats};
 
 #[derive(Debug, Serialize)]
 struct ServeReport {
@@ -34,14 +35,17 @@ pub fn run(args: &ServeArgs) -> Result<(), LoadgenError> {
         None => default_cores(&allowed),
     };
     let wanted = resolve("listen address", &args.listen)?;
-    let (addr, fds) =
-        bind_listeners(wanted, cpus.len()).map_err(|source| LoadgenError::Listen {
-            addr: wanted.to_string(),
-            source,
-        })?;
-    let hook = match (args.pause_after, args.pause) {
-        (Some(after_reads), Some(pause)) => Some(PauseHook { after_reads, pause }),
-        _ => None,
+    let sockets = bind_targets(wanted, cpus.len()).map_err(|source| LoadgenError::Listen {
+        addr: wanted.to_string(),
+        source,
+    })?;
+    let addr = sockets.addr;
+    let hooks = TargetHooks {
+        pause: match (args.pause_after, args.pause) {
+            (Some(after_reads), Some(pause)) => Some(PauseHook { after_reads, pause }),
+            _ => None,
+        },
+        udp_drop_every: args.udp_drop_every,
     };
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -52,10 +56,10 @@ pub fn run(args: &ServeArgs) -> Result<(), LoadgenError> {
     let started = Instant::now();
     let mut handles = Vec::new();
     let mut first_error = None;
-    for (&cpu, fd) in cpus.iter().zip(fds) {
+    for ((&cpu, fd), udp) in cpus.iter().zip(sockets.tcp).zip(sockets.udp) {
         let (stop_flag, running) = (stop.clone(), running.clone());
         let spawned = executor(cpu, &format!("loadgen-serve-{cpu}")).spawn(move || async move {
-            let target = TargetCore::start(fd, hook);
+            let target = TargetCore::start(fd, Some(udp), hooks);
             running.fetch_add(1, Ordering::AcqRel);
             while !stop_flag.load(Ordering::Acquire) {
                 glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -80,7 +84,7 @@ pub fn run(args: &ServeArgs) -> Result<(), LoadgenError> {
         }
         let ids: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
         eprintln!(
-            "loadgen serve: ready on {addr} (CPUs {}); modes H E S R D on one port; SIGINT or SIGTERM stops it",
+            "loadgen serve: ready on {addr} (CPUs {}); TCP modes H E S R D and a UDP echo on this port; SIGINT or SIGTERM stops it",
             ids.join(",")
         );
         let deadline = args.duration.map(|d| started + d);
@@ -133,6 +137,10 @@ fn print_counters(r: &ServeReport) {
         ("echo bytes", c.echo_bytes),
         ("bytes received", c.bytes_received),
         ("bytes sent", c.bytes_sent),
+        ("udp datagrams", c.udp_datagrams),
+        ("udp bytes", c.udp_bytes),
+        ("udp dropped (hook)", c.udp_dropped_on_purpose),
+        ("udp send failures", c.udp_send_failures),
     ];
     for (k, v) in rows {
         println!("{k:18}  {v}");

@@ -14,6 +14,12 @@
 //! client count exactly the bytes the target received (not the bytes it
 //! handed to its own kernel), which is what makes throughput honest through a
 //! proxy that buffers.
+//!
+//! The same port number on UDP is an echo: every datagram goes back, as is,
+//! to the address it came from. One UDP socket per target core (SO_REUSEPORT,
+//! so the kernel keeps each client address on one core); it waits for
+//! readability with a 1-byte peek and moves datagrams with non-blocking
+//! recvfrom/sendto through one 64 KiB buffer per core.
 
 use std::cell::Cell;
 use std::io;
@@ -22,7 +28,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream};
+use glommio::net::{TcpListener, TcpStream, UdpSocket};
 use serde::Serialize;
 
 use crate::net::{fair_share, shutdown_write, split};
@@ -66,6 +72,18 @@ pub struct TargetStats {
     pub bytes_received: u64,
     /// Source and duplex: bytes sent (headers included).
     pub bytes_sent: u64,
+    /// UDP echo: datagrams and payload bytes received.
+    #[serde(default)]
+    pub udp_datagrams: u64,
+    #[serde(default)]
+    pub udp_bytes: u64,
+    /// UDP echo: datagrams not echoed because the test hook dropped them
+    /// (`serve --udp-drop-every`).
+    #[serde(default)]
+    pub udp_dropped_on_purpose: u64,
+    /// UDP echo: answers the kernel refused to send.
+    #[serde(default)]
+    pub udp_send_failures: u64,
 }
 
 impl TargetStats {
@@ -81,6 +99,10 @@ impl TargetStats {
         self.echo_bytes += o.echo_bytes;
         self.bytes_received += o.bytes_received;
         self.bytes_sent += o.bytes_sent;
+        self.udp_datagrams += o.udp_datagrams;
+        self.udp_bytes += o.udp_bytes;
+        self.udp_dropped_on_purpose += o.udp_dropped_on_purpose;
+        self.udp_send_failures += o.udp_send_failures;
     }
 }
 
@@ -89,6 +111,14 @@ impl TargetStats {
 pub struct PauseHook {
     pub after_reads: u64,
     pub pause: Duration,
+}
+
+/// The test hooks of `loadgen serve`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TargetHooks {
+    pub pause: Option<PauseHook>,
+    /// Drop every Nth datagram the UDP echo receives (per core).
+    pub udp_drop_every: Option<u64>,
 }
 
 /// Per-core counters, shared by the core's connection tasks.
@@ -106,6 +136,10 @@ struct Counters {
     received: Cell<u64>,
     sent: Cell<u64>,
     paused: Cell<bool>,
+    udp_datagrams: Cell<u64>,
+    udp_bytes: Cell<u64>,
+    udp_dropped: Cell<u64>,
+    udp_send_failures: Cell<u64>,
 }
 
 fn bump(cell: &Cell<u64>, n: u64) {
@@ -115,19 +149,29 @@ fn bump(cell: &Cell<u64>, n: u64) {
 /// The targets running on one core.
 pub struct TargetCore {
     accept_loop: glommio::task::JoinHandle<()>,
+    udp_loop: Option<glommio::task::JoinHandle<()>>,
     counters: Rc<Counters>,
 }
 
 impl TargetCore {
-    /// Starts accepting on `listener` (a bound, listening socket).
-    pub fn start(listener: OwnedFd, hook: Option<PauseHook>) -> TargetCore {
+    /// Starts accepting on `listener` (a bound, listening socket) and
+    /// echoing datagrams on `udp` (a bound UDP socket).
+    pub fn start(listener: OwnedFd, udp: Option<OwnedFd>, hooks: TargetHooks) -> TargetCore {
         // SAFETY: the descriptor is an owned, listening TCP socket; glommio
         // takes ownership of it.
         let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
         let counters = Rc::new(Counters::default());
-        let task = glommio::spawn_local(accept_loop(listener, counters.clone(), hook)).detach();
+        let task =
+            glommio::spawn_local(accept_loop(listener, counters.clone(), hooks.pause)).detach();
+        let udp_loop = udp.map(|fd| {
+            // SAFETY: an owned, bound, non-blocking UDP socket; glommio
+            // takes ownership of it.
+            let sock = unsafe { UdpSocket::from_raw_fd(fd.into_raw_fd()) };
+            glommio::spawn_local(udp_echo(sock, counters.clone(), hooks.udp_drop_every)).detach()
+        });
         TargetCore {
             accept_loop: task,
+            udp_loop,
             counters,
         }
     }
@@ -136,6 +180,9 @@ impl TargetCore {
     /// the executor does.
     pub fn finish(self) -> TargetStats {
         self.accept_loop.cancel();
+        if let Some(u) = self.udp_loop {
+            u.cancel();
+        }
         let c = &self.counters;
         TargetStats {
             accepted: c.accepted.get(),
@@ -149,6 +196,10 @@ impl TargetCore {
             echo_bytes: c.echo_bytes.get(),
             bytes_received: c.received.get(),
             bytes_sent: c.sent.get(),
+            udp_datagrams: c.udp_datagrams.get(),
+            udp_bytes: c.udp_bytes.get(),
+            udp_dropped_on_purpose: c.udp_dropped.get(),
+            udp_send_failures: c.udp_send_failures.get(),
         }
     }
 }
@@ -312,9 +363,145 @@ async fn duplex(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
     Ok(())
 }
 
+/// The UDP echo: waits with a 1-byte peek (no large buffer held while
+/// idle), then drains the socket with non-blocking calls.
+async fn udp_echo(sock: UdpSocket, c: Rc<Counters>, drop_every: Option<u64>) {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let mut buf = vec![0u8; UDP_BUF];
+    loop {
+        if udp_readable(&sock).await.is_err() {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        // A bounded batch, then the other tasks of the core get a turn.
+        for _ in 0..UDP_BATCH {
+            let (n, from) = match coresocks::sys::udp_recv_from(fd, &mut buf) {
+                Ok(r) => r,
+                Err(_) => break,
+            };
+            bump(&c.udp_datagrams, 1);
+            bump(&c.udp_bytes, n as u64);
+            if drop_every.is_some_and(|k| c.udp_datagrams.get() % k == 0) {
+                bump(&c.udp_dropped, 1);
+                continue;
+            }
+            if coresocks::sys::udp_send_to(fd, &buf[..n], from).is_err() {
+                bump(&c.udp_send_failures, 1);
+            }
+        }
+        fair_share().await;
+    }
+}
+
+/// Largest datagram the UDP echo takes (anything longer is truncated).
+const UDP_BUF: usize = 65_536;
+/// Datagrams moved per wake-up before yielding.
+const UDP_BATCH: usize = 64;
+/// Socket buffers asked for on loadgen's UDP sockets (the kernel caps them
+/// at net.core.rmem_max / wmem_max unless loadgen may force them).
+pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Waits until `sock` has a datagram, without taking it. glommio's receive
+/// calls hold a buffer of the requested size while they wait; a 1-byte peek
+/// holds one byte.
+pub async fn udp_readable(sock: &UdpSocket) -> io::Result<()> {
+    let mut b = [0u8; 1];
+    sock.peek_from(&mut b).await.map(|_| ()).map_err(Into::into)
+}
+
+/// A non-blocking UDP socket with large buffers, bound to `addr`.
+pub fn udp_socket(addr: std::net::SocketAddr, reuse_port: bool) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    grow_buffers(&socket);
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+/// Asks for [`UDP_SOCKET_BUFFER`]-sized buffers: forced where loadgen has
+/// CAP_NET_ADMIN, else up to the sysctl maximum. Failures keep the defaults.
+fn grow_buffers(socket: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let size = UDP_SOCKET_BUFFER as libc::c_int;
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        // SAFETY: setsockopt with a c_int option value on a socket we own.
+        let forced = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                force,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        } == 0;
+        if !forced {
+            // SAFETY: as above.
+            unsafe {
+                libc::setsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    plain,
+                    (&size as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+}
+
+/// The targets' sockets: per core, one TCP listener and one UDP socket, all
+/// on the same port number.
+pub struct TargetSockets {
+    pub addr: std::net::SocketAddr,
+    pub tcp: Vec<OwnedFd>,
+    pub udp: Vec<OwnedFd>,
+}
+
+/// Binds one listening socket and one UDP socket per core on `addr`, all on
+/// the same port (SO_REUSEPORT: the kernel spreads connections and client
+/// addresses over them). With port 0, the TCP listener picks the port; if
+/// that port is taken on UDP, another is tried.
+pub fn bind_targets(addr: std::net::SocketAddr, count: usize) -> io::Result<TargetSockets> {
+    let mut last_error = None;
+    for _ in 0..16 {
+        let (bound, tcp) = bind_listeners(addr, count)?;
+        match bind_udp(bound, count) {
+            Ok(udp) => {
+                return Ok(TargetSockets {
+                    addr: bound,
+                    tcp,
+                    udp,
+                })
+            }
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse => {
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+}
+
+fn bind_udp(addr: std::net::SocketAddr, count: usize) -> io::Result<Vec<OwnedFd>> {
+    (0..count)
+        .map(|_| udp_socket(addr, true).map(OwnedFd::from))
+        .collect()
+}
+
 /// Binds one listening socket per core on `addr`, all on the same port
 /// (SO_REUSEPORT: the kernel spreads connections over them).
-pub fn bind_listeners(
+fn bind_listeners(
     addr: std::net::SocketAddr,
     count: usize,
 ) -> io::Result<(std::net::SocketAddr, Vec<OwnedFd>)> {

@@ -26,7 +26,7 @@ fn with_short<'a>(args: &[&'a str]) -> Vec<&'a str> {
 #[test]
 fn proxy_not_listening() {
     let port = closed_port();
-    for scenario in ["throughput", "cps", "latency"] {
+    for scenario in ["throughput", "cps", "latency", "udp", "idle"] {
         loadgen(&with_short(&[scenario, "--proxy", &port])).assert_clean_error(&format!(
             "cannot connect to the proxy at {port}: connection refused"
         ));
@@ -103,8 +103,28 @@ fn not_a_loadgen_target() {
 }
 
 #[test]
-fn udp_waits_on_udp_associate() {
-    loadgen(&["udp", "--direct"]).assert_clean_error("UDP ASSOCIATE");
+fn udp_needs_a_udp_echo_on_the_target_port() {
+    // A target that passes the TCP hello but has no UDP echo.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        for mut stream in listener.incoming().flatten() {
+            let mut mode = [0u8; 1];
+            if stream.read_exact(&mut mode).is_ok() && mode[0] == b'H' {
+                let _ = stream.write_all(b"LGT1");
+            }
+        }
+    });
+    loadgen(&with_short(&[
+        "udp",
+        "--direct",
+        "--target",
+        &addr,
+        "--timeout",
+        "0.5",
+    ]))
+    .assert_clean_error("no UDP echo from");
 }
 
 #[test]

@@ -93,3 +93,29 @@ fn direct_down_counts_what_loadgen_received() {
     assert_eq!(u64_at(&r, "/result/bytes_up"), 0);
     assert_eq!(f64_at(&r, "/result/seconds_down"), 1.0);
 }
+
+#[test]
+fn proxy_pid_reports_the_proxy_cpu_time() {
+    let _serial = serial();
+    let proxy = coresocks(&[]);
+    let pid = proxy.pid().to_string();
+    let r = run_throughput(
+        &["--proxy", &proxy.arg()],
+        &["--proxy-pid", &pid, "--direction", "both"],
+    );
+    let p = &r["proxy_process"];
+    assert_eq!(u64_at(p, "/pid"), proxy.pid() as u64);
+    assert_eq!(p["sampled"], "window");
+    assert!(f64_at(p, "/cpu_s") > 0.0, "{p}");
+    assert!(f64_at(p, "/cpu_s_per_gib") > 0.0, "{p}");
+    assert!(u64_at(p, "/rss_end_bytes") > 0);
+    assert!((f64_at(p, "/seconds") - 1.0).abs() < 0.1, "{p}");
+    assert!(p["rss_growth_per_tunnel_bytes"].is_null());
+}
+
+#[test]
+fn proxy_pid_of_no_process_is_refused() {
+    // Beyond pid_max: never a live process.
+    loadgen(&["throughput", "--direct", "--proxy-pid", "4294967295"])
+        .assert_clean_error("--proxy-pid 4294967295");
+}

@@ -55,18 +55,19 @@ pub struct LatencyResult {
     pub max_send_lag_us: f64,
 }
 
-/// When each request of one tunnel is due.
+/// When each request of one tunnel (or datagram of one UDP association) is
+/// due: tunnel j of K sends its n-th at `start + j/R + n*K/R`.
 #[derive(Debug, Clone, Copy)]
-struct Schedule {
-    start: Instant,
+pub(crate) struct Schedule {
+    pub start: Instant,
     phase_ns: f64,
     interval_ns: f64,
     /// Requests due before the end of the window.
-    total: u64,
+    pub total: u64,
 }
 
 impl Schedule {
-    fn new(w: &Window, tunnel: usize, tunnels: usize, rate: f64) -> Schedule {
+    pub fn new(w: &Window, tunnel: usize, tunnels: usize, rate: f64) -> Schedule {
         let phase_ns = tunnel as f64 * 1e9 / rate;
         let interval_ns = tunnels as f64 * 1e9 / rate;
         let end_ns = (w.t1 - w.start).as_nanos() as f64;
@@ -83,8 +84,13 @@ impl Schedule {
         }
     }
 
-    fn at(&self, n: u64) -> Instant {
-        self.start + Duration::from_nanos((self.phase_ns + n as f64 * self.interval_ns) as u64)
+    /// When the n-th is due, in nanoseconds after `start`.
+    pub fn offset_ns(&self, n: u64) -> u64 {
+        (self.phase_ns + n as f64 * self.interval_ns) as u64
+    }
+
+    pub fn at(&self, n: u64) -> Instant {
+        self.start + Duration::from_nanos(self.offset_ns(n))
     }
 }
 

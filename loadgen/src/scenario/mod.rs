@@ -2,6 +2,7 @@
 //! [`Plan`] and a run's output into a [`Report`].
 
 pub mod cps;
+pub mod idle;
 pub mod latency;
 pub mod throughput;
 pub mod udp;
@@ -14,8 +15,9 @@ use crate::cli::{AuthArgs, CompareScenario, PathArgs, RunArgs};
 use crate::cores::default_cores;
 use crate::error::{FailureCounts, LoadgenError};
 use crate::net::resolve;
+use crate::procstat::{self, ProxyProcess};
 use crate::report::{self, Errors, Machine, PathInfo, Report, ScenarioResult, RESULT_SCHEMA};
-use crate::runner::{LiveKind, Plan, RunOutput, Targets};
+use crate::runner::{LiveKind, Plan, RunOutput, Sampling, Targets};
 
 /// Which path one run measures.
 #[derive(Debug, Clone)]
@@ -24,6 +26,9 @@ pub struct PathChoice {
     pub name: String,
     pub proxy: Option<SocketAddr>,
     pub creds: Option<Credentials>,
+    /// The proxy's process to sample (compare's --proxy-pid NAME=PID);
+    /// a single run takes --proxy-pid from its run options instead.
+    pub proxy_pid: Option<u32>,
 }
 
 impl PathChoice {
@@ -32,6 +37,7 @@ impl PathChoice {
             name: "direct".into(),
             proxy: None,
             creds: None,
+            proxy_pid: None,
         }
     }
 
@@ -40,6 +46,7 @@ impl PathChoice {
             name: name.to_owned(),
             proxy: Some(resolve("proxy", addr)?),
             creds: credentials(auth),
+            proxy_pid: None,
         })
     }
 
@@ -67,6 +74,8 @@ pub fn run(scenario: &CompareScenario, path: &PathChoice) -> Result<Report, Load
         CompareScenario::Throughput(a) => throughput::run(path, a),
         CompareScenario::Cps(a) => cps::run(path, a),
         CompareScenario::Latency(a) => latency::run(path, a),
+        CompareScenario::Udp(a) => udp::run(path, a),
+        CompareScenario::Idle(a) => idle::run(path, a),
     }
 }
 
@@ -100,6 +109,10 @@ impl RunSetup {
                 return Err(LoadgenError::Cores("no CPU for the targets".into()));
             }
         }
+        let proxy_pid = path.proxy_pid.or(run.proxy_pid);
+        if let Some(pid) = proxy_pid {
+            procstat::check(pid)?;
+        }
         Ok(RunSetup {
             plan: Plan {
                 load_cpus,
@@ -110,6 +123,9 @@ impl RunSetup {
                 duration: run.duration,
                 timeout: run.timeout,
                 live,
+                proxy_pid,
+                sampling: Sampling::Window,
+                udp_check: false,
             },
             path: path.clone(),
             run: run.clone(),
@@ -129,7 +145,7 @@ impl RunSetup {
         let mut parameters = serde_json::json!({
             "cores": self.plan.load_cpus,
             "target_cores": out.target_cpus,
-            "warmup_s": self.run.warmup.as_secs_f64(),
+            "warmup_s": self.plan.warmup.as_secs_f64(),
             "duration_s": self.run.duration.as_secs_f64(),
             "timeout_s": self.run.timeout.as_secs_f64(),
         });
@@ -138,6 +154,21 @@ impl RunSetup {
         {
             all.extend(extra);
         }
+        let mut notes = notes;
+        let proxy_process = match (self.plan.proxy_pid, &out.proxy_samples) {
+            (Some(pid), Some(Ok((a, b)))) => {
+                let sampled = match self.plan.sampling {
+                    Sampling::Window => "window",
+                    Sampling::Tunnels { .. } => "tunnels",
+                };
+                Some(ProxyProcess::between(pid, sampled, a, b))
+            }
+            (_, Some(Err(e))) => {
+                notes.push(e.clone());
+                None
+            }
+            _ => None,
+        };
         let (series_unit, series) = report::series(self.plan.live, &out.samples);
         Report {
             schema: RESULT_SCHEMA,
@@ -166,6 +197,7 @@ impl RunSetup {
             series_unit,
             series,
             target: out.target_stats,
+            proxy_process,
             notes,
         }
     }

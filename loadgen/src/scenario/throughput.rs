@@ -154,7 +154,7 @@ pub fn run(
             "{without_final} tunnel(s) closed before the target's final count arrived: the proxy may not relay half-closed tunnels; their up bytes stop at the last acknowledgement"
         ));
     }
-    Ok(setup.report(
+    let mut report = setup.report(
         "throughput",
         serde_json::json!({
             "streams": args.streams,
@@ -165,7 +165,11 @@ pub fn run(
         crate::report::ScenarioResult::Throughput(result),
         failures,
         notes,
-    ))
+    );
+    if let Some(p) = report.proxy_process.as_mut() {
+        p.per_gib(bytes_up + bytes_down);
+    }
+    Ok(report)
 }
 
 async fn core(ctx: CoreCtx, args: Arc<ThroughputArgs>) -> Result<CoreOut, LoadgenError> {

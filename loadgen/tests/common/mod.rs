@@ -171,6 +171,10 @@ impl Daemon {
         self.addr.to_string()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGTERM, then wait for a clean exit; returns stdout.
     pub fn stop(mut self) -> String {
         // SAFETY: signals our own child.

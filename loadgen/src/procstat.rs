@@ -1,0 +1,197 @@
+//! `--proxy-pid`: the proxy's CPU time and resident memory, read from
+//! /proc/PID/stat (utime + stime, in clock ticks) and /proc/PID/status
+//! (VmRSS) at two instants the runner picks (the ends of the measurement
+//! window, or around the opening of idle tunnels).
+
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::LoadgenError;
+
+/// One reading of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcSample {
+    pub at: Instant,
+    /// utime, in clock ticks.
+    pub utime: u64,
+    /// stime, in clock ticks.
+    pub stime: u64,
+    /// VmRSS in bytes.
+    pub rss_bytes: u64,
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 almost everywhere).
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
+}
+
+/// Reads /proc/PID/stat and /proc/PID/status now.
+pub fn sample(pid: u32) -> Result<ProcSample, String> {
+    let at = Instant::now();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    let (utime, stime) =
+        parse_stat(&stat).ok_or_else(|| format!("cannot parse /proc/{pid}/stat"))?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    let rss_bytes = parse_rss(&status).ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(ProcSample {
+        at,
+        utime,
+        stime,
+        rss_bytes,
+    })
+}
+
+/// Checks before a run that the process can be read.
+pub fn check(pid: u32) -> Result<(), LoadgenError> {
+    sample(pid)
+        .map(|_| ())
+        .map_err(|e| LoadgenError::Usage(format!("--proxy-pid {pid}: {e} (is the proxy running?)")))
+}
+
+/// utime and stime (fields 14 and 15). The command name (field 2) is in
+/// parentheses and may hold spaces or parentheses itself, so the fields are
+/// counted from the last ')'.
+fn parse_stat(stat: &str) -> Option<(u64, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state): utime is field 14, stime field 15.
+    let utime = fields.get(11)?.parse().ok()?;
+    let stime = fields.get(12)?.parse().ok()?;
+    Some((utime, stime))
+}
+
+/// VmRSS in bytes ("VmRSS:   12345 kB"). Kernel threads have none.
+fn parse_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let mut parts = line["VmRSS:".len()..].split_whitespace();
+    let value: u64 = parts.next()?.parse().ok()?;
+    let unit = match parts.next() {
+        Some("kB") | None => 1024,
+        Some("mB") | Some("MB") => 1024 * 1024,
+        Some(_) => 1,
+    };
+    Some(value * unit)
+}
+
+/// What the report says about the proxy process (`proxy_process` in JSON).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProxyProcess {
+    pub pid: u32,
+    /// When the two samples were taken: "window" (start and end of the
+    /// measurement window) or "tunnels" (idle: before opening the tunnels,
+    /// and 1 s after the last one opened).
+    pub sampled: &'static str,
+    /// Wall time between the two samples.
+    pub seconds: f64,
+    /// CPU time (user + system) the proxy used between the samples.
+    pub cpu_s: f64,
+    pub cpu_user_s: f64,
+    pub cpu_system_s: f64,
+    /// cpu_s / seconds: the proxy's CPU use in cores (1.0 = one full core).
+    pub cpu_cores: f64,
+    /// Throughput only: cpu_s per GiB of data counted in both directions.
+    pub cpu_s_per_gib: Option<f64>,
+    pub rss_start_bytes: u64,
+    pub rss_end_bytes: u64,
+    /// rss_end_bytes - rss_start_bytes (may be negative).
+    pub rss_growth_bytes: i64,
+    /// Idle only: rss_growth_bytes / tunnels opened.
+    pub rss_growth_per_tunnel_bytes: Option<f64>,
+}
+
+impl ProxyProcess {
+    pub fn between(
+        pid: u32,
+        sampled: &'static str,
+        a: &ProcSample,
+        b: &ProcSample,
+    ) -> ProxyProcess {
+        let hz = clock_ticks();
+        let user = b.utime.saturating_sub(a.utime) as f64 / hz;
+        let system = b.stime.saturating_sub(a.stime) as f64 / hz;
+        let seconds = b.at.saturating_duration_since(a.at).as_secs_f64();
+        ProxyProcess {
+            pid,
+            sampled,
+            seconds,
+            cpu_s: user + system,
+            cpu_user_s: user,
+            cpu_system_s: system,
+            cpu_cores: if seconds > 0.0 {
+                (user + system) / seconds
+            } else {
+                0.0
+            },
+            cpu_s_per_gib: None,
+            rss_start_bytes: a.rss_bytes,
+            rss_end_bytes: b.rss_bytes,
+            rss_growth_bytes: b.rss_bytes as i64 - a.rss_bytes as i64,
+            rss_growth_per_tunnel_bytes: None,
+        }
+    }
+
+    /// Sets cpu_s_per_gib from the bytes counted in the window.
+    pub fn per_gib(&mut self, bytes: u64) {
+        self.cpu_s_per_gib = (bytes > 0).then(|| self.cpu_s / (bytes as f64 / (1u64 << 30) as f64));
+    }
+
+    pub fn per_tunnel(&mut self, tunnels: u64) {
+        self.rss_growth_per_tunnel_bytes =
+            (tunnels > 0).then(|| self.rss_growth_bytes as f64 / tunnels as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_odd_names() {
+        let stat = "4242 (core (socks) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 3 0 123 1000 200";
+        assert_eq!(parse_stat(stat), Some((250, 75)));
+        assert_eq!(parse_stat("1 (x) S 1"), None);
+    }
+
+    #[test]
+    fn parses_rss() {
+        let status = "Name:\tcoresocks\nVmPeak:\t  9000 kB\nVmRSS:\t    1234 kB\nThreads:\t2\n";
+        assert_eq!(parse_rss(status), Some(1234 * 1024));
+        assert_eq!(parse_rss("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn reads_itself() {
+        let s = sample(std::process::id()).unwrap();
+        assert!(s.rss_bytes > 0);
+        let a = ProcSample {
+            at: s.at,
+            utime: 100,
+            stime: 50,
+            rss_bytes: 1 << 20,
+        };
+        let b = ProcSample {
+            at: s.at + std::time::Duration::from_secs(2),
+            utime: 300,
+            stime: 100,
+            rss_bytes: 3 << 20,
+        };
+        let mut p = ProxyProcess::between(7, "window", &a, &b);
+        let hz = clock_ticks();
+        assert!((p.cpu_s - 250.0 / hz).abs() < 1e-9);
+        assert!((p.cpu_cores - p.cpu_s / 2.0).abs() < 1e-9);
+        assert_eq!(p.rss_growth_bytes, 2 << 20);
+        p.per_gib(1 << 31);
+        assert!((p.cpu_s_per_gib.unwrap() - p.cpu_s / 2.0).abs() < 1e-9);
+        p.per_tunnel(1024);
+        assert_eq!(p.rss_growth_per_tunnel_bytes, Some(2048.0));
+    }
+}
