@@ -8,7 +8,7 @@ use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{relay_tunnel, reply_error, reply_success, AccessRecord, Authenticated, SessionError};
+use super::{reply_error, reply_success, AccessRecord, Authenticated, Established, SessionError};
 use crate::proto::TargetAddr;
 use crate::resolve;
 use crate::runtime::Core;
@@ -20,17 +20,18 @@ pub(super) async fn serve_bind(
     target: TargetAddr,
     early: Vec<u8>,
     record: &mut AccessRecord,
-) -> Result<(), SessionError> {
-    let result = accept_incoming(core, auth, &mut client, &target, record).await;
-    let incoming = match result {
-        Ok(s) => s,
+) -> Result<Established, SessionError> {
+    match accept_incoming(core, auth, &mut client, &target, record).await {
+        Ok(incoming) => Ok(Established {
+            client,
+            target: incoming,
+            early,
+        }),
         Err(e) => {
             reply_error(core, auth, &mut client, &e, record).await;
-            return Err(e);
+            Err(e)
         }
-    };
-    relay_tunnel(core, client, incoming, &early, record).await;
-    Ok(())
+    }
 }
 
 /// Everything up to the second reply. On error, no second reply was sent.

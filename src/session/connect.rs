@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use glommio::net::TcpStream;
 
-use super::{relay_tunnel, reply_error, reply_success, AccessRecord, Authenticated, SessionError};
+use super::{reply_error, reply_success, AccessRecord, Authenticated, Established, SessionError};
 use crate::proto::TargetAddr;
 use crate::resolve;
 use crate::runtime::Core;
@@ -16,7 +16,7 @@ pub(super) async fn serve_connect(
     target: TargetAddr,
     early: Vec<u8>,
     record: &mut AccessRecord,
-) -> Result<(), SessionError> {
+) -> Result<Established, SessionError> {
     let upstream = match connect(core, &target, record).await {
         Ok(s) => s,
         Err(e) => {
@@ -28,8 +28,11 @@ pub(super) async fn serve_connect(
         .local_addr()
         .map_err(|e| SessionError::ClientIo(e.into()))?;
     reply_success(core, auth, &mut client, bound, record).await?;
-    relay_tunnel(core, client, upstream, &early, record).await;
-    Ok(())
+    Ok(Established {
+        client,
+        target: upstream,
+        early,
+    })
 }
 
 /// Resolves the target and tries each address until one connects. The

@@ -38,10 +38,30 @@ pub struct Authenticated {
     pub user: Option<String>,
 }
 
+/// A session that is ready to relay a TCP tunnel (CONNECT, BIND).
+pub struct Established {
+    client: TcpStream,
+    target: TcpStream,
+    /// Client bytes that arrived with the request, for the target.
+    early: Vec<u8>,
+}
+
 /// Serves one accepted client to the end and writes its access-log line.
+///
+/// Everything before the relay runs in a boxed future that is freed when
+/// it returns: a task's allocation is the size of its largest state, and a
+/// tunnel that lives for hours should carry only the relay's.
 pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, conn_id: u64) {
     let mut record = AccessRecord::new(core.id, conn_id, peer);
-    if let Err(e) = run(&core, client, &mut record).await {
+    let result = match Box::pin(establish(&core, client, &mut record)).await {
+        Ok(Some(t)) => {
+            relay_tunnel(&core, t, &mut record).await;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
         record.end = Some(e.tag().to_owned());
         match &e {
             SessionError::HandshakeTimeout => metrics::add(&core.metrics().handshake_timeouts, 1),
@@ -58,11 +78,13 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, conn_id:
     }
 }
 
-async fn run(
+/// Handshake and command, up to the point where a TCP tunnel is ready to
+/// relay (returned) or the session is over (UDP ASSOCIATE, errors).
+async fn establish(
     core: &Core,
     mut client: TcpStream,
     record: &mut AccessRecord,
-) -> Result<(), SessionError> {
+) -> Result<Option<Established>, SessionError> {
     let mut reader = MessageReader::new();
     let handshake = async {
         let auth = negotiate(core, &mut client, &mut reader).await?;
@@ -82,30 +104,30 @@ async fn run(
         Command::Connect => {
             let early = reader.leftover().to_vec();
             drop(reader);
-            connect::serve_connect(core, &auth, client, request.target, early, record).await
+            connect::serve_connect(core, &auth, client, request.target, early, record)
+                .await
+                .map(Some)
         }
         Command::Bind => {
             let early = reader.leftover().to_vec();
             drop(reader);
-            bind::serve_bind(core, &auth, client, request.target, early, record).await
+            bind::serve_bind(core, &auth, client, request.target, early, record)
+                .await
+                .map(Some)
         }
         Command::UdpAssociate => {
             drop(reader);
-            udp::serve_udp(core, &auth, client, request.target, record).await
+            udp::serve_udp(core, &auth, client, request.target, record)
+                .await
+                .map(|()| None)
         }
     }
 }
 
 /// Relays a TCP tunnel (CONNECT, BIND) and records how it went.
-async fn relay_tunnel(
-    core: &Core,
-    client: TcpStream,
-    target: TcpStream,
-    early: &[u8],
-    record: &mut AccessRecord,
-) {
-    crate::sys::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(&client));
-    let r = core.relay.run(client, target, early).await;
+async fn relay_tunnel(core: &Core, t: Established, record: &mut AccessRecord) {
+    crate::sys::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(&t.client));
+    let r = core.relay.run(t.client, t.target, &t.early).await;
     let m = core.metrics();
     metrics::add(&m.bytes_client_to_target, r.client_to_target);
     metrics::add(&m.bytes_target_to_client, r.target_to_client);
