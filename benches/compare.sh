@@ -5,8 +5,10 @@
 # targets to another (LOAD_CPU). Traffic stays on loopback.
 #
 #   benches/compare.sh [SCENARIO...]     # default: throughput cps latency
+#   (scenarios: throughput cps latency udp idle)
 #
 # Env: ROUNDS (3), DURATION (5s), PROXY_CPU (1), LOAD_CPU (0), OUT (bench-out),
+#      STREAMS (1, throughput), UDP_SIZE (64), UDP_RATE (20000), IDLE_TUNNELS (3000),
 #      PEERS=0 to skip dante/microsocks (Debian packages dante-server, microsocks).
 # Results: markdown tables on stdout, JSON per scenario in $OUT/.
 set -euo pipefail
@@ -64,6 +66,10 @@ CONF
   taskset -c "$PROXY_CPU" danted -f "$OUT/danted.conf" -N 1 &
   pids+=($!); proxies+=(--proxy "dante=127.0.0.1:$port")
 fi
+# --proxy-pid NAME=PID for every process we can attribute CPU to (dante
+# forks workers, so its own pid would undercount).
+pid_flags=()
+for p in "${pid_args[@]}"; do pid_flags+=(--proxy-pid "$p"); done
 sleep 1
 
 for s in "${scenarios[@]}"; do
@@ -71,12 +77,26 @@ for s in "${scenarios[@]}"; do
     throughput) args=(throughput --streams "${STREAMS:-1}" --direction down) ;;
     cps) args=(cps) ;;
     latency) args=(latency --connections 8 --rate 20000 --size 64) ;;
-    udp) args=(udp --size "${UDP_SIZE:-64}" --rate 50000) ;;
+    udp) args=(udp --size "${UDP_SIZE:-64}" --rate "${UDP_RATE:-20000}") ;;
+    idle) args=(idle --tunnels "${IDLE_TUNNELS:-3000}") ;;
     *) echo "unknown scenario $s" >&2; exit 2 ;;
   esac
   echo "## $s (${args[*]}), $ROUNDS rounds of $DURATION"
-  taskset -c "$LOAD_CPU" "$bin/loadgen" compare --direct "${proxies[@]}" \
-    --rounds "$ROUNDS" --json "$OUT/$s.json" \
-    "${args[@]}" --cores "$LOAD_CPU" --duration "$DURATION" --warmup 1s
+  paths=("${proxies[@]}")
+  pflags=("${pid_flags[@]}")
+  # UDP does not go through the relay engines (one coresocks suffices), and
+  # microsocks has no UDP ASSOCIATE.
+  if [ "$s" = udp ]; then
+    paths=(); pflags=()
+    for ((i = 0; i < ${#proxies[@]}; i += 2)); do
+      case ${proxies[i+1]} in microsocks=* | coresocks-[!c]*) ;; *) paths+=("${proxies[i]}" "${proxies[i+1]}") ;; esac
+    done
+    for ((i = 0; i < ${#pid_flags[@]}; i += 2)); do
+      case ${pid_flags[i+1]} in microsocks=* | coresocks-[!c]*) ;; *) pflags+=("${pid_flags[i]}" "${pid_flags[i+1]}") ;; esac
+    done
+  fi
+  taskset -c "$LOAD_CPU" "$bin/loadgen" compare --direct "${paths[@]}" "${pflags[@]}" \
+    --rounds "$ROUNDS" --json "$OUT/$s-${STREAMS:-1}-${UDP_SIZE:-64}.json" \
+    "${args[@]}" --duration "$DURATION" --warmup 1s
   echo
 done

@@ -106,9 +106,10 @@ pub struct AuthArgs {
 /// Cores, targets and timing, common to every scenario.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// CPUs for loadgen's executors: a list like 0 or 0,1 or 2-3 (CPU ids,
-    /// as taskset -c), "count:N" for the first N allowed CPUs, or "all"
-    /// [default: the first CPU loadgen may run on]
+    /// CPUs for loadgen's executors, as coresocks' --cores: a count ("2":
+    /// the first two CPUs loadgen may run on), a list of CPU ids ("0,2-3";
+    /// one CPU: "3-3"), or "all" [default: the first CPU loadgen may run
+    /// on, so `taskset -c 3 loadgen ...` runs on CPU 3]
     #[arg(long, value_name = "CPUS")]
     pub cores: Option<CoreSpec>,
     /// Use the targets of a `loadgen serve` at HOST:PORT instead of starting

@@ -129,7 +129,7 @@ fn udp_needs_a_udp_echo_on_the_target_port() {
 
 #[test]
 fn usage_errors() {
-    loadgen(&["throughput", "--direct", "--cores", "9999"]).assert_clean_error("CPU 9999");
+    loadgen(&["throughput", "--direct", "--cores", "9999-9999"]).assert_clean_error("CPU 9999");
     loadgen(&["latency", "--direct", "--rate", "0"]).assert_clean_error("--rate");
     loadgen(&["throughput", "--proxy", "no-such-host.invalid:1080"])
         .assert_clean_error("cannot resolve proxy");

@@ -48,6 +48,7 @@ impl FromStr for CoreSpec {
         if s.eq_ignore_ascii_case("all") {
             return Ok(CoreSpec::All);
         }
+        let s = s.strip_prefix("count:").unwrap_or(s);
         if !s.contains([',', '-']) {
             return s
                 .parse()
@@ -104,6 +105,8 @@ mod tests {
             ("2", CoreSpec::Count(2)),
             ("0,2-3", CoreSpec::List(vec![0, 2, 3])),
             ("3-3,1", CoreSpec::List(vec![1, 3])),
+            ("3-3", CoreSpec::List(vec![3])),
+            ("count:4", CoreSpec::Count(4)),
         ];
         for (text, want) in cases {
             assert_eq!(&text.parse::<CoreSpec>().unwrap(), want, "{text}");

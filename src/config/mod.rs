@@ -41,18 +41,6 @@ impl RelayMode {
     }
 }
 
-/// How the splice engine waits for a socket that would block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum SpliceWake {
-    /// Through glommio's read/write paths (recv, then a buffer-less io_uring
-    /// poll).
-    Glommio,
-    /// POLL_ADD on a second, per-core io_uring, completions signalled to the
-    /// executor through an eventfd.
-    Ring,
-}
-
 /// Settings shared by the command line and the TOML file. Field docs are the
 /// `--help` text; each says its default.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
@@ -122,7 +110,7 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub resolver_threads: Option<usize>,
 
-    /// Relay engine for TCP tunnels [default: copy]
+    /// Relay engine for TCP tunnels [default: auto]
     #[arg(long, value_name = "MODE")]
     pub relay: Option<RelayMode>,
 
@@ -144,11 +132,6 @@ pub struct Settings {
     /// splice [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub splice_threshold: Option<u64>,
-
-    /// How the splice engine waits for sockets (see docs/ARCHITECTURE.md)
-    /// [default: glommio]
-    #[arg(long, value_name = "HOW")]
-    pub splice_wake: Option<SpliceWake>,
 
     /// BIND: how long to wait for the incoming connection [default: 60s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -218,7 +201,6 @@ impl Settings {
                 pipe_size,
                 max_pipes_per_core,
                 splice_threshold,
-                splice_wake,
                 bind_timeout,
                 udp_idle_timeout,
                 max_udp_associations_per_core,
@@ -276,7 +258,6 @@ pub struct Config {
     pub pipe_size: usize,
     pub max_pipes_per_core: Option<usize>,
     pub splice_threshold: u64,
-    pub splice_wake: SpliceWake,
     pub bind_timeout: Duration,
     pub udp_idle_timeout: Duration,
     pub max_udp_associations_per_core: usize,
@@ -416,12 +397,11 @@ impl Config {
             shutdown_grace: s.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             max_tunnels_per_core,
             resolver_threads,
-            relay: s.relay.unwrap_or(RelayMode::Copy),
+            relay: s.relay.unwrap_or(RelayMode::Auto),
             buffer_size,
             pipe_size,
             max_pipes_per_core: s.max_pipes_per_core,
             splice_threshold: s.splice_threshold.unwrap_or(64 * 1024),
-            splice_wake: s.splice_wake.unwrap_or(SpliceWake::Glommio),
             bind_timeout: positive("bind-timeout", s.bind_timeout, Duration::from_secs(60))?,
             udp_idle_timeout: positive(
                 "udp-idle-timeout",
@@ -481,7 +461,7 @@ mod tests {
         let c = Config::from_settings(Settings::default()).unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:1080".parse().unwrap()]);
         assert_eq!(c.idle_timeout, Duration::from_secs(300));
-        assert_eq!(c.relay, RelayMode::Copy);
+        assert_eq!(c.relay, RelayMode::Auto);
         assert_eq!(c.access_log, AccessLog::Stderr);
     }
 

@@ -14,7 +14,6 @@
 mod copy;
 mod pipes;
 mod pool;
-mod ring;
 mod splice;
 mod tunnel;
 
@@ -29,7 +28,7 @@ use glommio::net::TcpStream;
 pub use pipes::PipePool;
 pub use pool::BufferPool;
 
-use crate::config::{Config, RelayMode, SpliceWake};
+use crate::config::{Config, RelayMode};
 use tunnel::{Direction, Tunnel};
 
 /// One side of a tunnel.
@@ -115,22 +114,11 @@ pub struct Relay {
     /// `auto`: bytes a direction copies before it moves to splice.
     pub splice_threshold: u64,
     pub idle_timeout: Duration,
-    /// `--splice-wake ring`: the core's readiness ring.
-    ring: Option<std::rc::Rc<ring::ReadinessRing>>,
 }
 
 impl Relay {
-    /// Must run on the core's executor (the readiness ring spawns its
-    /// driver task there).
-    pub fn new(config: &Config, max_tunnels: usize) -> io::Result<Relay> {
-        let ring = match config.splice_wake {
-            SpliceWake::Ring if config.relay != RelayMode::Copy => {
-                Some(ring::ReadinessRing::start(4096)?)
-            }
-            _ => None,
-        };
-        Ok(Relay {
-            ring,
+    pub fn new(config: &Config, max_tunnels: usize) -> Relay {
+        Relay {
             mode: config.relay,
             // Keep enough free buffers for a burst of busy tunnels; beyond
             // that, freed buffers go back to the allocator.
@@ -141,13 +129,6 @@ impl Relay {
             ),
             splice_threshold: config.splice_threshold,
             idle_timeout: config.idle_timeout,
-        })
-    }
-
-    fn wake(&self) -> splice::Wake<'_> {
-        match &self.ring {
-            Some(r) => splice::Wake::Ring(r),
-            None => splice::Wake::Glommio,
         }
     }
 

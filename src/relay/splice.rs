@@ -24,18 +24,8 @@ use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use super::pipes::PipePool;
-use super::ring::{ReadinessRing, Token};
 use super::tunnel::{Fill, Flush};
 use crate::sys::{self, Pipe};
-
-/// How a direction waits when a socket would block.
-#[derive(Clone, Copy)]
-pub(super) enum Wake<'a> {
-    /// glommio's read/write paths (1-byte read, or 1 byte out of the pipe).
-    Glommio,
-    /// POLL_ADD on the core's readiness ring.
-    Ring(&'a ReadinessRing),
-}
 
 #[derive(Default)]
 pub(super) struct SpliceState {
@@ -45,15 +35,6 @@ pub(super) struct SpliceState {
     /// One byte taken out of order to wait on a socket through glommio; it
     /// goes out before anything else.
     held: Option<u8>,
-    /// A readiness-ring wait in flight: for the source (read) or the
-    /// destination (write).
-    wait: Option<(Token, Interest)>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Interest {
-    Read,
-    Write,
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -62,7 +43,7 @@ fn would_block(e: &io::Error) -> bool {
 
 impl SpliceState {
     pub(super) fn is_empty(&self) -> bool {
-        self.in_pipe == 0 && self.held.is_none() && self.wait.is_none()
+        self.in_pipe == 0 && self.held.is_none()
     }
 
     fn return_pipe_if_empty(&mut self, pipes: &PipePool) {
@@ -73,30 +54,13 @@ impl SpliceState {
         }
     }
 
-    /// With the ring: Pending while a wait of this kind is in flight.
-    fn poll_wait(&mut self, wake: Wake<'_>, kind: Interest, cx: &Context<'_>) -> Poll<()> {
-        if let (Wake::Ring(ring), Some((token, k))) = (wake, &self.wait) {
-            if *k == kind {
-                if ring.poll(token, cx).is_pending() {
-                    return Poll::Pending;
-                }
-                self.wait = None;
-            }
-        }
-        Poll::Ready(())
-    }
-
     /// Writes the held byte, then the pipe's contents, to `dst`.
     pub(super) fn poll_flush(
         &mut self,
         cx: &mut Context<'_>,
         dst: &mut TcpStream,
         pipes: &PipePool,
-        wake: Wake<'_>,
     ) -> io::Result<Flush> {
-        if self.poll_wait(wake, Interest::Write, cx).is_pending() {
-            return Ok(Flush::Blocked);
-        }
         if let Some(b) = self.held {
             return match Pin::new(dst).poll_write(cx, &[b]) {
                 Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
@@ -121,11 +85,6 @@ impl SpliceState {
                 Ok(Flush::Moved(n))
             }
             Err(e) if would_block(&e) => {
-                if let Wake::Ring(ring) = wake {
-                    let token = ring.arm(dst.as_raw_fd(), libc::POLLOUT, cx)?;
-                    self.wait = Some((token, Interest::Write));
-                    return Ok(Flush::Blocked);
-                }
                 // The socket's send buffer is full. Take one byte out of
                 // the pipe and let glommio's write path wait for POLLOUT.
                 match sys::read_one(pipe.read.as_raw_fd())? {
@@ -133,7 +92,7 @@ impl SpliceState {
                         self.in_pipe -= 1;
                         self.held = Some(b);
                         self.return_pipe_if_empty(pipes);
-                        self.poll_flush(cx, dst, pipes, wake)
+                        self.poll_flush(cx, dst, pipes)
                     }
                     None => Err(io::Error::other("pipe empty but bytes were counted in it")),
                 }
@@ -150,11 +109,7 @@ impl SpliceState {
         cx: &mut Context<'_>,
         src: &mut TcpStream,
         pipes: &PipePool,
-        wake: Wake<'_>,
     ) -> io::Result<Fill> {
-        if self.poll_wait(wake, Interest::Read, cx).is_pending() {
-            return Ok(Fill::Blocked);
-        }
         if self.pipe.is_none() {
             match pipes.take() {
                 Some(p) => self.pipe = Some(p),
@@ -176,11 +131,6 @@ impl SpliceState {
             Err(e) if would_block(&e) => {
                 // Nothing to read: give the pipe back and wait.
                 self.return_pipe_if_empty(pipes);
-                if let Wake::Ring(ring) = wake {
-                    let token = ring.arm(src.as_raw_fd(), libc::POLLIN, cx)?;
-                    self.wait = Some((token, Interest::Read));
-                    return Ok(Fill::Blocked);
-                }
                 let mut b = [0u8; 1];
                 match Pin::new(src).poll_read(cx, &mut b) {
                     Poll::Ready(Ok(0)) => Ok(Fill::Eof),
@@ -208,12 +158,8 @@ impl SpliceState {
     }
 
     /// Gives the pipe back at the end of a tunnel; one with bytes left in it
-    /// is closed rather than pooled. A ring wait is cancelled before the
-    /// sockets close.
-    pub(super) fn release(&mut self, pipes: &PipePool, wake: Wake<'_>) {
-        if let (Wake::Ring(ring), Some((token, _))) = (wake, self.wait.take()) {
-            ring.cancel(token);
-        }
+    /// is closed rather than pooled.
+    pub(super) fn release(&mut self, pipes: &PipePool) {
         if let Some(p) = self.pipe.take() {
             if self.in_pipe == 0 {
                 pipes.give(p);

@@ -103,7 +103,7 @@ impl Direction {
             // Bytes already read go out first, so a FIN never overtakes data.
             let flushed = match self.engine {
                 Engine::Copy => self.copy.poll_flush(cx, dst, &relay.buffers),
-                Engine::Splice => self.splice.poll_flush(cx, dst, &relay.pipes, relay.wake()),
+                Engine::Splice => self.splice.poll_flush(cx, dst, &relay.pipes),
             };
             match flushed.map_err(|e| (self.to, e))? {
                 Flush::Moved(n) => {
@@ -137,7 +137,7 @@ impl Direction {
             }
             let filled = match self.engine {
                 Engine::Copy => self.copy.poll_fill(cx, src, &relay.buffers),
-                Engine::Splice => self.splice.poll_fill(cx, src, &relay.pipes, relay.wake()),
+                Engine::Splice => self.splice.poll_fill(cx, src, &relay.pipes),
             };
             match filled.map_err(|e| (self.from, e))? {
                 Fill::Data => moved = true,
@@ -158,7 +158,7 @@ impl Direction {
 
     pub(super) fn release(&mut self, relay: &Relay) {
         self.copy.release(&relay.buffers);
-        self.splice.release(&relay.pipes, relay.wake());
+        self.splice.release(&relay.pipes);
     }
 }
 

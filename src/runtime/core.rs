@@ -40,18 +40,18 @@ impl Core {
         config: Arc<Config>,
         all_metrics: AllMetrics,
         max_live: usize,
-    ) -> std::io::Result<Core> {
-        Ok(Core {
+    ) -> Core {
+        Core {
             id,
             index,
-            relay: Relay::new(&config, max_live)?,
+            relay: Relay::new(&config, max_live),
             udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
             config,
             all_metrics,
             live: Cell::new(0),
             max_live,
             next_conn_id: Cell::new(0),
-        })
+        }
     }
 
     pub fn metrics(&self) -> &CoreMetrics {

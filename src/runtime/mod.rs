@@ -93,13 +93,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             .io_memory(IO_MEMORY)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(config.resolver_threads))
             .spawn(move || async move {
-                let core = match Core::new(cpu, index, config, all_metrics, max_tunnels) {
-                    Ok(c) => Rc::new(c),
-                    Err(e) => {
-                        tracing::error!(core = cpu, "cannot set up core {cpu}: {e}");
-                        return Err(e);
-                    }
-                };
+                let core = Rc::new(Core::new(cpu, index, config, all_metrics, max_tunnels));
                 tracing::info!(
                     core = cpu,
                     "core {cpu} listening on {}",
@@ -107,7 +101,6 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                 );
                 let _ = started.send(());
                 self::core::run_core(core, listeners, shutdown).await;
-                Ok(())
             })
             .map_err(|e| RuntimeError::CoreStart {
                 cpu,
@@ -131,12 +124,12 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
     let mut first_error = None;
     for (cpu, handle) in handles {
-        let message = match handle.join() {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        first_error.get_or_insert(RuntimeError::CoreStart { cpu, message });
+        if let Err(e) = handle.join() {
+            first_error.get_or_insert(RuntimeError::CoreStart {
+                cpu,
+                message: e.to_string(),
+            });
+        }
     }
     match first_error {
         Some(e) => Err(e),

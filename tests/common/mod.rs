@@ -23,9 +23,8 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts the proxy with `args` (plus `--listen 127.0.0.1:0` unless
-    /// args listen elsewhere). `CORESOCKS_TEST_RELAY` and
-    /// `CORESOCKS_TEST_SPLICE_WAKE` pick the relay engine and how splice
-    /// waits, for the whole suite.
+    /// args listen elsewhere). `CORESOCKS_TEST_RELAY` picks the relay engine
+    /// for the whole suite.
     pub fn start(args: &[&str]) -> Proxy {
         Proxy::try_start(args).unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
     }
@@ -43,9 +42,7 @@ impl Proxy {
                 cmd.args(["--relay", &relay]);
             }
         }
-        if let Ok(wake) = std::env::var("CORESOCKS_TEST_SPLICE_WAKE") {
-            cmd.args(["--splice-wake", &wake]);
-        }
+
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
