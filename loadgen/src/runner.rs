@@ -138,6 +138,12 @@ pub struct CoreCtx {
 }
 
 impl CoreCtx {
+    /// This core's share of `total` items (tunnels, associations) dealt
+    /// round-robin over the load cores: their indexes.
+    pub fn share(&self, total: usize) -> Vec<usize> {
+        (self.index..total).step_by(self.cores.max(1)).collect()
+    }
+
     /// This core's live counters.
     pub fn live(&self) -> Live {
         Live {

@@ -176,9 +176,7 @@ struct Opener {
 }
 
 async fn core(ctx: CoreCtx, args: Arc<IdleArgs>) -> Result<CoreOut, LoadgenError> {
-    let mine = (0..args.tunnels as usize)
-        .filter(|j| j % ctx.cores == ctx.index)
-        .count() as u64;
+    let mine = ctx.share(args.tunnels as usize).len() as u64;
     // The mode byte and the request go out in one write.
     let mut request = vec![MODE_ECHO];
     request.extend((0..args.size).map(|i| (i % 251) as u8));

@@ -166,9 +166,7 @@ pub fn run(path: &PathChoice, args: &LatencyArgs) -> Result<Report, LoadgenError
 
 async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, LoadgenError> {
     let tunnels = args.connections as usize;
-    let mine: Vec<usize> = (0..tunnels)
-        .filter(|j| j % ctx.cores == ctx.index)
-        .collect();
+    let mine = ctx.share(tunnels);
     let mut opened = Vec::with_capacity(mine.len());
     for &j in &mine {
         let stage = Cell::new(Stage::Connect);

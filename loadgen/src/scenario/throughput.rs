@@ -174,9 +174,7 @@ pub fn run(
 
 async fn core(ctx: CoreCtx, args: Arc<ThroughputArgs>) -> Result<CoreOut, LoadgenError> {
     let streams = args.streams as usize;
-    let mine: Vec<usize> = (0..streams)
-        .filter(|i| i % ctx.cores == ctx.index)
-        .collect();
+    let mine = ctx.share(streams);
     let mut tunnels = Vec::with_capacity(mine.len());
     for &i in &mine {
         let stage = Cell::new(Stage::Connect);

@@ -309,9 +309,7 @@ struct Shared {
 
 async fn core(ctx: CoreCtx, args: Arc<UdpArgs>) -> Result<CoreStats, LoadgenError> {
     let associations = args.associations as usize;
-    let mine: Vec<usize> = (0..associations)
-        .filter(|j| j % ctx.cores == ctx.index)
-        .collect();
+    let mine = ctx.share(associations);
     let mut opened = Vec::with_capacity(mine.len());
     for &j in &mine {
         let stage = Cell::new(Stage::Connect);
