@@ -71,6 +71,9 @@ pub fn new(cores: usize) -> AllMetrics {
     (0..cores).map(|_| CoreMetrics::default()).collect()
 }
 
+/// A one-value-per-core metric: name, type, help, and how to read it.
+type Family<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&CoreMetrics) -> u64);
+
 /// Renders every core's counters in the Prometheus text format.
 pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
     let mut out = String::new();
@@ -90,7 +93,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             .map(|(m, id)| (format!("core=\"{id}\""), f(m)))
             .collect()
     };
-    let simple: [(&str, &str, &str, &dyn Fn(&CoreMetrics) -> u64); 15] = [
+    let simple: [Family<'_>; 15] = [
         (
             "connections_accepted_total",
             "counter",

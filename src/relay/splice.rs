@@ -13,6 +13,7 @@
 //! - waiting to write: splice returns EAGAIN with bytes in the pipe, so one
 //!   byte is taken out of the pipe and written through glommio, which waits
 //!   for POLLOUT; the rest of the pipe follows once it is written.
+//!
 //! Either way the order of bytes is kept, and an idle tunnel holds no pipe.
 
 use std::io;
