@@ -52,6 +52,7 @@ fn unknown_command_gets_0x07() {
     let proxy = Proxy::start(&[]);
     let got = reply_to_request(&proxy, &[0x05, 0x09, 0x00, 0x01, 127, 0, 0, 1, 0, 80]);
     assert_eq!(got, failure(0x07));
+    proxy.wait_for_log(&["reply=command-not-supported", "end=bad-request"]);
     proxy.assert_serves(&echo);
 }
 

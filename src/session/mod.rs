@@ -88,7 +88,7 @@ async fn establish(
     let mut reader = MessageReader::new();
     let handshake = async {
         let auth = negotiate(core, &mut client, &mut reader).await?;
-        let request = read_request(&auth, &mut client, &mut reader, core).await;
+        let request = reader.next(&mut client, Request::decode).await;
         Ok::<_, SessionError>((auth, request))
     };
     let deadline = async {
@@ -97,7 +97,14 @@ async fn establish(
     };
     let (auth, request) = future::or(handshake, deadline).await?;
     record.user = auth.user.clone();
-    let request = request?;
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            // A malformed request gets the reply its error calls for.
+            reply_error(core, &auth, &mut client, &e, record).await;
+            return Err(e);
+        }
+    };
     record.command = Some(request.command);
     record.target = Some(request.target.clone());
     match request.command {
@@ -195,26 +202,6 @@ async fn negotiate(
     }
     send(client, &UserPassStatus::SUCCESS.encode()).await?;
     Ok(Authenticated { user: Some(user) })
-}
-
-/// Reads the request. A malformed request is answered here with the reply
-/// its error calls for, so the caller only sees the error.
-async fn read_request(
-    auth: &Authenticated,
-    client: &mut TcpStream,
-    reader: &mut MessageReader,
-    core: &Core,
-) -> Result<Request, SessionError> {
-    match reader.next(client, Request::decode).await {
-        Ok(r) => Ok(r),
-        Err(e) => {
-            if let Some(code) = e.reply_code() {
-                core.metrics().reply(code);
-                let _ = send_reply(auth, client, code, &unspecified()).await;
-            }
-            Err(e)
-        }
-    }
 }
 
 /// Sends the failure reply for `e`, if it has one.
