@@ -194,8 +194,13 @@ fn target_half_close_keeps_client_to_target_open() {
 
 #[test]
 fn target_reset_mid_transfer_resets_client() {
+    // The target resets only after the tunnel is up (it waits for the
+    // client's first byte): a reset racing the proxy's connect would be a
+    // failed connect, not a reset mid-transfer.
     let server = Server::start("127.0.0.1:0", |s| {
         let mut s = s;
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first).unwrap();
         s.write_all(&[1u8; 100_000]).unwrap();
         let sock = socket2::SockRef::from(&s);
         sock.set_linger(Some(std::time::Duration::ZERO)).unwrap();
@@ -204,6 +209,7 @@ fn target_reset_mid_transfer_resets_client() {
     let proxy = Proxy::start(&[]);
     let echo = echo_server("127.0.0.1:0");
     let mut s = proxy.connect(&server.target()).unwrap();
+    s.write_all(b"go").unwrap();
     let mut buf = vec![0u8; 1 << 20];
     let err = loop {
         match s.read(&mut buf) {
