@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::ReplyCode;
+use crate::runtime::ShedReason;
 
 /// Relay engines, as indexed in [`CoreMetrics::tunnels_by_engine`].
 pub const ENGINES: [&str; 2] = ["copy", "splice"];
@@ -26,6 +27,11 @@ pub struct CoreMetrics {
     pub rejected_over_limit: AtomicU64,
     pub accept_errors: AtomicU64,
     pub handshake_timeouts: AtomicU64,
+    /// Unfinished handshakes closed to make room, by
+    /// [`crate::runtime::ShedReason`].
+    pub handshakes_shed: [AtomicU64; 3],
+    /// Connections cut at the end of the shutdown grace.
+    pub shutdown_cuts: AtomicU64,
     pub auth_failures: AtomicU64,
     /// Replies sent, by REP code 0x00..=0x08.
     pub replies: [AtomicU64; 9],
@@ -93,7 +99,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             .map(|(m, id)| (format!("core=\"{id}\""), f(m)))
             .collect()
     };
-    let simple: [Family<'_>; 15] = [
+    let simple: [Family<'_>; 16] = [
         (
             "connections_accepted_total",
             "counter",
@@ -113,7 +119,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
         (
             "connections_rejected_total",
             "counter",
-            "Connections closed at once because the core was at max-tunnels-per-core.",
+            "Connections closed at once because the core was at max-tunnels-per-core with every connection past its handshake.",
             &|m| m.rejected_over_limit.load(Relaxed),
         ),
         (
@@ -127,6 +133,12 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             "counter",
             "Clients dropped for not finishing the handshake in time.",
             &|m| m.handshake_timeouts.load(Relaxed),
+        ),
+        (
+            "shutdown_cuts_total",
+            "counter",
+            "Connections cut (reset both ways) at the end of the shutdown grace.",
+            &|m| m.shutdown_cuts.load(Relaxed),
         ),
         (
             "auth_failures_total",
@@ -192,33 +204,45 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
     for (name, kind, help, f) in simple {
         family(name, kind, help, &mut per_core(f).into_iter());
     }
-    let mut replies = Vec::new();
-    for (m, id) in all.iter().zip(core_ids) {
-        for (code, c) in m.replies.iter().enumerate() {
-            let name = ReplyCode::from_byte(code as u8).as_str();
-            replies.push((format!("core=\"{id}\",code=\"{name}\""), c.load(Relaxed)));
+    // Families with one series per core and label value.
+    let mut labelled = |name: &str,
+                        help: &str,
+                        label: &str,
+                        values: &[&str],
+                        f: &dyn Fn(&CoreMetrics) -> &[AtomicU64]| {
+        let mut rows = Vec::new();
+        for (m, id) in all.iter().zip(core_ids) {
+            for (value, c) in values.iter().zip(f(m)) {
+                rows.push((
+                    format!("core=\"{id}\",{label}=\"{value}\""),
+                    c.load(Relaxed),
+                ));
+            }
         }
-    }
-    family(
+        family(name, "counter", help, &mut rows.into_iter());
+    };
+    let codes: Vec<&str> = (0..9u8).map(|c| ReplyCode::from_byte(c).as_str()).collect();
+    labelled(
         "replies_total",
-        "counter",
         "SOCKS replies sent, by reply code.",
-        &mut replies.into_iter(),
+        "code",
+        &codes,
+        &|m| &m.replies,
     );
-    let mut engines = Vec::new();
-    for (m, id) in all.iter().zip(core_ids) {
-        for (engine, c) in ENGINES.iter().zip(&m.tunnels_by_engine) {
-            engines.push((
-                format!("core=\"{id}\",engine=\"{engine}\""),
-                c.load(Relaxed),
-            ));
-        }
-    }
-    family(
+    labelled(
         "tunnels_total",
-        "counter",
         "Finished TCP tunnels, by relay engine.",
-        &mut engines.into_iter(),
+        "engine",
+        &ENGINES,
+        &|m| &m.tunnels_by_engine,
+    );
+    let reasons = ShedReason::ALL.map(ShedReason::as_str);
+    labelled(
+        "handshakes_shed_total",
+        "Unfinished handshakes closed to make room for new connections, by the budget that was full.",
+        "reason",
+        &reasons,
+        &|m| &m.handshakes_shed,
     );
     out
 }

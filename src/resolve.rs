@@ -75,6 +75,27 @@ pub async fn resolve(
     }
 }
 
+/// Orders addresses for connection attempts as RFC 8305 section 4 says:
+/// the family of the first (preferred) address first, then alternating
+/// families, each family keeping its own order. A host whose IPv6 path is
+/// broken then costs one attempt delay, not one timeout per IPv6 address.
+pub fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return addrs;
+    };
+    let first_v6 = first.is_ipv6();
+    let (preferred, other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.iter().partition(|a| a.is_ipv6() == first_v6);
+    let mut out = Vec::with_capacity(addrs.len());
+    let (mut p, mut o) = (preferred.into_iter(), other.into_iter());
+    loop {
+        match (p.next(), o.next()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
 /// getaddrinfo returns one entry per socket type; keep the first of each.
 fn dedup_in_order(addrs: &mut Vec<SocketAddr>) {
     let mut seen = Vec::with_capacity(addrs.len());
@@ -99,6 +120,27 @@ mod tests {
         assert_eq!(ip_literal("[::1]"), Some("::1".parse().unwrap()));
         assert_eq!(ip_literal("localhost"), None);
         assert_eq!(ip_literal("1.2.3"), None);
+    }
+
+    #[test]
+    fn interleaves_families_starting_with_the_preferred_one() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let (v6a, v6b, v6c) = (
+            a("[2001:db8::1]:80"),
+            a("[2001:db8::2]:80"),
+            a("[2001:db8::3]:80"),
+        );
+        let (v4a, v4b) = (a("192.0.2.1:80"), a("192.0.2.2:80"));
+        let cases: [(Vec<SocketAddr>, Vec<SocketAddr>); 5] = [
+            (vec![], vec![]),
+            (vec![v4a], vec![v4a]),
+            (vec![v6a, v6b, v4a, v4b], vec![v6a, v4a, v6b, v4b]),
+            (vec![v4a, v6a, v6b, v6c], vec![v4a, v6a, v6b, v6c]),
+            (vec![v6a, v6b, v6c, v4a], vec![v6a, v4a, v6b, v6c]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(interleave_families(input.clone()), want, "{input:?}");
+        }
     }
 
     #[test]

@@ -57,6 +57,27 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Borrows the descriptor of a glommio type, which implements only
+/// `AsRawFd`, for the `AsFd`-typed calls below.
+pub fn borrow<T: std::os::fd::AsRawFd>(owner: &T) -> BorrowedFd<'_> {
+    // SAFETY: `owner` owns its descriptor and keeps it open at least as long
+    // as this borrow of it.
+    unsafe { BorrowedFd::borrow_raw(owner.as_raw_fd()) }
+}
+
+/// Takes (and clears) a socket's pending error, SO_ERROR.
+pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    SockRef::from(&fd).take_error()
+}
+
+/// The peer of a connected socket; ENOTCONN when it has none.
+pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
+    SockRef::from(&fd)
+        .peer_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("peer is not an IP address"))
+}
+
 /// Runs `f` with a raw socket borrowed for socket2's option setters.
 fn with_sock<T>(fd: RawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
     // SAFETY: callers pass the fd of a socket they own and keep open for the

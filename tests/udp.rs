@@ -168,6 +168,36 @@ fn fragments_are_dropped_and_counted() {
 }
 
 #[test]
+fn datagrams_with_nonzero_reserved_bytes_are_dropped_and_counted() {
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&[]);
+    let sock = client_socket("127.0.0.1:0");
+    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let mut dgram = Vec::new();
+    coresocks::proto::UdpHeader {
+        frag: 0,
+        target: TargetAddr::Ip(echo),
+    }
+    .encode(&mut dgram);
+    dgram[0] = 0x01; // RSV must be 0x0000
+    dgram.extend_from_slice(b"reserved");
+    sock.send_to(&dgram, relay).unwrap();
+    assert!(
+        no_reply(&sock),
+        "a datagram with RSV set must not be relayed"
+    );
+    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"whole");
+    assert_eq!(data, b"whole");
+    drop(control);
+    proxy.wait_for_log(&[
+        "cmd=udp-associate",
+        "dropped_reserved=1",
+        "datagrams_up=1",
+        "datagrams_down=1",
+    ]);
+}
+
+#[test]
 fn datagrams_from_another_source_are_dropped() {
     let echo = udp_echo("127.0.0.1:0");
     let proxy = Proxy::start(&[]);

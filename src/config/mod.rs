@@ -82,10 +82,18 @@ pub struct Settings {
     #[serde(default, deserialize_with = "de_duration")]
     pub resolve_timeout: Option<Duration>,
 
-    /// How long connecting to one target address may take [default: 10s]
+    /// How long connecting to a target may take, for all of its addresses
+    /// together [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
     pub connect_timeout: Option<Duration>,
+
+    /// Happy Eyeballs (RFC 8305): when a target has several addresses, start
+    /// the next connection attempt after this long without an answer, while
+    /// the earlier ones go on [default: 250ms]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub connect_attempt_delay: Option<Duration>,
 
     /// Close a tunnel that moved no byte in either direction for this long
     /// [default: 5m]
@@ -99,11 +107,24 @@ pub struct Settings {
     #[serde(default, deserialize_with = "de_duration")]
     pub shutdown_grace: Option<Duration>,
 
-    /// Most connections (handshaking or relaying) one core holds; further
-    /// connections are closed at once [default: 10000, lowered to fit
-    /// RLIMIT_NOFILE]
+    /// Most connections (handshaking or relaying) one core holds; when it is
+    /// full, the oldest unfinished handshake is closed to make room, and only
+    /// when every connection is past its handshake are new ones closed at
+    /// once [default: 10000, lowered to fit RLIMIT_NOFILE]
     #[arg(long, value_name = "N")]
     pub max_tunnels_per_core: Option<usize>,
+
+    /// Most connections one core holds in their handshake (greeting, auth,
+    /// request); past it, the oldest unfinished handshake is closed to make
+    /// room [default: 2048, at most max-tunnels-per-core]
+    #[arg(long, value_name = "N")]
+    pub max_handshakes_per_core: Option<usize>,
+
+    /// Most connections one client IP address holds in their handshake on
+    /// one core; past it, that address's oldest unfinished handshake is
+    /// closed [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_handshakes_per_client: Option<usize>,
 
     /// Threads per core that run getaddrinfo, so a slow resolver never blocks
     /// a core [default: 4]
@@ -192,9 +213,12 @@ impl Settings {
                 handshake_timeout,
                 resolve_timeout,
                 connect_timeout,
+                connect_attempt_delay,
                 idle_timeout,
                 shutdown_grace,
                 max_tunnels_per_core,
+                max_handshakes_per_core,
+                max_handshakes_per_client,
                 resolver_threads,
                 relay,
                 buffer_size,
@@ -248,10 +272,13 @@ pub struct Config {
     pub handshake_timeout: Duration,
     pub resolve_timeout: Duration,
     pub connect_timeout: Duration,
+    pub connect_attempt_delay: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
     /// `None`: 10,000, or fewer where RLIMIT_NOFILE cannot hold that many.
     pub max_tunnels_per_core: Option<usize>,
+    pub max_handshakes_per_core: Option<usize>,
+    pub max_handshakes_per_client: Option<usize>,
     pub resolver_threads: usize,
     pub relay: RelayMode,
     pub buffer_size: usize,
@@ -334,6 +361,12 @@ impl Config {
         if max_tunnels_per_core == Some(0) {
             return Err(invalid("max-tunnels-per-core", "must be at least 1"));
         }
+        if s.max_handshakes_per_core == Some(0) {
+            return Err(invalid("max-handshakes-per-core", "must be at least 1"));
+        }
+        if s.max_handshakes_per_client == Some(0) {
+            return Err(invalid("max-handshakes-per-client", "must be at least 1"));
+        }
         let resolver_threads = s.resolver_threads.unwrap_or(4);
         if resolver_threads == 0 || resolver_threads > 256 {
             return Err(invalid("resolver-threads", "must be between 1 and 256"));
@@ -393,9 +426,16 @@ impl Config {
                 s.connect_timeout,
                 Duration::from_secs(10),
             )?,
+            connect_attempt_delay: positive(
+                "connect-attempt-delay",
+                s.connect_attempt_delay,
+                Duration::from_millis(250),
+            )?,
             idle_timeout: positive("idle-timeout", s.idle_timeout, Duration::from_secs(300))?,
             shutdown_grace: s.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             max_tunnels_per_core,
+            max_handshakes_per_core: s.max_handshakes_per_core,
+            max_handshakes_per_client: s.max_handshakes_per_client,
             resolver_threads,
             relay: s.relay.unwrap_or(RelayMode::Auto),
             buffer_size,

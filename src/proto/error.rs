@@ -19,6 +19,8 @@ pub enum ProtoError {
     UnsupportedAuthVersion(u8),
     #[error("empty username")]
     EmptyUsername,
+    #[error("UDP header RSV is {0:#06x}, not 0x0000")]
+    NonZeroReserved(u16),
 }
 
 impl ProtoError {
@@ -33,7 +35,8 @@ impl ProtoError {
             ProtoError::UnsupportedVersion(_)
             | ProtoError::NoMethods
             | ProtoError::UnsupportedAuthVersion(_)
-            | ProtoError::EmptyUsername => None,
+            | ProtoError::EmptyUsername
+            | ProtoError::NonZeroReserved(_) => None,
         }
     }
 }

@@ -1106,12 +1106,21 @@ fn udp_header_length_is_where_the_payload_starts() {
 }
 
 #[test]
-fn udp_header_ignores_reserved_bytes() {
-    let wire = [0xAB, 0xCD, 0x00, 0x01, 10, 0, 0, 1, 0x00, 0x35];
-    assert_eq!(
-        UdpHeader::decode(&wire),
-        Ok(Decoded::Complete(udp(0x00, v4(10, 0, 0, 1, 53)), 10))
-    );
+fn rejects_udp_header_with_nonzero_reserved_bytes() {
+    let table: [(&[u8], ProtoError); 3] = [
+        (
+            &[0xAB, 0xCD, 0x00, 0x01, 10, 0, 0, 1, 0x00, 0x35],
+            ProtoError::NonZeroReserved(0xABCD),
+        ),
+        (&[0x00, 0x01, 0x00], ProtoError::NonZeroReserved(0x0001)),
+        (
+            &[0x80, 0x00, 0x00, 0x01],
+            ProtoError::NonZeroReserved(0x8000),
+        ),
+    ];
+    for (wire, err) in table {
+        assert_rejects::<UdpHeader>(wire, err);
+    }
     assert_eq!(encode(&udp(0x00, v4(10, 0, 0, 1, 53)))[..2], [0x00, 0x00]);
 }
 

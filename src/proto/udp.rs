@@ -11,9 +11,15 @@ pub struct UdpHeader {
 impl UdpHeader {
     /// Decodes the header at the front of a datagram; the payload starts at
     /// the returned length. A datagram is complete by nature, so
-    /// `Incomplete` here means a truncated header (drop the datagram).
+    /// `Incomplete` here means a truncated header (drop the datagram). RSV
+    /// must be zero: a datagram that says otherwise was not made by a SOCKS5
+    /// client of this version, and is dropped like a fragment.
     pub fn decode(datagram: &[u8]) -> Result<Decoded<UdpHeader>, ProtoError> {
         need!(datagram, 3);
+        let rsv = u16::from_be_bytes([datagram[0], datagram[1]]);
+        if rsv != 0 {
+            return Err(ProtoError::NonZeroReserved(rsv));
+        }
         let frag = datagram[2];
         Ok(match TargetAddr::decode(&datagram[3..])? {
             Decoded::Complete(target, n) => Decoded::Complete(UdpHeader { frag, target }, 3 + n),

@@ -29,6 +29,7 @@ pub use pipes::PipePool;
 pub use pool::BufferPool;
 
 use crate::config::{Config, RelayMode};
+use crate::runtime::{Stop, StopSignal};
 use tunnel::{Direction, Tunnel};
 
 /// One side of a tunnel.
@@ -56,6 +57,9 @@ pub enum TunnelEnd {
     Failed(Side, io::Error),
     /// No byte moved for the idle timeout.
     IdleTimeout,
+    /// The proxy cut it (the end of the shutdown grace): both sides get a
+    /// reset, so neither mistakes a truncated stream for a complete one.
+    Stopped(Stop),
 }
 
 impl fmt::Display for TunnelEnd {
@@ -63,6 +67,7 @@ impl fmt::Display for TunnelEnd {
         match self {
             TunnelEnd::Closed => f.write_str("closed"),
             TunnelEnd::IdleTimeout => f.write_str("idle-timeout"),
+            TunnelEnd::Stopped(stop) => f.write_str(stop.as_str()),
             TunnelEnd::Failed(side, e) if e.kind() == io::ErrorKind::ConnectionReset => {
                 write!(f, "{}-reset", side.as_str())
             }
@@ -117,16 +122,13 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn new(config: &Config, max_tunnels: usize) -> Relay {
+    pub fn new(config: &Config, max_pipes: usize) -> Relay {
         Relay {
             mode: config.relay,
             // Keep enough free buffers for a burst of busy tunnels; beyond
             // that, freed buffers go back to the allocator.
             buffers: BufferPool::new(config.buffer_size, 256),
-            pipes: PipePool::new(
-                config.pipe_size,
-                config.max_pipes_per_core.unwrap_or(max_tunnels),
-            ),
+            pipes: PipePool::new(config.pipe_size, max_pipes),
             splice_threshold: config.splice_threshold,
             idle_timeout: config.idle_timeout,
         }
@@ -140,6 +142,7 @@ impl Relay {
         mut client: TcpStream,
         mut target: TcpStream,
         early: &[u8],
+        stop: &StopSignal,
     ) -> RelayReport {
         let mut report = RelayReport {
             client_to_target: 0,
@@ -172,6 +175,7 @@ impl Relay {
             client: &mut client,
             target: &mut target,
             idle: IdleClock::new(self.idle_timeout),
+            stop,
         };
         report.end = (&mut tunnel).await;
         tunnel.up.release(self);
@@ -194,6 +198,10 @@ fn close_after(end: &TunnelEnd, client: &TcpStream, target: &TcpStream) {
     match end {
         TunnelEnd::Failed(Side::Client, _) => crate::sys::set_linger_zero(target.as_raw_fd()),
         TunnelEnd::Failed(Side::Target, _) => crate::sys::set_linger_zero(client.as_raw_fd()),
+        TunnelEnd::Stopped(_) => {
+            crate::sys::set_linger_zero(client.as_raw_fd());
+            crate::sys::set_linger_zero(target.as_raw_fd());
+        }
         TunnelEnd::IdleTimeout | TunnelEnd::Closed => {}
     }
 }

@@ -17,6 +17,7 @@ use super::copy::CopyState;
 use super::splice::SpliceState;
 use super::{IdleClock, Relay, Side, TunnelEnd};
 use crate::config::RelayMode;
+use crate::runtime::StopSignal;
 
 /// Read/write rounds one direction may do per poll before yielding, so one
 /// busy tunnel cannot starve the others on its core.
@@ -169,6 +170,7 @@ pub(super) struct Tunnel<'a> {
     pub(super) up: Direction,
     pub(super) down: Direction,
     pub(super) idle: IdleClock,
+    pub(super) stop: &'a StopSignal,
 }
 
 impl Future for Tunnel<'_> {
@@ -176,6 +178,9 @@ impl Future for Tunnel<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelEnd> {
         let this = self.get_mut();
+        if let Poll::Ready(stop) = this.stop.poll_stop(cx) {
+            return Poll::Ready(TunnelEnd::Stopped(stop));
+        }
         let up = this.up.poll_move(cx, this.client, this.target, this.relay);
         let down = this
             .down

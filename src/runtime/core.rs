@@ -1,17 +1,18 @@
 //! What one core owns, and its accept loop.
 
-use std::cell::Cell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 
+use super::admission::{Admission, Refused, Stop, Ticket};
+use super::Limits;
 use crate::config::Config;
 use crate::metrics::{self, AllMetrics, CoreMetrics};
 use crate::relay::Relay;
@@ -27,10 +28,7 @@ pub struct Core {
     all_metrics: AllMetrics,
     pub relay: Relay,
     pub udp: UdpTable,
-    live: Cell<usize>,
-    /// Effective max-tunnels-per-core (see `runtime::max_tunnels_per_core`).
-    max_live: usize,
-    next_conn_id: Cell<u64>,
+    pub admission: Rc<Admission>,
 }
 
 impl Core {
@@ -39,18 +37,16 @@ impl Core {
         index: usize,
         config: Arc<Config>,
         all_metrics: AllMetrics,
-        max_live: usize,
+        limits: &Limits,
     ) -> Core {
         Core {
             id,
             index,
-            relay: Relay::new(&config, max_live),
+            relay: Relay::new(&config, limits.pipes_per_core),
             udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
+            admission: Admission::new(limits.budgets),
             config,
             all_metrics,
-            live: Cell::new(0),
-            max_live,
-            next_conn_id: Cell::new(0),
         }
     }
 
@@ -60,24 +56,7 @@ impl Core {
 
     /// Connections open on this core (handshaking or relaying).
     pub fn live(&self) -> usize {
-        self.live.get()
-    }
-}
-
-/// Counts a connection as live until dropped.
-struct LiveGuard(Rc<Core>);
-
-impl LiveGuard {
-    fn new(core: Rc<Core>) -> LiveGuard {
-        core.live.set(core.live.get() + 1);
-        LiveGuard(core)
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        self.0.live.set(self.0.live.get() - 1);
-        metrics::add(&self.0.metrics().closed, 1);
+        self.admission.live()
     }
 }
 
@@ -128,8 +107,15 @@ pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<Ato
             tracing::warn!(
                 core = core.id,
                 open = core.live(),
-                "grace period over; closing remaining connections"
+                "grace period over; cutting the remaining connections (reset both ways)"
             );
+            core.admission.stop_all(Stop::ShutdownCut);
+            // Each connection ends on its own task, which resets its sockets
+            // and writes its access-log line; give them a moment to run.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while core.live() > 0 && Instant::now() < deadline {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
         }
     }
 }
@@ -145,70 +131,121 @@ async fn wait_for_shutdown(flag: &AtomicBool) {
 
 async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>) {
     let mut backoff = Duration::ZERO;
-    let mut over_limit = false;
+    let mut accept_errors = RateLimitedLog::new(LOG_INTERVAL);
+    let mut recoveries = RateLimitedLog::new(LOG_INTERVAL);
+    let mut refusals = RateLimitedLog::new(LOG_INTERVAL);
     loop {
         let stream = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 let e: io::Error = e.into();
                 metrics::add(&core.metrics().accept_errors, 1);
-                // Out of descriptors (or kernel memory): back off instead of
-                // spinning, and say so once per episode.
-                if backoff.is_zero() {
+                if let Some(repeats) = accept_errors.hit() {
                     tracing::warn!(
                         core = core.id,
-                        "accept failed: {e}; backing off until it succeeds{}",
-                        fd_hint(&e)
+                        "accept failed: {e}{}{}; backing off",
+                        fd_hint(&e),
+                        repeated(repeats)
                     );
-                    backoff = Duration::from_millis(10);
-                } else {
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
+                // Out of descriptors (or kernel memory): back off instead of
+                // spinning.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                 glommio::timer::sleep(backoff).await;
                 continue;
             }
         };
         if !backoff.is_zero() {
-            tracing::info!(core = core.id, "accepting again");
             backoff = Duration::ZERO;
+            if let Some(repeats) = recoveries.hit() {
+                tracing::info!(core = core.id, "accepting again{}", repeated(repeats));
+            }
         }
         metrics::add(&core.metrics().accepted, 1);
-        if core.live() >= core.max_live {
-            metrics::add(&core.metrics().rejected_over_limit, 1);
-            if !over_limit {
-                tracing::warn!(
-                    core = core.id,
-                    limit = core.max_live,
-                    "core is at max-tunnels-per-core; closing new connections"
-                );
-                over_limit = true;
+        let peer = match stream.peer_addr() {
+            Ok(p) => p,
+            // The client already left.
+            Err(_) => {
+                metrics::add(&core.metrics().closed, 1);
+                continue;
             }
-            metrics::add(&core.metrics().closed, 1);
-            drop(stream);
-            continue;
+        };
+        match core.admission.admit(peer.ip().to_canonical()) {
+            Ok(admitted) => {
+                if let Some(reason) = admitted.shed {
+                    metrics::add(&core.metrics().handshakes_shed[reason as usize], 1);
+                }
+                spawn_session(&core, stream, peer, admitted.ticket);
+            }
+            Err(Refused) => {
+                metrics::add(&core.metrics().rejected_over_limit, 1);
+                metrics::add(&core.metrics().closed, 1);
+                if let Some(repeats) = refusals.hit() {
+                    tracing::warn!(
+                        core = core.id,
+                        limit = core.admission.budgets().connections,
+                        "core is at max-tunnels-per-core with every connection established; closing new connections{}",
+                        repeated(repeats)
+                    );
+                }
+                drop(stream);
+            }
         }
-        over_limit = false;
-        spawn_session(&core, stream);
     }
 }
 
-fn spawn_session(core: &Rc<Core>, stream: TcpStream) {
-    let peer = match stream.peer_addr() {
-        Ok(p) => p,
-        // The client already left.
-        Err(_) => {
-            metrics::add(&core.metrics().closed, 1);
-            return;
-        }
-    };
-    let id = core.next_conn_id.get();
-    core.next_conn_id.set(id + 1);
-    let guard = LiveGuard::new(core.clone());
+fn spawn_session(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, ticket: Ticket) {
+    let core = core.clone();
     glommio::spawn_local(async move {
-        crate::session::serve(guard.0.clone(), stream, peer, id).await;
-        drop(guard);
+        crate::session::serve(core.clone(), stream, peer, ticket).await;
+        metrics::add(&core.metrics().closed, 1);
     })
     .detach();
+}
+
+/// How often a repeated warning may be logged.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// One log line per interval for a condition that can repeat thousands of
+/// times a second (accept errors at EMFILE, refusals at the cap), with the
+/// number of repeats that were not logged.
+struct RateLimitedLog {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn new(interval: Duration) -> RateLimitedLog {
+        RateLimitedLog {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(repeats since the last line)` when a line is due now.
+    fn hit(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        match self.last {
+            Some(t) if now.duration_since(t) < self.interval => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+fn repeated(n: u64) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" (and {n} more times since the last report)")
+    }
 }
 
 fn fd_hint(e: &io::Error) -> &'static str {
@@ -227,4 +264,21 @@ pub fn describe(addrs: &[SocketAddr]) -> String {
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_log_says_one_line_per_interval_with_the_count() {
+        let mut log = RateLimitedLog::new(Duration::from_millis(200));
+        assert_eq!(log.hit(), Some(0), "the first is logged");
+        for _ in 0..5 {
+            assert_eq!(log.hit(), None);
+        }
+        std::thread::sleep(Duration::from_millis(210));
+        assert_eq!(log.hit(), Some(5), "then one line counting the rest");
+        assert_eq!(log.hit(), None);
+    }
 }

@@ -2,6 +2,7 @@
 //! CPU, each with its own SO_REUSEPORT listeners, plus the plain threads that
 //! never touch the data path (signals, metrics).
 
+mod admission;
 mod core;
 mod listener;
 
@@ -13,6 +14,7 @@ use std::sync::{mpsc, Arc};
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 pub use self::core::Core;
+pub use admission::{Admission, Budgets, ShedReason, Stop, StopSignal, Ticket};
 pub use listener::{open_listeners, ListenError};
 
 use crate::config::Config;
@@ -56,9 +58,16 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             need: MIN_MEMLOCK / 1024,
         });
     }
-    let max_tunnels = max_tunnels_per_core(&config, cpus.len());
+    let nofile = crate::sys::raise_nofile_limit()
+        .map_err(|e| tracing::warn!("cannot read RLIMIT_NOFILE: {e}"))
+        .ok();
+    let limits = Limits::plan(&config, cpus.len(), nofile);
 
     let bound = open_listeners(&config.listen, cpus.len(), config.backlog, config.ipv6_only)?;
+    tracing::info!("{}", limits.summary);
+    if let Some(w) = &limits.warning {
+        tracing::warn!("{w}");
+    }
     let addrs: Vec<SocketAddr> = bound.iter().map(|(a, _)| *a).collect();
     // One socket per address per core: regroup by core.
     let mut per_core: Vec<Vec<std::os::fd::OwnedFd>> =
@@ -85,6 +94,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     for (index, (&cpu, listeners)) in cpus.iter().zip(per_core).enumerate() {
         let config = config.clone();
         let all_metrics = all_metrics.clone();
+        let limits = limits.clone();
         let shutdown = shutdown.clone();
         let started = started_tx.clone();
         let addrs = addrs.clone();
@@ -93,7 +103,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
             .io_memory(IO_MEMORY)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(config.resolver_threads))
             .spawn(move || async move {
-                let core = Rc::new(Core::new(cpu, index, config, all_metrics, max_tunnels));
+                let core = Rc::new(Core::new(cpu, index, config, all_metrics, &limits));
                 tracing::info!(
                     core = cpu,
                     "core {cpu} listening on {}",
@@ -140,31 +150,94 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
 }
 
-/// A tunnel holds two sockets, and up to two pipes (four descriptors) while
-/// splicing: the per-core limit must fit RLIMIT_NOFILE across all cores.
-fn max_tunnels_per_core(config: &Config, cores: usize) -> usize {
-    const DEFAULT: usize = 10_000;
-    const FDS_PER_TUNNEL: u64 = 6;
-    const RESERVED_FDS: u64 = 256;
-    let nofile = match crate::sys::raise_nofile_limit() {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!("cannot read RLIMIT_NOFILE: {e}");
-            return config.max_tunnels_per_core.unwrap_or(DEFAULT);
+/// What one core may hold, sized from RLIMIT_NOFILE.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub budgets: Budgets,
+    pub pipes_per_core: usize,
+    /// One line for the log at start: what the limits allow, and why.
+    pub summary: String,
+    /// Set when the descriptor limit leaves room for too little.
+    pub warning: Option<String>,
+}
+
+impl Limits {
+    /// Below this many connections per core, the start-up log warns.
+    const FEW: usize = 256;
+
+    /// A connection holds two sockets (client and target); a pipe, held
+    /// only while a direction has bytes in flight, two descriptors. The
+    /// pipe pool is capped on its own, so an idle tunnel costs 2
+    /// descriptors. Listeners, log files, the metrics socket and UDP
+    /// associations come out of a reserve.
+    ///
+    /// RLIMIT_NOFILE is per process while caps are per core, and
+    /// SO_REUSEPORT's hash does not spread connections evenly (a core can
+    /// get a few percent more than its share): with several cores each cap
+    /// is a quarter above the fair share, so one busy core is not refused
+    /// while the others have room. If every core fills at once, accept
+    /// meets EMFILE and backs off until descriptors free up.
+    pub fn plan(config: &Config, cores: usize, nofile: Option<u64>) -> Limits {
+        const DEFAULT_CONNECTIONS: usize = 10_000;
+        const DEFAULT_HANDSHAKES: usize = 2048;
+        const DEFAULT_HANDSHAKES_PER_CLIENT: usize = 256;
+        const MAX_DEFAULT_PIPES: usize = 256;
+        let cores = cores.max(1);
+        let (fair, pipes, reserved) = match nofile {
+            Some(nofile) => {
+                let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+                let reserved = (nofile / 8).min(256);
+                let per_core = (nofile - reserved) / cores;
+                // At most a fifth of a core's descriptors go to pipes.
+                let pipes = config
+                    .max_pipes_per_core
+                    .unwrap_or((per_core / 10).clamp(1, MAX_DEFAULT_PIPES));
+                let fair = (per_core.saturating_sub(2 * pipes) / 2).max(1);
+                (Some(fair), pipes, reserved)
+            }
+            None => (
+                None,
+                config.max_pipes_per_core.unwrap_or(MAX_DEFAULT_PIPES),
+                0,
+            ),
+        };
+        let fits = fair.map(|f| if cores > 1 { f + f / 4 } else { f });
+        let connections = match (config.max_tunnels_per_core, fits) {
+            (Some(n), _) => n,
+            (None, Some(fits)) => fits.min(DEFAULT_CONNECTIONS),
+            (None, None) => DEFAULT_CONNECTIONS,
+        };
+        let handshakes = config
+            .max_handshakes_per_core
+            .unwrap_or(DEFAULT_HANDSHAKES)
+            .min(connections);
+        let per_client = config
+            .max_handshakes_per_client
+            .unwrap_or(DEFAULT_HANDSHAKES_PER_CLIENT)
+            .min(handshakes);
+        let nofile_text = nofile.map_or("unknown".to_owned(), |n| n.to_string());
+        let summary = format!(
+            "limits per core: {connections} connections (at most {handshakes} in their handshake, {per_client} per client address), {pipes} splice pipes; RLIMIT_NOFILE {nofile_text} on {cores} core(s) at 2 descriptors per connection and 2 per pipe, {reserved} reserved"
+        );
+        let warning = match (fits, config.max_tunnels_per_core) {
+            (Some(fits), Some(n)) if n > fits => Some(format!(
+                "max-tunnels-per-core {n} is more than RLIMIT_NOFILE {nofile_text} fits ({fits} per core): expect accept errors under load; raise the limit (ulimit -n, LimitNOFILE=) or lower max-tunnels-per-core"
+            )),
+            (Some(fits), None) if fits < Self::FEW => Some(format!(
+                "RLIMIT_NOFILE {nofile_text} leaves room for only {fits} connections per core: raise it (ulimit -n 65536, LimitNOFILE=65536 in systemd)"
+            )),
+            _ => None,
+        };
+        Limits {
+            budgets: Budgets {
+                connections,
+                handshakes,
+                handshakes_per_client: per_client,
+            },
+            pipes_per_core: pipes,
+            summary,
+            warning,
         }
-    };
-    let fits =
-        (nofile.saturating_sub(RESERVED_FDS) / FDS_PER_TUNNEL / cores as u64).max(1) as usize;
-    match config.max_tunnels_per_core {
-        Some(n) if n > fits => {
-            tracing::warn!(
-                "max-tunnels-per-core {n} needs about {} file descriptors but RLIMIT_NOFILE is {nofile}; raise it (ulimit -n, LimitNOFILE=) or expect accept errors under load",
-                n as u64 * FDS_PER_TUNNEL * cores as u64 + RESERVED_FDS
-            );
-            n
-        }
-        Some(n) => n,
-        None => DEFAULT.min(fits),
     }
 }
 
@@ -187,4 +260,71 @@ fn install_signal_thread(shutdown: Arc<AtomicBool>) -> Result<(), RuntimeError> 
         })
         .map_err(RuntimeError::Signals)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Settings};
+
+    fn config(extra: impl FnOnce(&mut Settings)) -> Config {
+        let mut s = Settings::default();
+        extra(&mut s);
+        Config::from_settings(s).unwrap()
+    }
+
+    #[test]
+    fn an_idle_connection_costs_two_descriptors_and_pipes_are_capped_apart() {
+        let l = Limits::plan(&config(|_| {}), 1, Some(20_000));
+        assert_eq!(l.pipes_per_core, 256);
+        // (20000 - 256 reserved - 2 * 256 pipes) / 2
+        assert_eq!(l.budgets.connections, 9_616);
+        assert!(l.warning.is_none());
+        assert!(l.summary.contains("9616 connections"), "{}", l.summary);
+    }
+
+    #[test]
+    fn several_cores_get_headroom_over_their_fair_share() {
+        // Both plans leave 1920 descriptors per core: 192 pipes and a fair
+        // share of (1920 - 384) / 2 = 768 connections.
+        let one = Limits::plan(&config(|_| {}), 1, Some(2_176));
+        let two = Limits::plan(&config(|_| {}), 2, Some(4_096));
+        assert_eq!((one.pipes_per_core, two.pipes_per_core), (192, 192));
+        assert_eq!(one.budgets.connections, 768);
+        assert_eq!(two.budgets.connections, 960, "a quarter above the share");
+    }
+
+    #[test]
+    fn a_tiny_descriptor_limit_is_said_out_loud() {
+        let l = Limits::plan(&config(|_| {}), 2, Some(256));
+        assert!(l.budgets.connections >= 1);
+        assert!(l.budgets.connections < 100, "{:?}", l.budgets);
+        let w = l.warning.expect("warning");
+        assert!(
+            w.contains("RLIMIT_NOFILE 256") && w.contains("ulimit -n"),
+            "{w}"
+        );
+    }
+
+    #[test]
+    fn an_explicit_cap_above_the_limit_is_kept_with_a_warning() {
+        let l = Limits::plan(
+            &config(|s| s.max_tunnels_per_core = Some(50_000)),
+            1,
+            Some(1024),
+        );
+        assert_eq!(l.budgets.connections, 50_000);
+        assert!(l.warning.unwrap().contains("max-tunnels-per-core 50000"));
+    }
+
+    #[test]
+    fn handshake_budgets_never_exceed_the_connection_cap() {
+        let l = Limits::plan(
+            &config(|s| s.max_tunnels_per_core = Some(10)),
+            1,
+            Some(20_000),
+        );
+        assert_eq!(l.budgets.handshakes, 10);
+        assert_eq!(l.budgets.handshakes_per_client, 10);
+    }
 }

@@ -1,8 +1,16 @@
-//! CONNECT: resolve, connect to each address in turn, reply, relay.
+//! CONNECT: resolve, connect (Happy Eyeballs across the addresses, one
+//! deadline for the whole request), reply, relay.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
+use futures_lite::future;
 use glommio::net::TcpStream;
+use glommio::timer::Timer;
 
 use super::{reply_error, reply_success, AccessRecord, Authenticated, Established, SessionError};
 use crate::proto::TargetAddr;
@@ -35,8 +43,8 @@ pub(super) async fn serve_connect(
     })
 }
 
-/// Resolves the target and tries each address until one connects. The
-/// error returned is the last address's, which decides the reply.
+/// Resolves the target and races connection attempts to its addresses
+/// (RFC 8305), all within one `--connect-timeout` for the request.
 async fn connect(
     core: &Core,
     target: &TargetAddr,
@@ -49,33 +57,156 @@ async fn connect(
         }
     };
     check_allowed(target, &addrs)?;
-    let mut last = None;
-    for addr in addrs {
-        record.resolved = Some(addr);
-        match TcpStream::connect_timeout(addr, core.config.connect_timeout).await {
-            Ok(stream) => return Ok(stream),
-            Err(e) => {
-                let e: std::io::Error = e.into();
-                let err = if e.kind() == std::io::ErrorKind::TimedOut && e.raw_os_error().is_none()
-                {
-                    SessionError::ConnectTimeout(addr)
-                } else {
-                    SessionError::Connect { addr, source: e }
-                };
-                tracing::debug!("{err}");
-                last = Some(err);
-            }
+    let addrs = resolve::interleave_families(addrs);
+    let first = addrs[0];
+    let race = Race::new(addrs, core.config.connect_attempt_delay);
+    let deadline = async {
+        glommio::timer::sleep(core.config.connect_timeout).await;
+        Err((first, SessionError::ConnectTimeout(first)))
+    };
+    match future::or(race, deadline).await {
+        Ok((addr, stream)) => {
+            record.resolved = Some(addr);
+            Ok(stream)
+        }
+        Err((addr, e)) => {
+            record.resolved = Some(addr);
+            tracing::debug!("{e}");
+            Err(e)
         }
     }
-    Err(last.unwrap_or_else(|| {
-        SessionError::Resolve(resolve::ResolveError::NoAddress {
-            name: target.to_string(),
-        })
-    }))
 }
 
 /// The seam for access rules (allow/deny by target, user, port): every
 /// target passes for now. A denial becomes reply 0x02.
 fn check_allowed(_target: &TargetAddr, _addrs: &[SocketAddr]) -> Result<(), SessionError> {
     Ok(())
+}
+
+type Attempt = Pin<Box<dyn Future<Output = Result<TcpStream, glommio::GlommioError<()>>>>>;
+
+/// Happy Eyeballs (RFC 8305 section 5): attempts start one
+/// `attempt_delay` apart, or at once when the previous one fails; earlier
+/// attempts keep running, and the first to connect wins (the others are
+/// dropped, which cancels them). When every attempt fails, the most telling
+/// error decides the reply.
+struct Race {
+    addrs: Vec<SocketAddr>,
+    next: usize,
+    running: Vec<(SocketAddr, Attempt)>,
+    attempt_delay: Duration,
+    timer: Timer,
+    failed: Option<(SocketAddr, SessionError)>,
+}
+
+impl Race {
+    fn new(addrs: Vec<SocketAddr>, attempt_delay: Duration) -> Race {
+        Race {
+            addrs,
+            next: 0,
+            running: Vec::with_capacity(2),
+            attempt_delay,
+            timer: Timer::new(attempt_delay),
+            failed: None,
+        }
+    }
+
+    fn start_next(&mut self) {
+        let addr = self.addrs[self.next];
+        self.next += 1;
+        self.running
+            .push((addr, Box::pin(TcpStream::connect(addr))));
+        self.timer.reset(self.attempt_delay);
+    }
+
+    fn record_failure(&mut self, addr: SocketAddr, source: io::Error) {
+        let e = SessionError::Connect { addr, source };
+        tracing::debug!("{e}");
+        let better = match &self.failed {
+            None => true,
+            Some((_, old)) => failure_rank(&e) > failure_rank(old),
+        };
+        if better {
+            self.failed = Some((addr, e));
+        }
+    }
+}
+
+impl Future for Race {
+    type Output = Result<(SocketAddr, TcpStream), (SocketAddr, SessionError)>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            if this.running.is_empty() && this.next < this.addrs.len() {
+                this.start_next();
+            }
+            let mut i = 0;
+            let mut any_failed = false;
+            while i < this.running.len() {
+                let addr = this.running[i].0;
+                match this.running[i].1.as_mut().poll(cx) {
+                    Poll::Pending => i += 1,
+                    Poll::Ready(result) => {
+                        drop(this.running.swap_remove(i));
+                        match result.map_err(io::Error::from).and_then(|s| {
+                            connected(&s)?;
+                            Ok(s)
+                        }) {
+                            Ok(stream) => return Poll::Ready(Ok((addr, stream))),
+                            Err(e) => {
+                                this.record_failure(addr, e);
+                                any_failed = true;
+                            }
+                        }
+                    }
+                }
+            }
+            if this.next < this.addrs.len() {
+                if any_failed || Pin::new(&mut this.timer).poll(cx).is_ready() {
+                    this.start_next();
+                    continue;
+                }
+            } else if this.running.is_empty() {
+                let failed = this.failed.take().unwrap_or_else(|| {
+                    let addr = this.addrs[0];
+                    (addr, SessionError::ConnectTimeout(addr))
+                });
+                return Poll::Ready(Err(failed));
+            }
+            return Poll::Pending;
+        }
+    }
+}
+
+/// An io_uring connect can complete "successfully" on a socket that the
+/// network has already refused (an ICMP error or a reset that arrives while
+/// the connect is in flight): the error then sits in SO_ERROR and the socket
+/// has no peer. Only a socket with a peer and no pending error is connected.
+fn connected(stream: &TcpStream) -> io::Result<()> {
+    if let Some(e) = crate::sys::take_socket_error(crate::sys::borrow(stream))? {
+        return Err(e);
+    }
+    match crate::sys::peer_addr(crate::sys::borrow(stream)) {
+        Ok(_) => Ok(()),
+        // The error was consumed before we looked: the target is not there.
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            Err(io::Error::from_raw_os_error(libc::ECONNREFUSED))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Which failure of several says most about the target: an answer from the
+/// host itself (refused) over a firewall's over an unreachable host over an
+/// unreachable network over anything else.
+fn failure_rank(e: &SessionError) -> u8 {
+    use crate::proto::ReplyCode::*;
+    match e.reply_code() {
+        Some(ConnectionRefused) => 5,
+        Some(NotAllowed) => 4,
+        Some(HostUnreachable) => 3,
+        Some(NetworkUnreachable) => 2,
+        _ => 1,
+    }
 }

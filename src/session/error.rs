@@ -41,6 +41,8 @@ pub enum SessionError {
     BindWrongPeer(std::net::SocketAddr),
     #[error("UDP ASSOCIATE: {0}")]
     UdpSetup(crate::udp::SetupError),
+    #[error("stopped by the proxy: {}", .0.as_str())]
+    Stopped(crate::runtime::Stop),
 }
 
 impl SessionError {
@@ -68,7 +70,8 @@ impl SessionError {
             | SessionError::ClientIo(_)
             | SessionError::HandshakeTimeout
             | SessionError::NoAcceptableMethod
-            | SessionError::AuthFailed(_) => None,
+            | SessionError::AuthFailed(_)
+            | SessionError::Stopped(_) => None,
         }
     }
 
@@ -92,6 +95,7 @@ impl SessionError {
             SessionError::BindWrongPeer(_) => "bind-wrong-peer",
             SessionError::UdpSetup(crate::udp::SetupError::Full) => "udp-limit",
             SessionError::UdpSetup(_) => "udp-failed",
+            SessionError::Stopped(stop) => stop.as_str(),
         }
     }
 }

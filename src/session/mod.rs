@@ -15,6 +15,7 @@ mod reader;
 mod udp;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
 use futures_lite::future;
@@ -30,7 +31,7 @@ use crate::proto::{
     Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request, TargetAddr,
     UserPassRequest, UserPassStatus,
 };
-use crate::runtime::Core;
+use crate::runtime::{Core, Stop, StopSignal, Ticket};
 
 /// Proof that method negotiation (and authentication, if required)
 /// succeeded.
@@ -51,11 +52,22 @@ pub struct Established {
 /// Everything before the relay runs in a boxed future that is freed when
 /// it returns: a task's allocation is the size of its largest state, and a
 /// tunnel that lives for hours should carry only the relay's.
-pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, conn_id: u64) {
-    let mut record = AccessRecord::new(core.id, conn_id, peer);
-    let result = match Box::pin(establish(&core, client, &mut record)).await {
+pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, ticket: Ticket) {
+    let mut record = AccessRecord::new(core.id, ticket.id(), peer);
+    let client_fd = client.as_raw_fd();
+    let work = Box::pin(establish(&core, client, &ticket, &mut record));
+    // Shed (a stalled handshake) or cut (the end of the shutdown grace)
+    // while still setting up. `or` prefers `work` when both are ready, so a
+    // UDP association, which watches the same signal, ends with its counts.
+    let stopped = async {
+        let stop = ticket.stop.wait().await;
+        // A reset, not a FIN: the client must not take this for an answer.
+        crate::sys::set_linger_zero(client_fd);
+        Err(SessionError::Stopped(stop))
+    };
+    let result = match future::or(work, stopped).await {
         Ok(Some(t)) => {
-            relay_tunnel(&core, t, &mut record).await;
+            relay_tunnel(&core, t, &mut record, &ticket.stop).await;
             Ok(())
         }
         Ok(None) => Ok(()),
@@ -71,7 +83,10 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, conn_id:
             }
             _ => {}
         }
-        tracing::debug!(conn = conn_id, client = %peer, "session ended: {e}");
+        tracing::debug!(conn = ticket.id(), client = %peer, "session ended: {e}");
+    }
+    if let Some(Stop::ShutdownCut) = ticket.stop.stopped() {
+        metrics::add(&core.metrics().shutdown_cuts, 1);
     }
     if core.config.access_log != crate::config::AccessLog::Off {
         tracing::info!(target: "access", "{}", record.line());
@@ -83,6 +98,7 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, conn_id:
 async fn establish(
     core: &Core,
     mut client: TcpStream,
+    ticket: &Ticket,
     record: &mut AccessRecord,
 ) -> Result<Option<Established>, SessionError> {
     let mut reader = MessageReader::new();
@@ -96,6 +112,9 @@ async fn establish(
         Err(SessionError::HandshakeTimeout)
     };
     let (auth, request) = future::or(handshake, deadline).await?;
+    // What the client's pace decides is over; from here the proxy's own
+    // timeouts bound the session.
+    ticket.handshake_done();
     record.user = auth.user.clone();
     let request = match request {
         Ok(r) => r,
@@ -124,7 +143,7 @@ async fn establish(
         }
         Command::UdpAssociate => {
             drop(reader);
-            udp::serve_udp(core, &auth, client, request.target, record)
+            udp::serve_udp(core, &auth, client, request.target, record, &ticket.stop)
                 .await
                 .map(|()| None)
         }
@@ -132,9 +151,9 @@ async fn establish(
 }
 
 /// Relays a TCP tunnel (CONNECT, BIND) and records how it went.
-async fn relay_tunnel(core: &Core, t: Established, record: &mut AccessRecord) {
-    crate::sys::set_nodelay(std::os::fd::AsRawFd::as_raw_fd(&t.client));
-    let r = core.relay.run(t.client, t.target, &t.early).await;
+async fn relay_tunnel(core: &Core, t: Established, record: &mut AccessRecord, stop: &StopSignal) {
+    crate::sys::set_nodelay(t.client.as_raw_fd());
+    let r = core.relay.run(t.client, t.target, &t.early, stop).await;
     let m = core.metrics();
     metrics::add(&m.bytes_client_to_target, r.client_to_target);
     metrics::add(&m.bytes_target_to_client, r.target_to_client);

@@ -6,7 +6,7 @@ use glommio::net::TcpStream;
 use super::{reply_error, reply_success, AccessRecord, Authenticated, SessionError};
 use crate::metrics;
 use crate::proto::TargetAddr;
-use crate::runtime::Core;
+use crate::runtime::{Core, StopSignal};
 use crate::udp;
 
 pub(super) async fn serve_udp(
@@ -15,6 +15,7 @@ pub(super) async fn serve_udp(
     mut client: TcpStream,
     requested: TargetAddr,
     record: &mut AccessRecord,
+    stop: &StopSignal,
 ) -> Result<(), SessionError> {
     let prepared = match udp::prepare(&core.udp, &client, &requested, core.config.resolve_timeout) {
         Ok(p) => p,
@@ -31,13 +32,14 @@ pub(super) async fn serve_udp(
     reply_success(core, auth, &mut client, relay_addr, record).await?;
     let m = core.metrics();
     metrics::set(&m.udp_associations, core.udp.live() as u64);
-    let (report, end) = udp::serve(prepared, client, core.config.udp_idle_timeout).await;
+    let (report, end) = udp::serve(prepared, client, core.config.udp_idle_timeout, stop).await;
     metrics::set(&m.udp_associations, core.udp.live() as u64);
     metrics::add(&m.udp_datagrams_client_to_target, report.datagrams_up);
     metrics::add(&m.udp_datagrams_target_to_client, report.datagrams_down);
     metrics::add(
         &m.udp_datagrams_dropped,
         report.dropped_fragmented
+            + report.dropped_reserved
             + report.dropped_foreign
             + report.dropped_other
             + report.dropped_unsolicited,
@@ -48,10 +50,11 @@ pub(super) async fn serve_udp(
     record.down = report.bytes_down;
     record.engine = Some("udp");
     record.end = Some(format!(
-        "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_foreign={} dropped_unsolicited={} dropped_other={}",
+        "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_reserved={} dropped_foreign={} dropped_unsolicited={} dropped_other={}",
         report.datagrams_up,
         report.datagrams_down,
         report.dropped_fragmented,
+        report.dropped_reserved,
         report.dropped_foreign,
         report.dropped_unsolicited,
         report.dropped_other

@@ -11,8 +11,9 @@ use glommio::net::{TcpStream, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
-use crate::proto::{Decoded, TargetAddr, UdpHeader};
+use crate::proto::{Decoded, ProtoError, TargetAddr, UdpHeader};
 use crate::resolve;
+use crate::runtime::{Stop, StopSignal};
 use crate::sys;
 
 /// How an association ended.
@@ -22,6 +23,8 @@ pub enum UdpEnd {
     /// association ends with it).
     ControlClosed,
     IdleTimeout,
+    /// The proxy stopped it (the end of the shutdown grace).
+    Stopped(Stop),
     Failed(io::Error),
 }
 
@@ -30,6 +33,7 @@ impl std::fmt::Display for UdpEnd {
         match self {
             UdpEnd::ControlClosed => f.write_str("control-closed"),
             UdpEnd::IdleTimeout => f.write_str("idle-timeout"),
+            UdpEnd::Stopped(stop) => f.write_str(stop.as_str()),
             UdpEnd::Failed(e) => write!(f, "udp-error ({e})"),
         }
     }
@@ -44,6 +48,8 @@ pub struct UdpReport {
     pub bytes_down: u64,
     /// FRAG other than 0 (fragmentation is not supported).
     pub dropped_fragmented: u64,
+    /// RSV other than 0.
+    pub dropped_reserved: u64,
     /// From a source other than the association's client.
     pub dropped_foreign: u64,
     /// Malformed header, unresolvable name, over the target limit, or the
@@ -223,6 +229,10 @@ impl Association<'_> {
             let datagram = &scratch[..n];
             let (header, len) = match UdpHeader::decode(datagram) {
                 Ok(Decoded::Complete(h, len)) => (h, len),
+                Err(ProtoError::NonZeroReserved(_)) => {
+                    self.count(|r| r.dropped_reserved += 1);
+                    continue;
+                }
                 Ok(Decoded::Incomplete(_)) | Err(_) => {
                     self.count(|r| r.dropped_other += 1);
                     continue;
@@ -397,6 +407,7 @@ pub async fn serve(
     prepared: Prepared<'_>,
     mut control: TcpStream,
     idle_timeout: Duration,
+    stop: &StopSignal,
 ) -> (UdpReport, UdpEnd) {
     let assoc = &prepared.assoc;
     let targets = async {
@@ -406,11 +417,16 @@ pub async fn serve(
             (None, None) => future::pending().await,
         }
     };
+    let stopped = async { UdpEnd::Stopped(stop.wait().await) };
     let end = future::or(
         future::or(control_closed(&mut control), assoc.idle_watch(idle_timeout)),
-        future::or(assoc.client_loop(), targets),
+        future::or(assoc.client_loop(), future::or(targets, stopped)),
     )
     .await;
+    if let UdpEnd::Stopped(_) = end {
+        // The client must learn that the association was cut, not closed.
+        sys::set_linger_zero(control.as_raw_fd());
+    }
     // Pending io_uring receives hold the sockets open until cancelled;
     // shutdown(2) ends them now, so the relay port is freed promptly.
     for sock in [
