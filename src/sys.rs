@@ -78,6 +78,50 @@ pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
         .ok_or_else(|| io::Error::other("peer is not an IP address"))
 }
 
+/// A non-blocking TCP socket with IP_RECVERR (IPV6_RECVERR) set, whose
+/// connect to `addr` has started (or failed at once, e.g. with no route).
+pub fn connecting_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Socket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    set_recverr(std::os::fd::AsFd::as_fd(&socket), addr, true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => Ok(socket),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(socket),
+        Err(e) => Err(e),
+    }
+}
+
+/// IP_RECVERR / IPV6_RECVERR: report ICMP errors to the socket at once
+/// rather than as "soft" errors. Turning it off purges the error queue.
+pub fn set_recverr(fd: BorrowedFd<'_>, addr: std::net::SocketAddr, on: bool) -> io::Result<()> {
+    let (level, name) = if addr.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_RECVERR)
+    };
+    let value = libc::c_int::from(on);
+    // SAFETY: setsockopt reads one c_int that outlives the call, on a socket
+    // the caller borrows.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Runs `f` with a raw socket borrowed for socket2's option setters.
 fn with_sock<T>(fd: RawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
     // SAFETY: callers pass the fd of a socket they own and keep open for the

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -83,7 +84,26 @@ fn check_allowed(_target: &TargetAddr, _addrs: &[SocketAddr]) -> Result<(), Sess
     Ok(())
 }
 
-type Attempt = Pin<Box<dyn Future<Output = Result<TcpStream, glommio::GlommioError<()>>>>>;
+type Attempt = Pin<Box<dyn Future<Output = io::Result<TcpStream>>>>;
+
+/// One connection attempt on a socket of our own making, so that
+/// IP_RECVERR can be set before the SYN leaves: without it Linux keeps an
+/// ICMP error that answers a SYN (host, network or port unreachable) as a
+/// "soft" error and retransmits the SYN for seconds before giving up, where
+/// the error is the answer. It is cleared once connected (which also purges
+/// the error queue), so a transient ICMP error cannot break a live tunnel.
+async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = crate::sys::connecting_socket(addr)?;
+    // SAFETY: a fresh socket whose ownership moves to glommio here.
+    let mut stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    // A zero-length send waits, through glommio's write path, until the
+    // connect resolves: EAGAIN while the handshake is in flight, 0 once
+    // connected, the error once it failed.
+    futures_lite::io::AsyncWriteExt::write(&mut stream, &[]).await?;
+    connected(&stream)?;
+    crate::sys::set_recverr(crate::sys::borrow(&stream), addr, false)?;
+    Ok(stream)
+}
 
 /// Happy Eyeballs (RFC 8305 section 5): attempts start one
 /// `attempt_delay` apart, or at once when the previous one fails; earlier
@@ -114,8 +134,7 @@ impl Race {
     fn start_next(&mut self) {
         let addr = self.addrs[self.next];
         self.next += 1;
-        self.running
-            .push((addr, Box::pin(TcpStream::connect(addr))));
+        self.running.push((addr, Box::pin(connect_one(addr))));
         self.timer.reset(self.attempt_delay);
     }
 
@@ -149,10 +168,7 @@ impl Future for Race {
                     Poll::Pending => i += 1,
                     Poll::Ready(result) => {
                         drop(this.running.swap_remove(i));
-                        match result.map_err(io::Error::from).and_then(|s| {
-                            connected(&s)?;
-                            Ok(s)
-                        }) {
+                        match result {
                             Ok(stream) => return Poll::Ready(Ok((addr, stream))),
                             Err(e) => {
                                 this.record_failure(addr, e);
@@ -179,10 +195,10 @@ impl Future for Race {
     }
 }
 
-/// An io_uring connect can complete "successfully" on a socket that the
-/// network has already refused (an ICMP error or a reset that arrives while
-/// the connect is in flight): the error then sits in SO_ERROR and the socket
-/// has no peer. Only a socket with a peer and no pending error is connected.
+/// A connect that looks finished counts only with a peer and no pending
+/// error: an ICMP error or a reset can race the completion (glommio's own
+/// io_uring connect reported such sockets as connected), and the error then
+/// sits in SO_ERROR.
 fn connected(stream: &TcpStream) -> io::Result<()> {
     if let Some(e) = crate::sys::take_socket_error(crate::sys::borrow(stream))? {
         return Err(e);

@@ -30,7 +30,26 @@ impl Proxy {
     }
 
     pub fn try_start(args: &[&str]) -> Result<Proxy, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_coresocks"));
+        Proxy::try_start_in(&[], args)
+    }
+
+    /// [`Proxy::start`] with the binary run through `wrapper`, a command
+    /// prefix such as `["ip", "netns", "exec", NS]`.
+    pub fn start_in(wrapper: &[&str], args: &[&str]) -> Proxy {
+        Proxy::try_start_in(wrapper, args)
+            .unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
+    }
+
+    pub fn try_start_in(wrapper: &[&str], args: &[&str]) -> Result<Proxy, String> {
+        let bin = env!("CARGO_BIN_EXE_coresocks");
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, rest)) => {
+                let mut c = Command::new(prog);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         if !args.iter().any(|a| *a == "--listen" || *a == "-l") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
