@@ -1,6 +1,7 @@
 //! coresocks: a thread-per-core SOCKS5 proxy for Linux.
 //!
-//! - [`proto`]: sans-io RFC 1928/1929 codec (shared with loadgen's client)
+//! - [`proto`]: the sans-io RFC 1928/1929 codec, its own crate
+//!   (`coresocks-proto`, shared with loadgen's client and the fuzz targets)
 //! - [`runtime`]: pinned executors, per-core listeners, signals, shutdown
 //! - [`session`]: one connection's state machine, greeting to access log
 //! - [`relay`]: the engines that move a tunnel's bytes
@@ -13,10 +14,11 @@ pub mod client;
 pub mod config;
 pub mod logging;
 pub mod metrics;
-pub mod proto;
 pub mod relay;
 pub mod resolve;
 pub mod runtime;
 pub mod session;
 pub mod sys;
 pub mod udp;
+
+pub use coresocks_proto as proto;

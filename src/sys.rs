@@ -95,6 +95,91 @@ pub fn connecting_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Sock
     }
 }
 
+/// A non-blocking eventfd, for a ring to signal its completions through.
+pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: eventfd takes no pointers and returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
+/// Takes the oldest entry of a socket's error queue (filled while
+/// IP_RECVERR / IPV6_RECVERR is on) as the error a connect should fail
+/// with; `None` when the queue is empty. An ICMP "administratively
+/// prohibited" answer becomes EACCES, whatever errno the kernel gave it
+/// (IPv4's is EHOSTUNREACH), because it means a firewall said no.
+pub fn take_queued_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    // Room for one sock_extended_err and its offender address, aligned.
+    let mut control = [0u64; 16];
+    // SAFETY: an all-zero msghdr is valid (no name, no iovecs).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    // SAFETY: msg points at `control`, which outlives the call; no iovec, so
+    // the queued packet's payload is discarded (MSG_TRUNC).
+    let rc = unsafe {
+        libc::recvmsg(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &mut msg,
+            libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT,
+        )
+    };
+    if rc < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the kernel filled `msg`'s control buffer; the CMSG macros
+    // walk it within msg_controllen, and each header's data is read
+    // unaligned as the type its level and type name.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let h = &*cmsg;
+            if (h.cmsg_level == libc::IPPROTO_IP && h.cmsg_type == libc::IP_RECVERR)
+                || (h.cmsg_level == libc::IPPROTO_IPV6 && h.cmsg_type == libc::IPV6_RECVERR)
+            {
+                let ee: libc::sock_extended_err =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast());
+                return Ok(Some(queued_error_errno(&ee)));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(None)
+}
+
+/// The errno for an error-queue entry; see [`take_queued_error`].
+fn queued_error_errno(ee: &libc::sock_extended_err) -> io::Error {
+    const ICMP_DEST_UNREACH: u8 = 3;
+    // Network / host administratively prohibited, communication filtered.
+    const ICMP_PROHIBITED: [u8; 3] = [9, 10, 13];
+    const ICMP6_DST_UNREACH: u8 = 1;
+    // Administratively prohibited, source address failed policy, reject route.
+    const ICMP6_PROHIBITED: [u8; 3] = [1, 5, 6];
+    let prohibited = match ee.ee_origin {
+        libc::SO_EE_ORIGIN_ICMP => {
+            ee.ee_type == ICMP_DEST_UNREACH && ICMP_PROHIBITED.contains(&ee.ee_code)
+        }
+        libc::SO_EE_ORIGIN_ICMP6 => {
+            ee.ee_type == ICMP6_DST_UNREACH && ICMP6_PROHIBITED.contains(&ee.ee_code)
+        }
+        _ => false,
+    };
+    if prohibited {
+        io::Error::from_raw_os_error(libc::EACCES)
+    } else if ee.ee_errno != 0 {
+        io::Error::from_raw_os_error(ee.ee_errno as i32)
+    } else {
+        io::Error::from_raw_os_error(libc::EHOSTUNREACH)
+    }
+}
+
 /// IP_RECVERR / IPV6_RECVERR: report ICMP errors to the socket at once
 /// rather than as "soft" errors. Turning it off purges the error queue.
 pub fn set_recverr(fd: BorrowedFd<'_>, addr: std::net::SocketAddr, on: bool) -> io::Result<()> {
@@ -266,4 +351,71 @@ pub fn local_addr_towards(dest: std::net::SocketAddr) -> io::Result<std::net::Ip
         .as_socket()
         .map(|a| a.ip())
         .ok_or_else(|| io::Error::other("no local address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(origin: u8, kind: u8, code: u8, errno: i32) -> libc::sock_extended_err {
+        libc::sock_extended_err {
+            ee_errno: errno as u32,
+            ee_origin: origin,
+            ee_type: kind,
+            ee_code: code,
+            ee_pad: 0,
+            ee_info: 0,
+            ee_data: 0,
+        }
+    }
+
+    /// Each ICMP answer to a SYN, as the kernel queues it, and the errno a
+    /// connect fails with (which decides the SOCKS reply).
+    #[test]
+    fn queued_icmp_errors_map_to_the_errno_that_decides_the_reply() {
+        use libc::{SO_EE_ORIGIN_ICMP as V4, SO_EE_ORIGIN_ICMP6 as V6};
+        let table = [
+            // (origin, type, code, kernel's errno) -> errno
+            ((V4, 3, 0, libc::ENETUNREACH), libc::ENETUNREACH),
+            ((V4, 3, 1, libc::EHOSTUNREACH), libc::EHOSTUNREACH),
+            ((V4, 3, 3, libc::ECONNREFUSED), libc::ECONNREFUSED),
+            ((V4, 3, 9, libc::ENETUNREACH), libc::EACCES),
+            ((V4, 3, 10, libc::EHOSTUNREACH), libc::EACCES),
+            ((V4, 3, 13, libc::EHOSTUNREACH), libc::EACCES),
+            ((V4, 11, 0, libc::EHOSTUNREACH), libc::EHOSTUNREACH),
+            ((V6, 1, 0, libc::ENETUNREACH), libc::ENETUNREACH),
+            ((V6, 1, 1, libc::EACCES), libc::EACCES),
+            ((V6, 1, 3, libc::EHOSTUNREACH), libc::EHOSTUNREACH),
+            ((V6, 1, 4, libc::ECONNREFUSED), libc::ECONNREFUSED),
+            ((V6, 1, 5, libc::EACCES), libc::EACCES),
+            ((V6, 1, 6, libc::EACCES), libc::EACCES),
+            // Not ICMP at all (a local error): the kernel's errno.
+            (
+                (libc::SO_EE_ORIGIN_LOCAL, 0, 0, libc::EMSGSIZE),
+                libc::EMSGSIZE,
+            ),
+            // No errno given: the target cannot be reached.
+            ((V4, 3, 1, 0), libc::EHOSTUNREACH),
+        ];
+        for ((origin, kind, code, errno), want) in table {
+            let got = queued_error_errno(&entry(origin, kind, code, errno));
+            assert_eq!(
+                got.raw_os_error(),
+                Some(want),
+                "origin {origin} type {kind} code {code} errno {errno}: {got}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_error_queue_is_none() {
+        let socket = connecting_socket("127.0.0.1:9".parse().unwrap());
+        // Port 9 on loopback: refused by RST or still in progress; neither
+        // queues an ICMP error.
+        if let Ok(socket) = socket {
+            assert!(take_queued_error(std::os::fd::AsFd::as_fd(&socket))
+                .unwrap()
+                .is_none());
+        }
+    }
 }

@@ -339,3 +339,35 @@ fn serves_500_concurrent_tunnels_on_all_cores() {
         }
     }
 }
+
+/// Every `--event-ring` setup (and none) connects, answers a refused port
+/// 0x05, and says at start which setup is in use. (Needs Linux 6.1+, for
+/// defer-taskrun; on an older kernel asking for it falls back to no ring
+/// with a warning, and this test says so.)
+#[test]
+fn every_event_ring_setup_connects_and_reports_refusals() {
+    let echo = echo_server("127.0.0.1:0");
+    let closed = closed_port();
+    for (setup, said) in [
+        ("defer-taskrun", "event ring: single-issuer + defer-taskrun"),
+        ("coop-taskrun", "event ring: coop-taskrun + taskrun-flag"),
+        ("plain", "event ring: plain"),
+        ("off", "event ring: off"),
+    ] {
+        let proxy = Proxy::start(&["--event-ring", setup]);
+        let line = proxy.wait_for_log(&["event ring: "]);
+        assert!(line.contains(said), "--event-ring {setup}: {line}");
+        proxy.assert_serves(&echo);
+        let err = proxy.connect(&TargetAddr::Ip(closed)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                coresocks::client::ClientError::Rejected(
+                    coresocks::proto::ReplyCode::ConnectionRefused
+                )
+            ),
+            "--event-ring {setup}: {err}"
+        );
+        proxy.assert_serves(&echo);
+    }
+}

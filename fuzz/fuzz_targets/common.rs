@@ -6,7 +6,7 @@
 
 use std::fmt::Debug;
 
-use coresocks::proto::{Decoded, ProtoError};
+use coresocks_proto::{Decoded, ProtoError};
 
 /// Bytes appended to show that an error cannot be undone by more input:
 /// more than any message's longest variable part.

@@ -1,7 +1,7 @@
 //! Username/password request and status (RFC 1929).
 #![no_main]
 
-use coresocks::proto::{UserPassRequest, UserPassStatus};
+use coresocks_proto::{UserPassRequest, UserPassStatus};
 use libfuzzer_sys::fuzz_target;
 
 mod common;

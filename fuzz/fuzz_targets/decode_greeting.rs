@@ -1,7 +1,7 @@
 //! Client greeting and server method selection (RFC 1928 section 3).
 #![no_main]
 
-use coresocks::proto::{Greeting, MethodSelection};
+use coresocks_proto::{Greeting, MethodSelection};
 use libfuzzer_sys::fuzz_target;
 
 mod common;

@@ -1,7 +1,7 @@
 //! Client request (RFC 1928 section 4), and the address decoder on its own.
 #![no_main]
 
-use coresocks::proto::{Request, TargetAddr};
+use coresocks_proto::{Request, TargetAddr};
 use libfuzzer_sys::fuzz_target;
 
 mod common;

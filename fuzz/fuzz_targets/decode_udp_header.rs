@@ -1,7 +1,7 @@
 //! UDP relay header (RFC 1928 section 7): every datagram a client sends.
 #![no_main]
 
-use coresocks::proto::UdpHeader;
+use coresocks_proto::UdpHeader;
 use libfuzzer_sys::fuzz_target;
 
 mod common;

@@ -18,6 +18,37 @@ const MODEST: [&str; 8] = [
     "0.2",
 ];
 
+/// Runs the modest scenario until no datagram is lost, at most three times.
+/// A loss is only forgiven (and the run repeated) when the machine explains
+/// it: the kernel counted receive-buffer overflows for every lost datagram,
+/// or a sender was stalled for more than 100 ms and then caught up in a
+/// burst (a shared CI machine does both). Any other loss fails at once.
+fn run_udp_lossless(extra: &[&str]) -> (Run, Value) {
+    let mut explained = Vec::new();
+    for _ in 0..3 {
+        let (run, r) = run_udp(extra);
+        check_result(&r);
+        let lost = u64_at(&r, "/result/lost");
+        if lost == 0 {
+            return (run, r);
+        }
+        let overflows = r["result"]["kernel_udp_rcvbuf_errors"]
+            .as_u64()
+            .unwrap_or(0);
+        let stalled = f64_at(&r, "/result/max_send_lag_us") > 100_000.0;
+        assert!(
+            overflows >= lost || stalled,
+            "{lost} datagrams lost that the machine does not explain:\n{}",
+            run.stdout
+        );
+        explained.push(run.stdout);
+    }
+    panic!(
+        "three runs in a row lost datagrams to a stalled machine:\n{}",
+        explained.join("\n")
+    );
+}
+
 fn run_udp(extra: &[&str]) -> (Run, Value) {
     let json = TempFile::new("udp.json");
     let mut args = vec!["udp", "--json", json.arg()];
@@ -74,8 +105,7 @@ fn check_result(r: &Value) {
 #[test]
 fn direct_every_datagram_comes_back() {
     let _serial = serial();
-    let (run, r) = run_udp(&[&["--direct"][..], &MODEST].concat());
-    check_result(&r);
+    let (run, r) = run_udp_lossless(&[&["--direct"][..], &MODEST].concat());
     // 1000/s for 1 s: exactly 1000 datagrams have their intended send time
     // in the window.
     assert_eq!(u64_at(&r, "/result/scheduled"), 1000);
@@ -103,7 +133,7 @@ fn through_coresocks_every_datagram_comes_back() {
     let _serial = serial();
     let proxy = coresocks(&[]);
     let pid = proxy.pid().to_string();
-    let (run, r) = run_udp(
+    let (run, r) = run_udp_lossless(
         &[
             &[
                 "--proxy",
@@ -117,7 +147,6 @@ fn through_coresocks_every_datagram_comes_back() {
         ]
         .concat(),
     );
-    check_result(&r);
     assert_eq!(r["path"]["mode"], "proxy");
     assert_eq!(u64_at(&r, "/result/sent"), 1000);
     assert_eq!(u64_at(&r, "/result/received"), 1000, "{}", run.stdout);

@@ -41,6 +41,25 @@ impl RelayMode {
     }
 }
 
+/// How each core's own io_uring (the event ring) is set up; see
+/// `src/runtime/events.rs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventRingSetup {
+    /// The best the kernel accepts: defer-taskrun, else coop-taskrun, else
+    /// plain.
+    Auto,
+    /// SINGLE_ISSUER + DEFER_TASKRUN (Linux 6.1+).
+    DeferTaskrun,
+    /// COOP_TASKRUN + TASKRUN_FLAG (Linux 5.19+).
+    CoopTaskrun,
+    /// Default ring flags: completions may interrupt the core.
+    Plain,
+    /// No ring of our own: connects wait through glommio's write path,
+    /// where an ICMP error can take seconds to surface.
+    Off,
+}
+
 /// Settings shared by the command line and the TOML file. Field docs are the
 /// `--help` text; each says its default.
 #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
@@ -135,6 +154,11 @@ pub struct Settings {
     #[arg(long, value_name = "MODE")]
     pub relay: Option<RelayMode>,
 
+    /// Setup of each core's own io_uring for readiness waits: auto,
+    /// defer-taskrun, coop-taskrun, plain or off [default: auto]
+    #[arg(long, value_name = "SETUP")]
+    pub event_ring: Option<EventRingSetup>,
+
     /// Size of one copy-relay buffer in bytes [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub buffer_size: Option<usize>,
@@ -221,6 +245,7 @@ impl Settings {
                 max_handshakes_per_client,
                 resolver_threads,
                 relay,
+                event_ring,
                 buffer_size,
                 pipe_size,
                 max_pipes_per_core,
@@ -281,6 +306,7 @@ pub struct Config {
     pub max_handshakes_per_client: Option<usize>,
     pub resolver_threads: usize,
     pub relay: RelayMode,
+    pub event_ring: EventRingSetup,
     pub buffer_size: usize,
     pub pipe_size: usize,
     pub max_pipes_per_core: Option<usize>,
@@ -438,6 +464,7 @@ impl Config {
             max_handshakes_per_client: s.max_handshakes_per_client,
             resolver_threads,
             relay: s.relay.unwrap_or(RelayMode::Auto),
+            event_ring: s.event_ring.unwrap_or(EventRingSetup::Auto),
             buffer_size,
             pipe_size,
             max_pipes_per_core: s.max_pipes_per_core,
@@ -556,5 +583,8 @@ mod tests {
                 .unwrap();
         assert_eq!(c.relay, RelayMode::Splice);
         assert_eq!(c.access_log, AccessLog::Off);
+        assert_eq!(c.event_ring, EventRingSetup::Auto);
+        let c = Config::from_settings(parse(&["--event-ring", "coop-taskrun"]).settings).unwrap();
+        assert_eq!(c.event_ring, EventRingSetup::CoopTaskrun);
     }
 }

@@ -12,8 +12,9 @@ use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::admission::{Admission, Refused, Stop, Ticket};
+use super::events::EventRing;
 use super::Limits;
-use crate::config::Config;
+use crate::config::{Config, EventRingSetup};
 use crate::metrics::{self, AllMetrics, CoreMetrics};
 use crate::relay::Relay;
 use crate::udp::UdpTable;
@@ -29,6 +30,9 @@ pub struct Core {
     pub relay: Relay,
     pub udp: UdpTable,
     pub admission: Rc<Admission>,
+    /// This core's own io_uring for readiness waits; `None` when turned
+    /// off or the kernel refused it (connects then wait through glommio).
+    pub events: Option<Rc<EventRing>>,
 }
 
 impl Core {
@@ -39,7 +43,31 @@ impl Core {
         all_metrics: AllMetrics,
         limits: &Limits,
     ) -> Core {
+        let events = match EventRing::start(config.event_ring) {
+            Ok(ring) => {
+                if index == 0 {
+                    tracing::info!("event ring: {}", ring.setup());
+                }
+                Some(ring)
+            }
+            Err(_) if config.event_ring == EventRingSetup::Off => {
+                if index == 0 {
+                    tracing::info!("event ring: off; connects wait through glommio");
+                }
+                None
+            }
+            Err(e) => {
+                if index == 0 {
+                    tracing::warn!(
+                        "event ring: none ({e}); connects wait through glommio, where an \
+                         ICMP error can take seconds to surface"
+                    );
+                }
+                None
+            }
+        };
         Core {
+            events,
             id,
             index,
             relay: Relay::new(&config, limits.pipes_per_core),

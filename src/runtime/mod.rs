@@ -4,6 +4,7 @@
 
 mod admission;
 mod core;
+pub mod events;
 mod listener;
 
 use std::net::SocketAddr;

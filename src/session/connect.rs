@@ -4,8 +4,9 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use glommio::timer::Timer;
 use super::{reply_error, reply_success, AccessRecord, Authenticated, Established, SessionError};
 use crate::proto::TargetAddr;
 use crate::resolve;
+use crate::runtime::events::EventRing;
 use crate::runtime::Core;
 
 pub(super) async fn serve_connect(
@@ -60,7 +62,11 @@ async fn connect(
     check_allowed(target, &addrs)?;
     let addrs = resolve::interleave_families(addrs);
     let first = addrs[0];
-    let race = Race::new(addrs, core.config.connect_attempt_delay);
+    let race = Race::new(
+        addrs,
+        core.config.connect_attempt_delay,
+        core.events.clone(),
+    );
     let deadline = async {
         glommio::timer::sleep(core.config.connect_timeout).await;
         Err((first, SessionError::ConnectTimeout(first)))
@@ -92,17 +98,41 @@ type Attempt = Pin<Box<dyn Future<Output = io::Result<TcpStream>>>>;
 /// "soft" error and retransmits the SYN for seconds before giving up, where
 /// the error is the answer. It is cleared once connected (which also purges
 /// the error queue), so a transient ICMP error cannot break a live tunnel.
-async fn connect_one(addr: SocketAddr) -> io::Result<TcpStream> {
+async fn connect_one(events: Option<Rc<EventRing>>, addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = crate::sys::connecting_socket(addr)?;
+    if let Some(ring) = &events {
+        wait_connect_resolved(ring, &socket).await?;
+    }
     // SAFETY: a fresh socket whose ownership moves to glommio here.
     let mut stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
-    // A zero-length send waits, through glommio's write path, until the
-    // connect resolves: EAGAIN while the handshake is in flight, 0 once
-    // connected, the error once it failed.
-    futures_lite::io::AsyncWriteExt::write(&mut stream, &[]).await?;
+    if events.is_none() {
+        // Without the event ring, a zero-length send waits through
+        // glommio's write path: EAGAIN while the handshake is in flight, 0
+        // once connected, the error once it failed. An ICMP error that
+        // arrives while that send holds the socket stays "soft" there, and
+        // the send only returns when the SYN retries give up.
+        if let Err(e) = futures_lite::io::AsyncWriteExt::write(&mut stream, &[]).await {
+            let queued = crate::sys::take_queued_error(crate::sys::borrow(&stream))?;
+            return Err(queued.unwrap_or(e));
+        }
+    }
     connected(&stream)?;
     crate::sys::set_recverr(crate::sys::borrow(&stream), addr, false)?;
     Ok(stream)
+}
+
+/// Waits on the core's event ring until the connect has an outcome:
+/// POLLOUT once connected, POLLERR once it failed or an ICMP error was
+/// queued (IP_RECVERR queues it and wakes pollers even when the kernel
+/// keeps the error itself "soft" because the socket was busy).
+async fn wait_connect_resolved(ring: &EventRing, socket: &socket2::Socket) -> io::Result<()> {
+    let done = libc::POLLOUT | libc::POLLERR | libc::POLLHUP;
+    loop {
+        let revents = ring.readiness(socket.as_fd(), libc::POLLOUT).await?;
+        if revents & done != 0 {
+            return Ok(());
+        }
+    }
 }
 
 /// Happy Eyeballs (RFC 8305 section 5): attempts start one
@@ -117,10 +147,11 @@ struct Race {
     attempt_delay: Duration,
     timer: Timer,
     failed: Option<(SocketAddr, SessionError)>,
+    events: Option<Rc<EventRing>>,
 }
 
 impl Race {
-    fn new(addrs: Vec<SocketAddr>, attempt_delay: Duration) -> Race {
+    fn new(addrs: Vec<SocketAddr>, attempt_delay: Duration, events: Option<Rc<EventRing>>) -> Race {
         Race {
             addrs,
             next: 0,
@@ -128,13 +159,15 @@ impl Race {
             attempt_delay,
             timer: Timer::new(attempt_delay),
             failed: None,
+            events,
         }
     }
 
     fn start_next(&mut self) {
         let addr = self.addrs[self.next];
         self.next += 1;
-        self.running.push((addr, Box::pin(connect_one(addr))));
+        self.running
+            .push((addr, Box::pin(connect_one(self.events.clone(), addr))));
         self.timer.reset(self.attempt_delay);
     }
 
@@ -184,11 +217,12 @@ impl Future for Race {
                     continue;
                 }
             } else if this.running.is_empty() {
-                let failed = this.failed.take().unwrap_or_else(|| {
-                    let addr = this.addrs[0];
-                    (addr, SessionError::ConnectTimeout(addr))
-                });
-                return Poll::Ready(Err(failed));
+                // Every attempt ended, and each failure was recorded.
+                let addr = this.addrs[0];
+                let failed = this.failed.take();
+                return Poll::Ready(Err(
+                    failed.unwrap_or((addr, SessionError::ConnectTimeout(addr)))
+                ));
             }
             return Poll::Pending;
         }
@@ -197,9 +231,13 @@ impl Future for Race {
 
 /// A connect that looks finished counts only with a peer and no pending
 /// error: an ICMP error or a reset can race the completion (glommio's own
-/// io_uring connect reported such sockets as connected), and the error then
-/// sits in SO_ERROR.
+/// io_uring connect reported such sockets as connected). A queued ICMP
+/// error is read first: it says what answered (a firewall's "prohibited"
+/// among them); then SO_ERROR.
 fn connected(stream: &TcpStream) -> io::Result<()> {
+    if let Some(e) = crate::sys::take_queued_error(crate::sys::borrow(stream))? {
+        return Err(e);
+    }
     if let Some(e) = crate::sys::take_socket_error(crate::sys::borrow(stream))? {
         return Err(e);
     }

@@ -52,7 +52,7 @@ impl<T> Decoded<T> {
 macro_rules! need {
     ($buf:expr, $need:expr) => {
         if $buf.len() < $need {
-            return Ok($crate::proto::Decoded::Incomplete($need - $buf.len()));
+            return Ok($crate::Decoded::Incomplete($need - $buf.len()));
         }
     };
 }
