@@ -106,6 +106,17 @@ pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
 
+/// Adds one to an eventfd's counter, waking whoever reads it.
+pub fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: eventfd_write takes the descriptor and a value, no pointers.
+    let rc = unsafe { libc::eventfd_write(std::os::fd::AsRawFd::as_raw_fd(&fd), 1) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Takes the oldest entry of a socket's error queue (filled while
 /// IP_RECVERR / IPV6_RECVERR is on) as the error a connect should fail
 /// with; `None` when the queue is empty. An ICMP "administratively

@@ -20,7 +20,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -52,7 +52,18 @@ pub struct EventRing {
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<usize>>,
     setup: &'static str,
-    _eventfd: OwnedFd,
+    eventfd: OwnedFd,
+}
+
+impl Drop for EventRing {
+    /// Completes the driver's pending eventfd read, so that the driver finds
+    /// the ring gone and ends: glommio's executor waits for every read in
+    /// flight before it exits, and nothing else would ever signal it.
+    fn drop(&mut self) {
+        if let Err(e) = crate::sys::eventfd_signal(self.eventfd.as_fd()) {
+            tracing::warn!("event ring: waking the driver to end it failed: {e}");
+        }
+    }
 }
 
 impl EventRing {
@@ -79,7 +90,7 @@ impl EventRing {
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             setup,
-            _eventfd: eventfd,
+            eventfd,
         });
         // SAFETY: `wake` is a descriptor of our own whose ownership moves
         // into glommio's file here. Reading an eventfd through glommio is an
