@@ -88,6 +88,20 @@ impl Core {
     }
 }
 
+/// How often a core gives spare copy buffers back.
+const TRIM_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Gives a finished burst's copy buffers back: the pool keeps up to 256
+/// spare 64 KiB buffers (16 MiB) for the next burst, and each interval
+/// frees the spares that the whole interval did not need (its low-water
+/// mark), so a steady load keeps what it uses and a quiet core keeps none.
+async fn return_spare_buffers(core: Rc<Core>) {
+    loop {
+        glommio::timer::sleep(TRIM_INTERVAL).await;
+        core.relay.buffers.release_unused();
+    }
+}
+
 /// Runs one core: accepts on its listeners until shutdown, then drains.
 pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<AtomicBool>) {
     // glommio's listener does not expose its fd; keep the numbers to stop
@@ -99,6 +113,7 @@ pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<Ato
         // into glommio's listener here.
         .map(|fd| Rc::new(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }))
         .collect();
+    let trimmer = glommio::spawn_local(return_spare_buffers(core.clone()));
     let accepters: Vec<_> = listeners
         .iter()
         .map(|l| glommio::spawn_local(accept_loop(core.clone(), l.clone())))
@@ -114,6 +129,7 @@ pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<Ato
         a.cancel().await;
     }
     drop(listeners);
+    trimmer.cancel().await;
     let grace = core.config.shutdown_grace;
     if core.live() > 0 {
         tracing::info!(
