@@ -9,7 +9,9 @@
 #
 # Env: ROUNDS (3), DURATION (5s), PROXY_CPU (1), LOAD_CPU (0), OUT (bench-out),
 #      STREAMS (1, throughput), UDP_SIZE (64), UDP_RATE (20000), IDLE_TUNNELS (3000),
-#      PEERS=0 to skip dante/microsocks (Debian packages dante-server, microsocks).
+#      PEERS=0 to skip dante/microsocks (Debian packages dante-server, microsocks),
+#      VARIANTS="ring-off:--event-ring off" (extra coresocks flag sets),
+#      BASELINE=/path/to/old/coresocks (another build, side by side).
 # Results: markdown tables on stdout, JSON per scenario in $OUT/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +48,21 @@ start_coresocks() { # name relay [extra args]
 start_coresocks coresocks-copy copy
 start_coresocks coresocks-splice splice
 start_coresocks coresocks-auto auto
+# Before/after in one run: each VARIANTS entry "NAME:ARGS" (separated by
+# ";") adds coresocks-NAME, relay auto, with those extra flags; BASELINE
+# (the path of another coresocks binary, e.g. an older build) adds
+# "baseline" with relay auto.
+IFS=';' read -ra variants <<<"${VARIANTS:-}"
+for v in "${variants[@]}"; do
+  # shellcheck disable=SC2086 # the flags are meant to split
+  [ -n "$v" ] && start_coresocks "coresocks-${v%%:*}" auto ${v#*:}
+done
+if [ -n "${BASELINE:-}" ]; then
+  port=$(free_port)
+  taskset -c "$PROXY_CPU" "$BASELINE" --listen "127.0.0.1:$port" --cores 1 \
+    --relay auto --access-log off --log-level warn 2>"$OUT/baseline.log" &
+  pids+=($!); proxies+=(--proxy "baseline=127.0.0.1:$port"); pid_args+=("baseline=$!")
+fi
 
 if [ "$PEERS" = 1 ] && command -v danted >/dev/null && command -v microsocks >/dev/null; then
   port=$(free_port)
