@@ -208,13 +208,15 @@ fn slow_handshake_is_dropped_at_the_timeout() {
         }
     }
     if !dropped {
-        // The proxy answered the greeting (2 bytes) and then closed.
+        // The proxy answered the greeting (2 bytes) and then closed. When
+        // bytes of ours were still unread there, its close is a reset, and
+        // Linux may then discard the 2 bytes before we read them: what we
+        // read is the greeting's reply or a part of it, never more.
         let mut out = Vec::new();
         let _ = slow.read_to_end(&mut out);
-        assert_eq!(
-            out,
-            [0x05, 0x00],
-            "no reply to the request may come after the timeout"
+        assert!(
+            [0x05, 0x00].starts_with(&out),
+            "no reply to the request may come after the timeout: {out:02x?}"
         );
     }
     proxy.wait_for_log(&["end=handshake-timeout"]);
