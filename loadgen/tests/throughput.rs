@@ -109,7 +109,16 @@ fn proxy_pid_reports_the_proxy_cpu_time() {
     assert!(f64_at(p, "/cpu_s") > 0.0, "{p}");
     assert!(f64_at(p, "/cpu_s_per_gib") > 0.0, "{p}");
     assert!(u64_at(p, "/rss_end_bytes") > 0);
-    assert!((f64_at(p, "/seconds") - 1.0).abs() < 0.1, "{p}");
+    // The samples are taken at the window's ends by a thread a loaded
+    // machine may delay, so only check what the figures must agree on:
+    // the window is the 1 s measurement (not the process's lifetime) and
+    // cpu_cores is cpu_s over it.
+    let seconds = f64_at(p, "/seconds");
+    assert!(seconds > 0.5 && seconds < 5.0, "{p}");
+    assert!(
+        (f64_at(p, "/cpu_cores") - f64_at(p, "/cpu_s") / seconds).abs() < 1e-9,
+        "{p}"
+    );
     assert!(p["rss_growth_per_tunnel_bytes"].is_null());
 }
 

@@ -1445,6 +1445,13 @@ proptest! {
         check_round_trip(&header)?;
     }
 
+}
+
+// The fuzz targets' invariants, run by every `cargo test` (CI does not run
+// libFuzzer): more cases than the round trips, as the input space is larger.
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
     #[test]
     fn decoders_keep_invariants_on_arbitrary_bytes(
         buf in prop::collection::vec(any::<u8>(), 0..=600)

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The hot-path check, side by side in one run: 64-byte ping-pong latency,
+# connection rate, UDP at a fixed rate and 1-stream bulk (with the proxy's
+# CPU per GiB), direct vs coresocks (default options) vs coresocks with
+# `--event-ring off`; then the reschedule IPIs on the proxy's CPU while
+# each serves the same ping-pong load. Proxy on PROXY_CPU, load on
+# LOAD_CPU, loopback only, every load bounded in time.
+#
+#   benches/hot-path.sh
+#
+# Env: ROUNDS (3), DURATION (5s), PROXY_CPU (1), LOAD_CPU (0), OUT
+#      (bench-out), RATE (ping-pong requests/s, 20000), UDP_RATE (20000).
+# Needs perf (Debian linux-perf) for the IPI column; skipped without it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export ROUNDS=${ROUNDS:-3} DURATION=${DURATION:-5s} PROXY_CPU=${PROXY_CPU:-1}
+export LOAD_CPU=${LOAD_CPU:-0} OUT=${OUT:-bench-out} PEERS=0
+export VARIANTS="ring-off:--event-ring off"
+RATE=${RATE:-20000}
+benches/compare.sh latency cps udp throughput
+
+command -v perf >/dev/null || { echo "perf not found: no IPI count"; exit 0; }
+bin=target/release
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+echo "## reschedule IPIs on CPU $PROXY_CPU during 64-byte ping-pong at $RATE/s (8 tunnels, ${DURATION})"
+echo "| proxy | IPIs | IPIs/s |"
+echo "|---|---:|---:|"
+secs=${DURATION%s}
+for variant in "default:" "ring-off:--event-ring off"; do
+  name=${variant%%:*}
+  port=$(free_port)
+  # shellcheck disable=SC2086 # the flags are meant to split
+  taskset -c "$PROXY_CPU" "$bin/coresocks" --listen "127.0.0.1:$port" --cores 1 \
+    --access-log off --log-level warn ${variant#*:} 2>/dev/null &
+  pid=$!
+  sleep 0.5
+  taskset -c "$LOAD_CPU" "$bin/loadgen" latency --proxy "127.0.0.1:$port" \
+    --connections 8 --size 64 --rate "$RATE" --warmup 1s --duration "$DURATION" >/dev/null &
+  load=$!
+  sleep 1.2
+  ipis=$(perf stat -x, -e irq_vectors:reschedule_entry -C "$PROXY_CPU" sleep "$((secs - 1))" 2>&1 |
+    awk -F, '/reschedule_entry/{print $1}')
+  wait "$load"
+  kill -INT "$pid"; wait "$pid" || true
+  echo "| coresocks $name | $ipis | $((ipis / (secs - 1))) |"
+done
