@@ -44,7 +44,7 @@ fn associate(proxy: &Proxy, client_addr: SocketAddr) -> (TcpStream, SocketAddr) 
 
 fn client_socket(bind: &str) -> UdpSocket {
     let s = UdpSocket::bind(bind).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     s
 }
 
