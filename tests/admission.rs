@@ -2,13 +2,11 @@
 //! out honest clients or established tunnels, and the end of the shutdown
 //! grace is a reset that is logged, never a clean end of stream.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use socket2::{Domain, Socket, Type};
 
 /// A connection to the proxy from `source` (any 127.0.0.0/8 address) that

@@ -1,11 +1,9 @@
 //! RFC 1929 username/password.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use crate::common::*;
 use coresocks::client::{ClientError, Credentials};
 
 fn users_file(mode: u32) -> tempfile_path::TempPath {

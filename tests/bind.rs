@@ -1,11 +1,9 @@
 //! BIND end to end.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
-use common::*;
+use crate::common::*;
 use coresocks::client::{handshake_blocking, read_reply, ClientError};
 use coresocks::proto::{Command, ReplyCode, TargetAddr};
 

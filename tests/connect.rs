@@ -1,13 +1,11 @@
 //! CONNECT end to end: address types, data integrity, half-close, resets,
 //! many concurrent tunnels.
 
-mod common;
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::thread;
 
-use common::*;
+use crate::common::*;
 use coresocks::proto::TargetAddr;
 
 #[test]

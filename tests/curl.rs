@@ -1,11 +1,9 @@
 //! A real third-party client: curl through the proxy to a local HTTP server.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 /// Answers any HTTP request with a body naming the requested path.
 fn http_server(bind: &str) -> Server {

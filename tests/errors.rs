@@ -1,12 +1,10 @@
 //! Every reply code producible on loopback, and bad input. After each, a
 //! fresh client must be served at once.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use coresocks::client::ClientError;
 use coresocks::proto::{ReplyCode, TargetAddr};
 

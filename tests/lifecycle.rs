@@ -1,13 +1,11 @@
 //! Limits, timeouts, shutdown, config errors, metrics and --help.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn echo_once(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).unwrap();

@@ -18,7 +18,6 @@
 //! and `recvmsg(MSG_ERRQUEUE)` gives its type and code), so a proxy can
 //! answer "fast" as these tests require.
 
-mod common;
 #[path = "common/netns.rs"]
 mod netns_lab;
 
@@ -27,7 +26,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use common::{Echo, Proxy};
+use crate::common::{Echo, Proxy};
 use coresocks::client::ClientError;
 use coresocks::proto::{ReplyCode, TargetAddr};
 use netns_lab::{Lab, T_V4, T_V6};

@@ -2,12 +2,10 @@
 //! from splice to copy. (Data integrity, half-close and resets are in
 //! connect.rs, which CI runs under every --relay mode.)
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn slow_reader_keeps_proxy_memory_bounded() {

@@ -1,11 +1,9 @@
 //! Third-party SOCKS5 clients beyond curl: PySocks (Python), which speaks
 //! UDP ASSOCIATE. `.ci/run` installs it (`pip install PySocks`).
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 const PYSOCKS_UDP: &str = r#"
 import socket, sys, threading

@@ -1,11 +1,9 @@
 //! UDP ASSOCIATE end to end.
 
-mod common;
-
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use coresocks::client::{handshake_blocking, udp_datagram, udp_payload, ClientError};
 use coresocks::proto::{Command, ReplyCode, TargetAddr};
 

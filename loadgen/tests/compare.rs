@@ -1,8 +1,6 @@
 //! compare runs the paths interleaved and reports medians and ratios.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn runs_interleave_and_ratios_are_reported() {

@@ -1,8 +1,6 @@
 //! Connection rate: loadgen's counts match the target's.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn direct_connections_match_the_targets_accepts() {

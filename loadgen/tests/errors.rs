@@ -1,11 +1,9 @@
 //! Bad input gives one clear line and a non-zero exit, never a panic.
 
-mod common;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use crate::common::*;
 
 fn users_file() -> TempFile {
     let f = TempFile::new("users");

@@ -1,8 +1,6 @@
 //! Idle tunnels: opened, held, closed; with --proxy-pid, the proxy's RSS.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn holds_200_tunnels_through_coresocks_and_reads_its_rss() {

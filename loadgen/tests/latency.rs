@@ -1,8 +1,6 @@
 //! Open-loop latency: a stall of the target must show in the percentiles.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn a_stall_in_the_target_shows_in_the_tail() {

@@ -1,8 +1,6 @@
 //! Throughput counts bytes the target received, exactly.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn run_throughput(path: &[&str], extra: &[&str]) -> serde_json::Value {
     let json = TempFile::new("throughput.json");

@@ -1,9 +1,7 @@
 //! UDP, open loop: direct and through coresocks' UDP ASSOCIATE; losses are
 //! counted; compare shows the proxy process's columns.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// A modest rate for one short window: loopback loses nothing at this pace.

@@ -1,0 +1,14 @@
+//! loadgen's integration tests, one module per area, linked into one test
+//! binary (each extra binary cost a minute of compiling and linking on a
+//! two-core CI machine). Run one area with a filter, e.g.
+//! `cargo test --workspace --test loadgen udp::`.
+
+mod common;
+
+mod compare;
+mod cps;
+mod errors;
+mod idle;
+mod latency;
+mod throughput;
+mod udp;

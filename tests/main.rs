@@ -1,0 +1,18 @@
+//! The integration tests, one module per area, linked into one test binary:
+//! on a two-core CI machine each extra binary cost over a minute of
+//! compiling and linking the same helpers again. Run one area with a filter,
+//! e.g. `cargo test --test integration relay::`.
+
+mod common;
+
+mod admission;
+mod auth;
+mod bind;
+mod connect;
+mod curl;
+mod errors;
+mod lifecycle;
+mod netns;
+mod relay;
+mod third_party;
+mod udp;
