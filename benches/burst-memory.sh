@@ -20,7 +20,7 @@ if [ -z "${BIN:-}" ]; then
   BIN=target/release
 fi
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-taskset -c "$PROXY_CPU" "$BIN/coresocks" --listen "127.0.0.1:$port" --cores 1 \
+taskset -c "$PROXY_CPU" "$BIN/coresocks" --listen "127.0.0.1:$port" --cores 1 --allow 127.0.0.0/8 \
   --access-log off --log-level warn "$@" 2>/dev/null &
 pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT

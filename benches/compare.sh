@@ -39,7 +39,7 @@ pid_args=()
 start_coresocks() { # name relay [extra args]
   local name=$1 relay=$2; shift 2
   local port; port=$(free_port)
-  taskset -c "$PROXY_CPU" "$bin/coresocks" --listen "127.0.0.1:$port" --cores 1 \
+  taskset -c "$PROXY_CPU" "$bin/coresocks" --listen "127.0.0.1:$port" --cores 1 --allow 127.0.0.0/8 \
     --relay "$relay" --access-log off --log-level warn "$@" 2>"$OUT/$name.log" &
   pids+=($!)
   proxies+=(--proxy "$name=127.0.0.1:$port")

@@ -30,7 +30,7 @@ for variant in "default:" "ring-off:--event-ring off"; do
   name=${variant%%:*}
   port=$(free_port)
   # shellcheck disable=SC2086 # the flags are meant to split
-  taskset -c "$PROXY_CPU" "$bin/coresocks" --listen "127.0.0.1:$port" --cores 1 \
+  taskset -c "$PROXY_CPU" "$bin/coresocks" --listen "127.0.0.1:$port" --cores 1 --allow 127.0.0.0/8 \
     --access-log off --log-level warn ${variant#*:} 2>/dev/null &
   pid=$!
   sleep 0.5

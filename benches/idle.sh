@@ -53,7 +53,7 @@ echo "|---|---|---|---:|"
 for relay in copy auto splice; do
   port=$(free_port)
   measure "coresocks-$relay" "coresocks --listen 127.0.0.1:$port" -- "$bin/coresocks" \
-    --listen "127.0.0.1:$port" --cores 1 --relay "$relay" --access-log off --log-level warn \
+    --listen "127.0.0.1:$port" --cores 1 --allow 127.0.0.0/8 --relay "$relay" --access-log off --log-level warn \
     --max-tunnels-per-core $((N + 100))
 done
 if [ "$PEERS" = 1 ] && command -v microsocks >/dev/null && command -v danted >/dev/null; then

@@ -8,12 +8,14 @@
 //! - [`udp`]: UDP ASSOCIATE, per-core associations
 //! - [`resolve`]: name resolution off the cores
 //! - [`config`]: flags and TOML file
+//! - [`policy`]: egress rules, who may reach which destination
 //! - [`client`]: a small SOCKS5 client over the same codec
 
 pub mod client;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod relay;
 pub mod resolve;
 pub mod runtime;

@@ -27,6 +27,20 @@ fn main() -> ExitCode {
             tracing::warn!("{w}");
         }
     }
+    let open_listener = config.listen.iter().find(|a| !a.ip().is_loopback());
+    if let (Some(addr), None, false) = (
+        open_listener,
+        &config.users,
+        config.policy.restricts_clients(),
+    ) {
+        tracing::warn!(
+            "listening on {addr} with neither --users nor a rule on client addresses: anyone who can reach it may use this proxy"
+        );
+    }
+    tracing::info!(
+        "egress policy: {} rule(s), then private destinations denied (open them with --allow)",
+        config.policy.rules().len()
+    );
     match coresocks::runtime::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

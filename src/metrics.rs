@@ -49,6 +49,11 @@ pub struct CoreMetrics {
     pub udp_datagrams_client_to_target: AtomicU64,
     pub udp_datagrams_target_to_client: AtomicU64,
     pub udp_datagrams_dropped: AtomicU64,
+    /// Requests refused by the egress policy, by
+    /// [`crate::policy::Denial::metrics_index`].
+    pub denied: [AtomicU64; 2],
+    /// UDP datagrams the egress policy dropped (also in `dropped`).
+    pub udp_datagrams_denied: AtomicU64,
 }
 
 /// Sets a gauge that only the calling core writes.
@@ -99,7 +104,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             .map(|(m, id)| (format!("core=\"{id}\""), f(m)))
             .collect()
     };
-    let simple: [Family<'_>; 16] = [
+    let simple: [Family<'_>; 17] = [
         (
             "connections_accepted_total",
             "counter",
@@ -200,6 +205,12 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             "UDP datagrams dropped: fragments, foreign sources, unsolicited replies, bad headers.",
             &|m| m.udp_datagrams_dropped.load(Relaxed),
         ),
+        (
+            "udp_datagrams_denied_total",
+            "counter",
+            "UDP datagrams dropped because the egress policy denies their destination (finished associations).",
+            &|m| m.udp_datagrams_denied.load(Relaxed),
+        ),
     ];
     for (name, kind, help, f) in simple {
         family(name, kind, help, &mut per_core(f).into_iter());
@@ -243,6 +254,13 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
         "reason",
         &reasons,
         &|m| &m.handshakes_shed,
+    );
+    labelled(
+        "requests_denied_total",
+        "Requests refused with reply 0x02 by the egress policy: by a deny rule, or for a private destination no rule opened.",
+        "reason",
+        &crate::policy::DENIAL_REASONS,
+        &|m| &m.denied,
     );
     out
 }

@@ -6,35 +6,12 @@ use std::os::unix::fs::PermissionsExt;
 use crate::common::*;
 use coresocks::client::{ClientError, Credentials};
 
-fn users_file(mode: u32) -> tempfile_path::TempPath {
-    let path = tempfile_path::TempPath::new("users");
+fn users_file(mode: u32) -> TempPath {
+    let path = TempPath::new("users");
     let mut f = std::fs::File::create(&path.0).unwrap();
     writeln!(f, "# test users\nalice:wonderland\nbob:builder:2\n").unwrap();
     std::fs::set_permissions(&path.0, std::fs::Permissions::from_mode(mode)).unwrap();
     path
-}
-
-mod tempfile_path {
-    /// A file path under the system temp dir, removed on drop.
-    pub struct TempPath(pub std::path::PathBuf);
-    impl TempPath {
-        pub fn new(stem: &str) -> TempPath {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            TempPath(
-                std::env::temp_dir()
-                    .join(format!("coresocks-test-{stem}-{}-{n}", std::process::id())),
-            )
-        }
-        pub fn arg(&self) -> &str {
-            self.0.to_str().unwrap()
-        }
-    }
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
 }
 
 fn creds(u: &str, p: &str) -> Credentials {
@@ -109,7 +86,7 @@ fn world_readable_users_file_is_warned_about() {
 
 #[test]
 fn malformed_users_file_is_one_clear_error() {
-    let path = tempfile_path::TempPath::new("badusers");
+    let path = TempPath::new("badusers");
     std::fs::write(&path.0, "alice:ok\nnocolon\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_coresocks"))
         .args(["--listen", "127.0.0.1:0", "--users", path.arg()])

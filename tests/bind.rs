@@ -106,3 +106,40 @@ fn no_connection_within_the_timeout_is_a_failure_reply() {
     assert!(TcpStream::connect(listen).is_err());
     proxy.assert_serves(&echo);
 }
+
+#[test]
+fn the_egress_policy_judges_the_named_peer_and_the_one_that_connects() {
+    let echo = echo_server("127.0.0.1:0");
+    // Only 127.0.0.1 is open: 127.0.0.2 stays private, denied.
+    let proxy = Proxy::start(&["--allow", "127.0.0.1"]);
+    let mut control = proxy.raw();
+    let r = handshake_blocking(
+        &mut control,
+        Command::Bind,
+        &TargetAddr::Ip("127.0.0.2:0".parse().unwrap()),
+        None,
+    );
+    assert!(
+        matches!(r, Err(ClientError::Rejected(ReplyCode::NotAllowed))),
+        "{r:?}"
+    );
+    proxy.wait_for_log(&["cmd=bind", "target=127.0.0.2:0", "rule=private"]);
+
+    // Any peer may connect (0.0.0.0), but one from a denied address is
+    // reset and the second reply refuses it.
+    let (mut control, listen) = bind_request(&proxy, "0.0.0.0:0");
+    let mut denied = connect_from("127.0.0.2:0", listen);
+    let err = second_reply(&mut control).unwrap_err();
+    assert!(
+        matches!(err, ClientError::Rejected(ReplyCode::NotAllowed)),
+        "{err}"
+    );
+    assert!(closed_without_data(&mut denied));
+    proxy.wait_for_log(&["cmd=bind", "resolved=127.0.0.2", "rule=private"]);
+
+    let (mut control, listen) = bind_request(&proxy, "0.0.0.0:0");
+    let allowed = connect_from("127.0.0.1:0", listen);
+    let peer = second_reply(&mut control).unwrap();
+    assert_eq!(peer, TargetAddr::Ip(allowed.local_addr().unwrap()));
+    proxy.assert_serves(&echo);
+}

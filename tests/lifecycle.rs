@@ -306,6 +306,8 @@ fn out_of_descriptors_backs_off_and_recovers() {
             "1000",
             "--log-level",
             "debug",
+            "--allow",
+            "127.0.0.0/8",
         ])
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -13,6 +13,7 @@ mod curl;
 mod errors;
 mod lifecycle;
 mod netns;
+mod policy;
 mod relay;
 mod third_party;
 mod udp;

@@ -349,3 +349,28 @@ fn a_thousand_associations_over_all_cores_each_echo_intact() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn datagrams_to_denied_destinations_are_dropped_in_every_spelling() {
+    let echo = udp_echo("127.0.0.1:0");
+    let port = echo.port();
+    // Only 127.0.0.1 is open: 127.0.0.2 stays private, denied.
+    let proxy = Proxy::start(&["--allow", "127.0.0.1"]);
+    let sock = client_socket("127.0.0.1:0");
+    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let denied = [
+        TargetAddr::Ip(SocketAddr::from(([127, 0, 0, 2], port))),
+        TargetAddr::Ip(format!("[::ffff:127.0.0.2]:{port}").parse().unwrap()),
+        TargetAddr::Domain("127.0.0.2".into(), port),
+    ];
+    for target in &denied {
+        let mut dgram = Vec::new();
+        udp_datagram(target, b"denied", &mut dgram);
+        sock.send_to(&dgram, relay).unwrap();
+        assert!(no_reply(&sock), "{target} must not be relayed");
+    }
+    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"allowed");
+    assert_eq!(data, b"allowed");
+    drop(control);
+    proxy.wait_for_log(&["cmd=udp-associate", "dropped_denied=3", "datagrams_up=1"]);
+}

@@ -235,7 +235,7 @@ pub fn describe(
                     " (the proxy could not reach the target: is it running?)"
                 }
                 ReplyCode::NotAllowed => {
-                    " (its rules forbid this target: loopback targets must be allowed)"
+                    " (its rules forbid this target: loopback targets must be allowed, e.g. coresocks --allow 127.0.0.0/8)"
                 }
                 _ => "",
             };

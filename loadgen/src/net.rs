@@ -192,7 +192,7 @@ pub fn describe_udp(failure: Failure, stage: Stage, path: &PathSpec) -> String {
                     " (the proxy does not support UDP ASSOCIATE)"
                 }
                 coresocks::proto::ReplyCode::NotAllowed => {
-                    " (its rules forbid UDP, or this client or target)"
+                    " (its rules forbid UDP, or this client or target; coresocks needs --allow 127.0.0.0/8 for loopback targets)"
                 }
                 _ => "",
             };

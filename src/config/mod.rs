@@ -17,6 +17,8 @@ use clap::Parser;
 use serde::Deserialize;
 
 pub use cores::CoreSpec;
+
+use crate::policy::Policy;
 pub use users::{UserDb, UsersError};
 
 /// Which relay engine moves a tunnel's bytes.
@@ -211,6 +213,29 @@ pub struct Settings {
     /// Serve Prometheus metrics over HTTP on this address [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
+
+    /// Open a destination that is denied by default (or by a later rule):
+    /// a CIDR, an IP, a domain ("example.com", ".example.com" with its
+    /// subdomains) or "private" (loopback, RFC 1918, link-local, ULA...:
+    /// everything not globally reachable). Repeatable; evaluated after
+    /// --deny and before the config file's [[rule]] tables. A benchmark on
+    /// loopback needs `--allow 127.0.0.0/8` [default: none, so private
+    /// destinations are denied]
+    #[arg(long, value_name = "TARGET")]
+    #[serde(skip)]
+    pub allow: Vec<String>,
+
+    /// Refuse a destination (same TARGET forms as --allow), with reply
+    /// 0x02. Repeatable; evaluated first [default: none]
+    #[arg(long, value_name = "TARGET")]
+    #[serde(skip)]
+    pub deny: Vec<String>,
+
+    /// Access rules of the config file (`[[rule]]` tables), evaluated in
+    /// order after the flags; see README.md, "Egress policy".
+    #[arg(skip)]
+    #[serde(default)]
+    pub rule: Vec<crate::policy::RuleSpec>,
 }
 
 /// Combines two `Settings`, taking each field from `self` where it is set.
@@ -258,7 +283,7 @@ impl Settings {
                 access_log,
                 metrics
             ],
-            [listen]
+            [listen, allow, deny, rule]
         )
     }
 }
@@ -318,6 +343,8 @@ pub struct Config {
     pub log_level: String,
     pub access_log: AccessLog,
     pub metrics: Option<SocketAddr>,
+    /// Who may reach which destination: `--deny`, `--allow`, `[[rule]]`.
+    pub policy: Policy,
 }
 
 /// Why the configuration cannot be used. Each message names the setting.
@@ -332,6 +359,8 @@ pub enum ConfigError {
     ParseFile { path: PathBuf, message: String },
     #[error("{0}")]
     Users(#[from] UsersError),
+    #[error("invalid access rule {0}")]
+    Policy(String),
     #[error("invalid setting {setting}: {message}")]
     Invalid {
         setting: &'static str,
@@ -431,7 +460,9 @@ impl Config {
             Some("") => return Err(invalid("access-log", "empty path")),
             Some(path) => AccessLog::File(PathBuf::from(path)),
         };
+        let policy = Policy::new(&s.deny, &s.allow, &s.rule).map_err(ConfigError::Policy)?;
         Ok(Config {
+            policy,
             listen,
             cores: s.cores.unwrap_or_default(),
             backlog: s.backlog.unwrap_or(1024),
@@ -586,5 +617,33 @@ mod tests {
         assert_eq!(c.event_ring, EventRingSetup::Auto);
         let c = Config::from_settings(parse(&["--event-ring", "coop-taskrun"]).settings).unwrap();
         assert_eq!(c.event_ring, EventRingSetup::CoopTaskrun);
+    }
+
+    #[test]
+    fn flags_come_before_the_file_rules_and_bad_rules_are_refused() {
+        let file = Settings::from_toml(
+            "[[rule]]\naction = \"deny\"\nto = [\"10.0.0.0/8\"]\nports = [\"22\"]\n",
+        )
+        .unwrap();
+        let cli = parse(&[
+            "--allow",
+            "127.0.0.0/8",
+            "--deny",
+            "127.0.0.2",
+            "--allow",
+            "::1",
+        ]);
+        let c = Config::from_settings(cli.settings.over(file)).unwrap();
+        let names: Vec<&str> = c.policy.rules().iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["--deny#1", "--allow#1", "--allow#2", "rule#1"]);
+        let err = Config::from_settings(parse(&["--allow", "10.0.0.0/40"]).settings)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--allow") && err.contains("10.0.0.0/40"),
+            "{err}"
+        );
+        let err = Settings::from_toml("allow = [\"10.0.0.0/8\"]\n").unwrap_err();
+        assert!(err.contains("allow"), "{err}");
     }
 }

@@ -15,6 +15,9 @@ pub struct AccessRecord {
     pub target: Option<TargetAddr>,
     pub resolved: Option<SocketAddr>,
     pub reply: Option<ReplyCode>,
+    /// The egress rule that decided the request (`private` for the
+    /// built-in default), when one did.
+    pub rule: Option<String>,
     /// Bytes client -> target and target -> client (UDP: payload bytes).
     pub up: u64,
     pub down: u64,
@@ -35,6 +38,7 @@ impl AccessRecord {
             target: None,
             resolved: None,
             reply: None,
+            rule: None,
             up: 0,
             down: 0,
             engine: None,
@@ -49,7 +53,7 @@ impl AccessRecord {
         let dash = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
         let _ = write!(
             s,
-            "conn={}.{} client={} user={} cmd={} target={} resolved={} reply={} up={} down={} duration_ms={} engine={} end={}",
+            "conn={}.{} client={} user={} cmd={} target={} resolved={} reply={} rule={} up={} down={} duration_ms={} engine={} end={}",
             self.core,
             self.conn_id,
             self.client,
@@ -58,6 +62,7 @@ impl AccessRecord {
             dash(self.target.as_ref().map(|t| quote(&t.to_string()))),
             dash(self.resolved.map(|a| a.to_string())),
             dash(self.reply.map(|r| r.as_str().to_owned())),
+            dash(self.rule.clone()),
             self.up,
             self.down,
             self.started.elapsed().as_millis(),
@@ -90,6 +95,7 @@ mod tests {
         r.target = Some(TargetAddr::Domain("example.com".into(), 443));
         r.reply = Some(ReplyCode::ConnectionRefused);
         r.end = Some("connect-failed".into());
+        r.rule = Some("--deny#2".into());
         let line = r.line();
         for want in [
             "conn=1.7",
@@ -99,6 +105,7 @@ mod tests {
             "target=example.com:443",
             "resolved=-",
             "reply=connection-refused",
+            "rule=--deny#2",
             "up=0",
             "down=0",
             "engine=-",

@@ -9,7 +9,7 @@ use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{reply_error, reply_success, AccessRecord, Authenticated, Established, SessionError};
-use crate::proto::TargetAddr;
+use crate::proto::{Command, TargetAddr};
 use crate::resolve;
 use crate::runtime::Core;
 
@@ -47,11 +47,16 @@ async fn accept_incoming(
         .map_err(|e| SessionError::ClientIo(e.into()))?;
     // DST.ADDR names the host expected to connect (RFC 1928: the client
     // passes what it learned from the application protocol).
+    // The egress policy judges that host as a destination (command bind).
     let expected: Option<IpAddr> = match target {
         TargetAddr::Ip(sa) if sa.ip().is_unspecified() => None,
-        TargetAddr::Ip(sa) => Some(sa.ip().to_canonical()),
+        TargetAddr::Ip(sa) => {
+            super::egress_filter(core, Command::Bind, target, vec![*sa], record)?;
+            Some(sa.ip().to_canonical())
+        }
         TargetAddr::Domain(name, port) => {
             let addrs = resolve::resolve(name, *port, core.config.resolve_timeout).await?;
+            let addrs = super::egress_filter(core, Command::Bind, target, addrs, record)?;
             addrs.first().map(|a| a.ip().to_canonical())
         }
     };
@@ -92,11 +97,24 @@ async fn accept_incoming(
         .map_err(|e| SessionError::BindFailed(e.into()))?;
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     record.resolved = Some(peer);
+    let refuse = |e: SessionError| {
+        crate::sys::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&incoming));
+        Err(e)
+    };
     if let Some(ip) = expected {
         if peer.ip() != ip {
-            crate::sys::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&incoming));
-            return Err(SessionError::BindWrongPeer(peer));
+            return refuse(SessionError::BindWrongPeer(peer));
         }
+    }
+    // Whoever connects is a peer the policy must allow, named or not.
+    if let Err(e) = super::egress_filter(
+        core,
+        Command::Bind,
+        &TargetAddr::Ip(peer),
+        vec![peer],
+        record,
+    ) {
+        return refuse(e);
     }
     reply_success(core, auth, client, peer, record).await?;
     Ok(incoming)

@@ -15,7 +15,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use super::{reply_error, reply_success, AccessRecord, Authenticated, Established, SessionError};
-use crate::proto::TargetAddr;
+use crate::proto::{Command, TargetAddr};
 use crate::resolve;
 use crate::runtime::events::EventRing;
 use crate::runtime::Core;
@@ -59,7 +59,7 @@ async fn connect(
             resolve::resolve(name, *port, core.config.resolve_timeout).await?
         }
     };
-    check_allowed(target, &addrs)?;
+    let addrs = super::egress_filter(core, Command::Connect, target, addrs, record)?;
     let addrs = resolve::interleave_families(addrs);
     let first = addrs[0];
     let race = Race::new(
@@ -82,12 +82,6 @@ async fn connect(
             Err(e)
         }
     }
-}
-
-/// The seam for access rules (allow/deny by target, user, port): every
-/// target passes for now. A denial becomes reply 0x02.
-fn check_allowed(_target: &TargetAddr, _addrs: &[SocketAddr]) -> Result<(), SessionError> {
-    Ok(())
 }
 
 type Attempt = Pin<Box<dyn Future<Output = io::Result<TcpStream>>>>;

@@ -31,7 +31,8 @@ pub enum SessionError {
     },
     #[error("connect to {0} timed out")]
     ConnectTimeout(std::net::SocketAddr),
-    #[error("target {0} is not allowed")]
+    /// Refused by the egress policy; the message names the rule.
+    #[error("{0}")]
     NotAllowed(String),
     #[error("BIND: cannot listen: {0}")]
     BindFailed(io::Error),

@@ -27,6 +27,7 @@ pub use error::{connect_reply_code, SessionError};
 use reader::MessageReader;
 
 use crate::metrics;
+use crate::policy::Requester;
 use crate::proto::{
     Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request, TargetAddr,
     UserPassRequest, UserPassStatus,
@@ -165,6 +166,62 @@ async fn relay_tunnel(core: &Core, t: Established, record: &mut AccessRecord, st
     record.down = r.target_to_client;
     record.engine = Some(r.engine.as_str());
     record.end = Some(r.end.to_string());
+}
+
+/// Who asks, for the egress policy.
+fn requester(record: &AccessRecord, command: Command) -> Requester<'_> {
+    Requester {
+        client: record.client.ip().to_canonical(),
+        user: record.user.as_deref(),
+        command,
+    }
+}
+
+/// Keeps the addresses of `target` that the egress policy allows, in
+/// their order. With none left the request is refused (reply 0x02), and
+/// the access log names the rule, or `private`, that refused it.
+fn egress_filter(
+    core: &Core,
+    command: Command,
+    target: &TargetAddr,
+    addrs: Vec<SocketAddr>,
+    record: &mut AccessRecord,
+) -> Result<Vec<SocketAddr>, SessionError> {
+    let domain = match target {
+        TargetAddr::Domain(name, _) => Some(name.as_str()),
+        TargetAddr::Ip(_) => None,
+    };
+    let policy = &core.config.policy;
+    let who = requester(record, command);
+    let mut allowed = Vec::with_capacity(addrs.len());
+    let mut allowed_by = None;
+    let mut refused = None;
+    for addr in addrs {
+        match policy.check(&who, domain, addr) {
+            Ok(rule) => {
+                if allowed.is_empty() {
+                    allowed_by = rule.map(|r| r.name.clone());
+                }
+                allowed.push(addr);
+            }
+            Err(denial) if refused.is_none() => refused = Some((addr, denial)),
+            Err(_) => {}
+        }
+    }
+    if !allowed.is_empty() {
+        record.rule = allowed_by;
+        return Ok(allowed);
+    }
+    let Some((addr, denial)) = refused else {
+        return Err(SessionError::NotAllowed(format!(
+            "target {target}: no address"
+        )));
+    };
+    metrics::add(&core.metrics().denied[denial.metrics_index()], 1);
+    let message = format!("target {target} ({addr}) {denial}");
+    record.rule = Some(denial.name().to_owned());
+    record.resolved = Some(addr);
+    Err(SessionError::NotAllowed(message))
 }
 
 /// Sends the success reply (which needs authentication) and records it.

@@ -17,7 +17,13 @@ pub(super) async fn serve_udp(
     record: &mut AccessRecord,
     stop: &StopSignal,
 ) -> Result<(), SessionError> {
-    let prepared = match udp::prepare(&core.udp, &client, &requested, core.config.resolve_timeout) {
+    let egress = udp::Egress {
+        policy: &core.config.policy,
+        client: record.client.ip().to_canonical(),
+        user: auth.user.clone(),
+    };
+    let resolve_timeout = core.config.resolve_timeout;
+    let prepared = match udp::prepare(&core.udp, egress, &client, &requested, resolve_timeout) {
         Ok(p) => p,
         Err(e) => {
             let e = SessionError::UdpSetup(e);
@@ -36,27 +42,22 @@ pub(super) async fn serve_udp(
     metrics::set(&m.udp_associations, core.udp.live() as u64);
     metrics::add(&m.udp_datagrams_client_to_target, report.datagrams_up);
     metrics::add(&m.udp_datagrams_target_to_client, report.datagrams_down);
-    metrics::add(
-        &m.udp_datagrams_dropped,
-        report.dropped_fragmented
-            + report.dropped_reserved
-            + report.dropped_foreign
-            + report.dropped_other
-            + report.dropped_unsolicited,
-    );
+    metrics::add(&m.udp_datagrams_dropped, report.dropped());
+    metrics::add(&m.udp_datagrams_denied, report.dropped_denied);
     metrics::add(&m.bytes_client_to_target, report.bytes_up);
     metrics::add(&m.bytes_target_to_client, report.bytes_down);
     record.up = report.bytes_up;
     record.down = report.bytes_down;
     record.engine = Some("udp");
     record.end = Some(format!(
-        "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_reserved={} dropped_foreign={} dropped_unsolicited={} dropped_other={}",
+        "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_reserved={} dropped_foreign={} dropped_unsolicited={} dropped_denied={} dropped_other={}",
         report.datagrams_up,
         report.datagrams_down,
         report.dropped_fragmented,
         report.dropped_reserved,
         report.dropped_foreign,
         report.dropped_unsolicited,
+        report.dropped_denied,
         report.dropped_other
     ));
     Ok(())

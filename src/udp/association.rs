@@ -11,7 +11,8 @@ use glommio::net::{TcpStream, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
-use crate::proto::{Decoded, ProtoError, TargetAddr, UdpHeader};
+use crate::policy::{Policy, Requester};
+use crate::proto::{Command, Decoded, ProtoError, TargetAddr, UdpHeader};
 use crate::resolve;
 use crate::runtime::{Stop, StopSignal};
 use crate::sys;
@@ -57,6 +58,27 @@ pub struct UdpReport {
     pub dropped_other: u64,
     /// Replies from addresses the client never sent to.
     pub dropped_unsolicited: u64,
+    /// To destinations the egress policy denies.
+    pub dropped_denied: u64,
+}
+
+impl UdpReport {
+    /// Every datagram dropped, whatever the reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_fragmented
+            + self.dropped_reserved
+            + self.dropped_foreign
+            + self.dropped_other
+            + self.dropped_unsolicited
+            + self.dropped_denied
+    }
+}
+
+/// Whose datagrams these are, for the egress policy.
+pub struct Egress<'a> {
+    pub policy: &'a Policy,
+    pub client: IpAddr,
+    pub user: Option<String>,
 }
 
 /// Which client address may use the association (RFC 1928 section 6).
@@ -98,6 +120,7 @@ struct Association<'a> {
     out_v4: Option<UdpSocket>,
     out_v6: Option<UdpSocket>,
     rule: ClientRule,
+    egress: Egress<'a>,
     /// Where replies go: the client's sending address, once seen.
     client_addr: Cell<Option<SocketAddr>>,
     targets: RefCell<HashSet<SocketAddr>>,
@@ -145,10 +168,33 @@ impl Association<'_> {
         }
     }
 
+    /// Whether the egress policy lets this association send to `target`
+    /// (`domain`: the name the datagram gave, if any).
+    fn allowed(&self, domain: Option<&str>, target: SocketAddr) -> bool {
+        let who = Requester {
+            client: self.egress.client,
+            user: self.egress.user.as_deref(),
+            command: Command::UdpAssociate,
+        };
+        self.egress.policy.check(&who, domain, target).is_ok()
+    }
+
+    /// Sends one payload to a target the egress policy allows. An address
+    /// already sent to was allowed then, without a name: it is not judged
+    /// again. A name is judged each time, with the port it comes with.
+    fn send_checked(&self, domain: Option<&str>, target: SocketAddr, payload: &[u8]) {
+        let target = SocketAddr::new(target.ip().to_canonical(), target.port());
+        let known = domain.is_none() && self.targets.borrow().contains(&target);
+        if !known && !self.allowed(domain, target) {
+            self.count(|r| r.dropped_denied += 1);
+            return;
+        }
+        self.send_to_target(target, payload);
+    }
+
     /// Sends one payload to a target, within the per-association limit of
     /// distinct targets. Failures drop the datagram, as UDP may.
     fn send_to_target(&self, target: SocketAddr, payload: &[u8]) {
-        let target = SocketAddr::new(target.ip().to_canonical(), target.port());
         {
             let mut targets = self.targets.borrow_mut();
             if !targets.contains(&target) {
@@ -189,15 +235,20 @@ impl Association<'_> {
             if let Some((name, port, payload)) = pending {
                 match resolve::resolve(&name, port, self.resolve_timeout).await {
                     Ok(addrs) => {
-                        let usable = addrs.iter().find(|a| self.out_socket(**a).is_some());
-                        let Some(&addr) = usable else {
+                        // The first address the policy allows; else the
+                        // first usable one, cached so that a denied name is
+                        // not looked up again for every datagram.
+                        let mut usable = addrs.iter().filter(|a| self.out_socket(**a).is_some());
+                        let first = usable.clone().next();
+                        let allowed = usable.find(|a| self.allowed(Some(&name), **a));
+                        let Some(&addr) = allowed.or(first) else {
                             self.count(|r| r.dropped_other += 1);
                             continue;
                         };
                         if self.names.borrow().len() < self.table.max_targets {
-                            self.names.borrow_mut().insert(name, addr);
+                            self.names.borrow_mut().insert(name.clone(), addr);
                         }
-                        self.send_to_target(addr, &payload);
+                        self.send_checked(Some(&name), addr, &payload);
                     }
                     Err(e) => {
                         tracing::debug!("udp: {e}");
@@ -244,15 +295,18 @@ impl Association<'_> {
             }
             let payload = &datagram[len..];
             match header.target {
-                TargetAddr::Ip(sa) => self.send_to_target(sa, payload),
+                TargetAddr::Ip(sa) => self.send_checked(None, sa, payload),
                 TargetAddr::Domain(name, port) => {
+                    // An address written as a name is judged as the address.
                     if let Some(ip) = resolve::ip_literal(&name) {
-                        self.send_to_target(SocketAddr::new(ip, port), payload);
+                        self.send_checked(None, SocketAddr::new(ip, port), payload);
                         continue;
                     }
                     let cached = self.names.borrow().get(&name).copied();
                     match cached {
-                        Some(a) => self.send_to_target(SocketAddr::new(a.ip(), port), payload),
+                        Some(a) => {
+                            self.send_checked(Some(&name), SocketAddr::new(a.ip(), port), payload)
+                        }
                         None => return Ok(Some((name, port, payload.to_vec()))),
                     }
                 }
@@ -359,6 +413,7 @@ impl Prepared<'_> {
 /// Opens the association's sockets on this core.
 pub fn prepare<'a>(
     table: &'a UdpTable,
+    egress: Egress<'a>,
     control: &TcpStream,
     requested: &TargetAddr,
     resolve_timeout: Duration,
@@ -389,6 +444,7 @@ pub fn prepare<'a>(
             out_v4,
             out_v6,
             rule: ClientRule::new(requested, peer.ip()),
+            egress,
             client_addr: Cell::new(None),
             targets: RefCell::new(HashSet::new()),
             names: RefCell::new(HashMap::new()),

@@ -14,7 +14,7 @@
 
 mod association;
 
-pub use association::{prepare, Prepared, SetupError};
+pub use association::{prepare, Egress, Prepared, SetupError};
 
 use std::cell::{Cell, RefCell};
 

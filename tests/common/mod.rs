@@ -26,7 +26,8 @@ pub struct Proxy {
 
 impl Proxy {
     /// Starts the proxy with `args` (plus `--listen 127.0.0.1:0` unless
-    /// args listen elsewhere). `CORESOCKS_TEST_RELAY` picks the relay engine
+    /// args listen elsewhere, and loopback opened unless args hold an
+    /// `--allow` or `--deny`). `CORESOCKS_TEST_RELAY` picks the relay engine
     /// for the whole suite.
     pub fn start(args: &[&str]) -> Proxy {
         Proxy::try_start(args).unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
@@ -58,6 +59,12 @@ impl Proxy {
         }
         if !args.contains(&"--log-level") {
             cmd.args(["--log-level", "debug"]);
+        }
+        // The suite's targets are on loopback, which the egress policy
+        // denies by default: open it as a user would. A test that sets
+        // --allow or --deny itself gets exactly the policy it asks for.
+        if !args.iter().any(|a| *a == "--allow" || *a == "--deny") {
+            cmd.args(["--allow", "127.0.0.0/8", "--allow", "::1"]);
         }
         if let Ok(relay) = std::env::var("CORESOCKS_TEST_RELAY") {
             if !args.contains(&"--relay") {
@@ -369,4 +376,27 @@ pub fn metric_sum(body: &str, name: &str, filters: &[&str]) -> u64 {
         .filter(|l| filters.iter().all(|f| l.contains(f)))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
         .sum()
+}
+
+/// A file path under the system temp dir, removed on drop.
+pub struct TempPath(pub std::path::PathBuf);
+
+impl TempPath {
+    pub fn new(stem: &str) -> TempPath {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        TempPath(
+            std::env::temp_dir().join(format!("coresocks-test-{stem}-{}-{n}", std::process::id())),
+        )
+    }
+
+    pub fn arg(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

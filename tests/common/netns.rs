@@ -191,9 +191,18 @@ impl Lab {
             .collect()
     }
 
-    /// The proxy inside P, one core, on 127.0.0.1 there.
+    /// The proxy inside P, one core, on 127.0.0.1 there, with the test
+    /// networks (private addresses, denied by default) opened.
     pub fn proxy(&self, args: &[&str]) -> Proxy {
-        let mut all = vec!["--cores", "1"];
+        let mut all = vec![
+            "--cores",
+            "1",
+            "--allow",
+            "10.231.0.0/16",
+            "--allow",
+            "10.232.0.0/16",
+        ];
+        all.extend(["--allow", "fd00:231::/32", "--allow", "fd00:232::/32"]);
         all.extend_from_slice(args);
         Proxy::start_in(&["ip", "netns", "exec", &self.p], &all)
     }

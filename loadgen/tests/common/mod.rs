@@ -217,11 +217,19 @@ pub fn serve(json: &TempFile, extra: &[&str]) -> Daemon {
     Daemon::start(cmd, "loadgen serve")
 }
 
-/// coresocks with one core on an ephemeral loopback port.
+/// coresocks with one core on an ephemeral loopback port, loopback
+/// targets opened (the egress policy denies them by default).
 pub fn coresocks(extra: &[&str]) -> Daemon {
     let mut cmd = Command::new(coresocks_bin());
-    cmd.args(["--listen", "127.0.0.1:0", "--cores", "1"])
-        .args(extra);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--cores",
+        "1",
+        "--allow",
+        "127.0.0.0/8",
+    ])
+    .args(extra);
     Daemon::start(cmd, "coresocks")
 }
 
