@@ -36,6 +36,7 @@ fn rules(n: usize) -> Vec<RuleSpec> {
                 ],
                 ports: vec![format!("{}-{}", 1000 + i % 50_000, 1010 + i % 50_000)],
                 log: false,
+                source: Vec::new(),
             }
         })
         .collect()

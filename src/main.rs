@@ -1,13 +1,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use coresocks::config::{Cli, Config};
+use coresocks::config::{Cli, Config, Tool};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Tool::HashPassword) = cli.tool {
+        return hash_password();
+    }
     let config = match Config::load(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -47,6 +50,32 @@ fn main() -> ExitCode {
             // Flush the asynchronous log writer before the last word.
             drop(_guards);
             eprintln!("coresocks: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `coresocks hash-password`: one line from stdin (not echoed on a
+/// terminal) to an Argon2id PHC string on stdout.
+fn hash_password() -> ExitCode {
+    let password = match coresocks::sys::read_password_line() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("coresocks: cannot read the password from standard input: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if password.is_empty() || password.len() > 255 {
+        eprintln!("coresocks: the password must be 1 to 255 bytes (RFC 1929)");
+        return ExitCode::from(2);
+    }
+    match coresocks::config::hash_password(password.as_bytes()) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coresocks: cannot hash the password: {e}");
             ExitCode::FAILURE
         }
     }

@@ -80,7 +80,11 @@ pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
 
 /// A non-blocking TCP socket with IP_RECVERR (IPV6_RECVERR) set, whose
 /// connect to `addr` has started (or failed at once, e.g. with no route).
-pub fn connecting_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Socket> {
+pub fn connecting_socket(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+    interface: Option<&str>,
+) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -88,11 +92,54 @@ pub fn connecting_socket(addr: std::net::SocketAddr) -> io::Result<socket2::Sock
         Some(Protocol::TCP),
     )?;
     set_recverr(std::os::fd::AsFd::as_fd(&socket), addr, true)?;
+    bind_outbound(&socket, source, interface)?;
     match socket.connect(&addr.into()) {
         Ok(()) => Ok(socket),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(socket),
         Err(e) => Err(e),
     }
+}
+
+/// Puts an outbound socket on its interface and source address. The port
+/// is left to connect(2) (IP_BIND_ADDRESS_NO_PORT), so that binding the
+/// address does not reserve a port per socket and a pool of sources does
+/// not run out of ports before the kernel's (address, port) tuples do.
+pub fn bind_outbound(
+    socket: &socket2::Socket,
+    source: Option<std::net::IpAddr>,
+    interface: Option<&str>,
+) -> io::Result<()> {
+    if let Some(name) = interface {
+        socket.bind_device(Some(name.as_bytes())).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot bind to interface {name}: {e}"))
+        })?;
+    }
+    let Some(ip) = source else {
+        return Ok(());
+    };
+    if socket.r#type()? == socket2::Type::STREAM {
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt reads one c_int from a live local.
+        unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+    }
+    let ip = match (ip, socket.domain()?) {
+        // An IPv4 source for an IPv6 socket (a mapped destination).
+        (std::net::IpAddr::V4(v4), d) if d == socket2::Domain::IPV6 => {
+            std::net::IpAddr::V6(v4.to_ipv6_mapped())
+        }
+        _ => ip,
+    };
+    socket
+        .bind(&std::net::SocketAddr::new(ip, 0).into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the egress source {ip}: {e}")))
 }
 
 /// A non-blocking eventfd, for a ring to signal its completions through.
@@ -420,7 +467,7 @@ mod tests {
 
     #[test]
     fn an_empty_error_queue_is_none() {
-        let socket = connecting_socket("127.0.0.1:9".parse().unwrap());
+        let socket = connecting_socket("127.0.0.1:9".parse().unwrap(), None, None);
         // Port 9 on loopback: refused by RST or still in progress; neither
         // queues an ICMP error.
         if let Ok(socket) = socket {
@@ -429,4 +476,34 @@ mod tests {
                 .is_none());
         }
     }
+}
+
+/// Reads one line from stdin without its line ending. On a terminal the
+/// prompt goes to stderr and echo is off while typing.
+pub fn read_password_line() -> io::Result<String> {
+    use std::io::{BufRead, Write};
+    // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a zeroed termios that
+    // tcgetattr fills before it is read.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 {
+            let mut quiet = t;
+            quiet.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &quiet);
+            eprint!("password: ");
+            let _ = io::stderr().flush();
+            Some(t)
+        } else {
+            None
+        }
+    };
+    let mut line = String::new();
+    let read = io::stdin().lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        eprintln!();
+    }
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }

@@ -100,3 +100,68 @@ fn malformed_users_file_is_one_clear_error() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// `coresocks hash-password` with `password` on stdin: (exit code, stdout,
+/// stderr).
+fn hash_password(password: &str) -> (Option<i32>, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coresocks"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn hashed_passwords_from_hash_password_work_beside_plain_ones() {
+    let (code, hash, err) = hash_password("wonderland\n");
+    assert_eq!(code, Some(0), "{err}");
+    let hash = hash.trim();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    let users = TempPath::new("hashed-users");
+    std::fs::write(&users.0, format!("alice:{hash}\nbob:builder\n")).unwrap();
+    std::fs::set_permissions(&users.0, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&["--users", users.arg()]);
+    proxy.assert_serves_as(&echo, Some(&creds("alice", "wonderland")));
+    proxy.assert_serves_as(&echo, Some(&creds("bob", "builder")));
+    for (user, password) in [("alice", "wonderlan"), ("alice", hash), ("carol", "x")] {
+        let err = proxy
+            .connect_as(&echo.target(), Some(&creds(user, password)))
+            .unwrap_err();
+        assert!(matches!(err, ClientError::AuthRejected), "{user}: {err}");
+    }
+    proxy.wait_for_log(&["user=carol", "end=auth-failed"]);
+    proxy.assert_serves_as(&echo, Some(&creds("alice", "wonderland")));
+}
+
+#[test]
+fn hash_password_refuses_an_empty_password_and_a_bad_hash_stops_the_start() {
+    let (code, out, err) = hash_password("\n");
+    assert_eq!(code, Some(2), "{out}");
+    assert!(err.contains("1 to 255 bytes"), "{err}");
+    let users = TempPath::new("bad-hash-users");
+    std::fs::write(&users.0, "alice:$argon2id$v=19$truncated\n").unwrap();
+    let log = match Proxy::try_start(&["--users", users.arg()]) {
+        Ok(_) => panic!("started with a malformed hash"),
+        Err(log) => log,
+    };
+    assert!(
+        log.contains("line 1") && log.contains("hash-password"),
+        "{log}"
+    );
+}

@@ -215,3 +215,78 @@ fn an_open_listener_without_users_or_client_rules_is_warned_about() {
         .iter()
         .any(|l| l.contains("anyone who can reach it")));
 }
+
+/// A loopback server that answers each connection with the address it
+/// sees the connection come from.
+fn source_reporter() -> Server {
+    Server::start("127.0.0.1:0", |mut s| {
+        let ip = s.peer_addr().unwrap().ip().to_string();
+        let _ = s.write_all(ip.as_bytes());
+    })
+}
+
+/// The source address `target` saw for one tunnel through `proxy`.
+fn seen_source(proxy: &Proxy, target: &Server) -> String {
+    let mut s = proxy.connect(&target.target()).expect("tunnel");
+    String::from_utf8(read_to_end(&mut s)).unwrap()
+}
+
+#[test]
+fn the_egress_source_is_the_address_targets_see() {
+    let target = source_reporter();
+    let proxy = Proxy::start(&["--allow", "127.0.0.0/8", "--egress-source", "127.0.0.2"]);
+    for _ in 0..3 {
+        assert_eq!(seen_source(&proxy, &target), "127.0.0.2");
+    }
+}
+
+#[test]
+fn a_pool_is_spread_at_random_or_kept_sticky() {
+    let target = source_reporter();
+    let pool = ["--egress-source", "127.0.0.2", "--egress-source", "127.0.0.3"];
+    let mut args = vec!["--allow", "127.0.0.0/8"];
+    args.extend(pool);
+    let random = Proxy::start(&args);
+    let seen: std::collections::HashSet<String> =
+        (0..40).map(|_| seen_source(&random, &target)).collect();
+    assert_eq!(seen.len(), 2, "40 random picks used one member: {seen:?}");
+    args.extend(["--egress-source-pick", "sticky"]);
+    let sticky = Proxy::start(&args);
+    let seen: std::collections::HashSet<String> =
+        (0..10).map(|_| seen_source(&sticky, &target)).collect();
+    assert_eq!(seen.len(), 1, "one client address, one member: {seen:?}");
+}
+
+#[test]
+fn a_rule_chooses_its_own_source_and_bad_sources_fail_clearly() {
+    let target = source_reporter();
+    let rules = "[[rule]]\naction = \"allow\"\nto = [\"127.0.0.0/8\"]\nsource = [\"127.0.0.4\"]\n";
+    let (proxy, _file) = proxy_with_rules(rules, &["--egress-source", "127.0.0.2"]);
+    assert_eq!(seen_source(&proxy, &target), "127.0.0.4");
+
+    // Not an address of this host: the bind fails, the reply is 0x01.
+    let proxy = Proxy::start(&["--allow", "127.0.0.0/8", "--egress-source", "192.0.2.55"]);
+    let r = proxy.connect(&target.target());
+    assert!(
+        matches!(r, Err(ClientError::Rejected(ReplyCode::GeneralFailure))),
+        "{r:?}"
+    );
+    proxy.wait_for_log(&["cannot bind the egress source 192.0.2.55"]);
+
+    // An IPv6 target with only an IPv4 source: 0x01, and a line that says
+    // what to add.
+    let echo6 = echo_server("[::1]:0");
+    let args = ["--allow", "::1", "--egress-source", "127.0.0.2"];
+    let proxy = Proxy::start(&args);
+    let r = proxy.connect(&echo6.target());
+    assert!(
+        matches!(r, Err(ClientError::Rejected(ReplyCode::GeneralFailure))),
+        "{r:?}"
+    );
+    proxy.wait_for_log(&["end=egress-source"]);
+    assert!(
+        proxy.log().iter().any(|l| l.contains("no egress source address for IPv6")),
+        "{:?}",
+        proxy.log()
+    );
+}

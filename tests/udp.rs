@@ -374,3 +374,34 @@ fn datagrams_to_denied_destinations_are_dropped_in_every_spelling() {
     drop(control);
     proxy.wait_for_log(&["cmd=udp-associate", "dropped_denied=3", "datagrams_up=1"]);
 }
+
+#[test]
+fn datagrams_leave_from_the_egress_source() {
+    // A UDP target that answers with the address it saw.
+    let target = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target_addr = target.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((_, from)) = target.recv_from(&mut buf) {
+            let _ = target.send_to(from.ip().to_string().as_bytes(), from);
+        }
+    });
+    let proxy = Proxy::start(&["--allow", "127.0.0.0/8", "--egress-source", "127.0.0.2"]);
+    let sock = client_socket("127.0.0.1:0");
+    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let (_, seen) = roundtrip(&sock, relay, &TargetAddr::Ip(target_addr), b"who am i");
+    assert_eq!(seen, b"127.0.0.2");
+}
+
+#[test]
+fn the_advertised_relay_address_is_the_configured_one() {
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&["--udp-advertise", "192.0.2.7"]);
+    let sock = client_socket("127.0.0.1:0");
+    let (_control, advertised) = associate(&proxy, sock.local_addr().unwrap());
+    assert_eq!(advertised.ip().to_string(), "192.0.2.7");
+    // The relay itself listens where the client connected, on that port.
+    let relay = SocketAddr::from(([127, 0, 0, 1], advertised.port()));
+    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"behind NAT");
+    assert_eq!(data, b"behind NAT");
+}

@@ -18,8 +18,9 @@ use serde::Deserialize;
 
 pub use cores::CoreSpec;
 
+use crate::policy::source::{Outbound, SourcePick};
 use crate::policy::Policy;
-pub use users::{UserDb, UsersError};
+pub use users::{hash_password, UserDb, UsersError, Verification};
 
 /// Which relay engine moves a tunnel's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -231,6 +232,29 @@ pub struct Settings {
     #[serde(skip)]
     pub deny: Vec<String>,
 
+    /// Outbound source address for connections and UDP; repeat for a pool
+    /// (IPv4 and IPv6 members serve destinations of their family) [default:
+    /// none, the kernel chooses]
+    #[arg(long, value_name = "IP")]
+    #[serde(default)]
+    pub egress_source: Vec<std::net::IpAddr>,
+
+    /// How a source is picked from a pool: random, or sticky (a hash of the
+    /// user, or of the client address without one) [default: random]
+    #[arg(long, value_name = "HOW")]
+    pub egress_source_pick: Option<crate::policy::source::SourcePick>,
+
+    /// Bind outbound sockets to this network interface (SO_BINDTODEVICE,
+    /// needs CAP_NET_RAW) [default: none]
+    #[arg(long, value_name = "IFACE")]
+    pub egress_interface: Option<String>,
+
+    /// UDP ASSOCIATE: the address the reply gives as BND.ADDR, for a proxy
+    /// behind NAT or a load balancer (the port stays the relay's) [default:
+    /// the address the client connected to]
+    #[arg(long, value_name = "IP")]
+    pub udp_advertise: Option<std::net::IpAddr>,
+
     /// Access rules of the config file (`[[rule]]` tables), evaluated in
     /// order after the flags; see README.md, "Egress policy".
     #[arg(skip)]
@@ -281,9 +305,12 @@ impl Settings {
                 max_udp_targets,
                 log_level,
                 access_log,
-                metrics
+                metrics,
+                egress_source_pick,
+                egress_interface,
+                udp_advertise
             ],
-            [listen, allow, deny, rule]
+            [listen, allow, deny, rule, egress_source]
         )
     }
 }
@@ -292,8 +319,17 @@ impl Settings {
 ///
 /// Durations take a unit: "500ms", "10s", "5m", "1h".
 #[derive(Debug, Parser)]
-#[command(name = "coresocks", version, about, long_about = None)]
+#[command(
+    name = "coresocks",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub tool: Option<Tool>,
+
     /// Read settings from this TOML file (keys as the long flags, e.g.
     /// `idle-timeout = "5m"`); flags given on the command line win
     #[arg(short, long, value_name = "FILE")]
@@ -301,6 +337,14 @@ pub struct Cli {
 
     #[command(flatten)]
     pub settings: Settings,
+}
+
+/// Helpers that run instead of the proxy.
+#[derive(Debug, clap::Subcommand)]
+pub enum Tool {
+    /// Read a password from standard input (one line) and print its
+    /// Argon2id hash, for a users-file line `user:HASH`
+    HashPassword,
 }
 
 /// Where access-log lines go.
@@ -345,6 +389,9 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Who may reach which destination: `--deny`, `--allow`, `[[rule]]`.
     pub policy: Policy,
+    /// Where outbound sockets come from.
+    pub outbound: Outbound,
+    pub udp_advertise: Option<std::net::IpAddr>,
 }
 
 /// Why the configuration cannot be used. Each message names the setting.
@@ -461,8 +508,24 @@ impl Config {
             Some(path) => AccessLog::File(PathBuf::from(path)),
         };
         let policy = Policy::new(&s.deny, &s.allow, &s.rule).map_err(ConfigError::Policy)?;
+        if s.egress_interface
+            .as_deref()
+            .is_some_and(|i| i.is_empty() || i.len() > 15)
+        {
+            return Err(invalid(
+                "egress-interface",
+                "an interface name is 1 to 15 bytes",
+            ));
+        }
+        let outbound = Outbound {
+            sources: s.egress_source.iter().map(|ip| ip.to_canonical()).collect(),
+            pick: s.egress_source_pick.unwrap_or(SourcePick::Random),
+            interface: s.egress_interface,
+        };
         Ok(Config {
             policy,
+            outbound,
+            udp_advertise: s.udp_advertise,
             listen,
             cores: s.cores.unwrap_or_default(),
             backlog: s.backlog.unwrap_or(1024),

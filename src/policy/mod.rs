@@ -17,6 +17,7 @@
 //! after name resolution, with IPv4-mapped IPv6 addresses matched as the
 //! IPv4 address they are.
 
+pub mod source;
 pub mod special;
 
 use std::borrow::Cow;
@@ -62,6 +63,11 @@ pub struct RuleSpec {
     /// access log).
     #[serde(default)]
     pub log: bool,
+    /// Allow rules: the outbound source addresses for what they allow (a
+    /// pool, picked from as --egress-source-pick says), instead of
+    /// --egress-source.
+    #[serde(default)]
+    pub source: Vec<String>,
 }
 
 /// A destination a rule names.
@@ -186,6 +192,9 @@ pub struct Rule {
     to: Vec<Dest>,
     ports: Vec<RangeInclusive<u16>>,
     pub log: bool,
+    /// Outbound source addresses for what this rule allows; empty: the
+    /// global --egress-source pool.
+    pub source: Vec<IpAddr>,
 }
 
 impl Rule {
@@ -204,6 +213,7 @@ impl Rule {
             to: vec![Dest::parse(target).map_err(|e| format!("{flag} {e}"))?],
             ports: Vec::new(),
             log: false,
+            source: Vec::new(),
         })
     }
 
@@ -229,6 +239,16 @@ impl Rule {
         let commands = each(&name, "commands", &spec.commands, parse_command)?;
         let to = each(&name, "to", &spec.to, Dest::parse)?;
         let ports = each(&name, "ports", &spec.ports, parse_port_range)?;
+        let source = each(&name, "source", &spec.source, |a| {
+            a.parse::<IpAddr>()
+                .map(|ip| ip.to_canonical())
+                .map_err(|_| format!("{a:?} is not an IP address"))
+        })?;
+        if !source.is_empty() && spec.action == Action::Deny {
+            return Err(format!(
+                "{name} (source): only an allow rule can choose a source"
+            ));
+        }
         Ok(Rule {
             name,
             action: spec.action,
@@ -238,6 +258,7 @@ impl Rule {
             to,
             ports,
             log: spec.log,
+            source,
         })
     }
 

@@ -56,7 +56,7 @@ async fn accept_incoming(
         }
         TargetAddr::Domain(name, port) => {
             let addrs = resolve::resolve(name, *port, core.config.resolve_timeout).await?;
-            let addrs = super::egress_filter(core, Command::Bind, target, addrs, record)?;
+            let (addrs, _) = super::egress_filter(core, Command::Bind, target, addrs, record)?;
             addrs.first().map(|a| a.ip().to_canonical())
         }
     };

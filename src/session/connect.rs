@@ -59,13 +59,29 @@ async fn connect(
             resolve::resolve(name, *port, core.config.resolve_timeout).await?
         }
     };
-    let addrs = super::egress_filter(core, Command::Connect, target, addrs, record)?;
-    let addrs = resolve::interleave_families(addrs);
-    let first = addrs[0];
+    let (addrs, rule_sources) =
+        super::egress_filter(core, Command::Connect, target, addrs, record)?;
+    // Each address with its source; one of a family the pool lacks is
+    // dropped, and with none left the request fails (0x01).
+    let outbound = &core.config.outbound;
+    let sticky_key = record.user.as_deref().ok_or(record.client.ip());
+    let mut attempts = Vec::with_capacity(addrs.len());
+    let mut no_source = None;
+    for addr in resolve::interleave_families(addrs) {
+        match outbound.source_for(&rule_sources, addr, sticky_key) {
+            Ok(source) => attempts.push((addr, source)),
+            Err(e) => no_source = no_source.or(Some(e)),
+        }
+    }
+    let Some(&(first, _)) = attempts.first() else {
+        let e = no_source.map_or_else(|| "no address".to_owned(), |e| e.to_string());
+        return Err(SessionError::EgressSource(e));
+    };
     let race = Race::new(
-        addrs,
+        attempts,
         core.config.connect_attempt_delay,
         core.events.clone(),
+        outbound.interface.clone(),
     );
     let deadline = async {
         glommio::timer::sleep(core.config.connect_timeout).await;
@@ -92,8 +108,13 @@ type Attempt = Pin<Box<dyn Future<Output = io::Result<TcpStream>>>>;
 /// "soft" error and retransmits the SYN for seconds before giving up, where
 /// the error is the answer. It is cleared once connected (which also purges
 /// the error queue), so a transient ICMP error cannot break a live tunnel.
-async fn connect_one(events: Option<Rc<EventRing>>, addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = crate::sys::connecting_socket(addr)?;
+async fn connect_one(
+    events: Option<Rc<EventRing>>,
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    interface: Option<Rc<str>>,
+) -> io::Result<TcpStream> {
+    let socket = crate::sys::connecting_socket(addr, source, interface.as_deref())?;
     // POLLOUT without POLLERR or POLLHUP means established: a failed
     // connect is always POLLERR | POLLHUP (TCP_CLOSE with an error), and a
     // queued ICMP error is POLLERR. Then the checks below have nothing to
@@ -146,18 +167,26 @@ async fn wait_connect_resolved(ring: &EventRing, socket: &socket2::Socket) -> io
 /// dropped, which cancels them). When every attempt fails, the most telling
 /// error decides the reply.
 struct Race {
-    addrs: Vec<SocketAddr>,
+    /// Each address with the source address to bind (`None`: the kernel's).
+    addrs: Vec<(SocketAddr, Option<std::net::IpAddr>)>,
     next: usize,
     running: Vec<(SocketAddr, Attempt)>,
     attempt_delay: Duration,
     timer: Timer,
     failed: Option<(SocketAddr, SessionError)>,
     events: Option<Rc<EventRing>>,
+    interface: Option<Rc<str>>,
 }
 
 impl Race {
-    fn new(addrs: Vec<SocketAddr>, attempt_delay: Duration, events: Option<Rc<EventRing>>) -> Race {
+    fn new(
+        addrs: Vec<(SocketAddr, Option<std::net::IpAddr>)>,
+        attempt_delay: Duration,
+        events: Option<Rc<EventRing>>,
+        interface: Option<String>,
+    ) -> Race {
         Race {
+            interface: interface.map(Rc::from),
             addrs,
             next: 0,
             running: Vec::with_capacity(2),
@@ -169,10 +198,10 @@ impl Race {
     }
 
     fn start_next(&mut self) {
-        let addr = self.addrs[self.next];
+        let (addr, source) = self.addrs[self.next];
         self.next += 1;
-        self.running
-            .push((addr, Box::pin(connect_one(self.events.clone(), addr))));
+        let attempt = connect_one(self.events.clone(), addr, source, self.interface.clone());
+        self.running.push((addr, Box::pin(attempt)));
         self.timer.reset(self.attempt_delay);
     }
 
@@ -223,7 +252,7 @@ impl Future for Race {
                 }
             } else if this.running.is_empty() {
                 let failed = this.failed.take().unwrap_or_else(|| {
-                    let addr = this.addrs[0];
+                    let (addr, _) = this.addrs[0];
                     (addr, SessionError::ConnectTimeout(addr))
                 });
                 return Poll::Ready(Err(failed));

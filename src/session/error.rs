@@ -34,6 +34,8 @@ pub enum SessionError {
     /// Refused by the egress policy; the message names the rule.
     #[error("{0}")]
     NotAllowed(String),
+    #[error("{0}")]
+    EgressSource(String),
     #[error("BIND: cannot listen: {0}")]
     BindFailed(io::Error),
     #[error("BIND: no connection arrived within the bind timeout")]
@@ -62,9 +64,10 @@ impl SessionError {
             // where we stand; 0x06 (TTL expired) is kept for what it says.
             SessionError::ConnectTimeout(_) => Some(ReplyCode::HostUnreachable),
             SessionError::NotAllowed(_) => Some(ReplyCode::NotAllowed),
-            SessionError::BindFailed(_) | SessionError::BindTimeout | SessionError::UdpSetup(_) => {
-                Some(ReplyCode::GeneralFailure)
-            }
+            SessionError::BindFailed(_)
+            | SessionError::BindTimeout
+            | SessionError::UdpSetup(_)
+            | SessionError::EgressSource(_) => Some(ReplyCode::GeneralFailure),
             // The connection came from a host the request did not allow.
             SessionError::BindWrongPeer(_) => Some(ReplyCode::NotAllowed),
             SessionError::ClientClosed
@@ -91,6 +94,7 @@ impl SessionError {
             SessionError::Connect { .. } => "connect-failed",
             SessionError::ConnectTimeout(_) => "connect-timeout",
             SessionError::NotAllowed(_) => "not-allowed",
+            SessionError::EgressSource(_) => "egress-source",
             SessionError::BindFailed(_) => "bind-failed",
             SessionError::BindTimeout => "bind-timeout",
             SessionError::BindWrongPeer(_) => "bind-wrong-peer",

@@ -26,6 +26,7 @@ pub use access::AccessRecord;
 pub use error::{connect_reply_code, SessionError};
 use reader::MessageReader;
 
+use crate::config::Verification;
 use crate::metrics;
 use crate::policy::Requester;
 use crate::proto::{
@@ -178,15 +179,16 @@ fn requester(record: &AccessRecord, command: Command) -> Requester<'_> {
 }
 
 /// Keeps the addresses of `target` that the egress policy allows, in
-/// their order. With none left the request is refused (reply 0x02), and
-/// the access log names the rule, or `private`, that refused it.
+/// their order, with the source pool of the rule that allowed the first
+/// (empty: the global one). With none left the request is refused (reply
+/// 0x02), and the access log names the rule, or `private`, that refused it.
 fn egress_filter(
     core: &Core,
     command: Command,
     target: &TargetAddr,
     addrs: Vec<SocketAddr>,
     record: &mut AccessRecord,
-) -> Result<Vec<SocketAddr>, SessionError> {
+) -> Result<(Vec<SocketAddr>, Vec<std::net::IpAddr>), SessionError> {
     let domain = match target {
         TargetAddr::Domain(name, _) => Some(name.as_str()),
         TargetAddr::Ip(_) => None,
@@ -195,12 +197,14 @@ fn egress_filter(
     let who = requester(record, command);
     let mut allowed = Vec::with_capacity(addrs.len());
     let mut allowed_by = None;
+    let mut sources = Vec::new();
     let mut refused = None;
     for addr in addrs {
         match policy.check(&who, domain, addr) {
             Ok(rule) => {
                 if allowed.is_empty() {
                     allowed_by = rule.map(|r| r.name.clone());
+                    sources = rule.map(|r| r.source.clone()).unwrap_or_default();
                 }
                 allowed.push(addr);
             }
@@ -210,7 +214,7 @@ fn egress_filter(
     }
     if !allowed.is_empty() {
         record.rule = allowed_by;
-        return Ok(allowed);
+        return Ok((allowed, sources));
     }
     let Some((addr, denial)) = refused else {
         return Err(SessionError::NotAllowed(format!(
@@ -272,7 +276,16 @@ async fn negotiate(
         Err(e) => return Err(e),
     };
     let user = String::from_utf8_lossy(&creds.username).into_owned();
-    if !users.verify(&creds.username, &creds.password) {
+    let ok = match users.verify(&creds.username, &creds.password) {
+        Verification::Decided(ok) => ok,
+        // An Argon2 hash takes tens of milliseconds: off the core.
+        Verification::Slow(check) => {
+            glommio::executor()
+                .spawn_blocking(move || check.run())
+                .await
+        }
+    };
+    if !ok {
         send(client, &UserPassStatus::FAILURE.encode()).await?;
         return Err(SessionError::AuthFailed(user));
     }

@@ -19,6 +19,7 @@ pub(super) async fn serve_udp(
 ) -> Result<(), SessionError> {
     let egress = udp::Egress {
         policy: &core.config.policy,
+        outbound: &core.config.outbound,
         client: record.client.ip().to_canonical(),
         user: auth.user.clone(),
     };
@@ -35,7 +36,13 @@ pub(super) async fn serve_udp(
         .relay_addr()
         .map_err(|e| SessionError::UdpSetup(udp::SetupError::Socket(e)))?;
     record.resolved = Some(relay_addr);
-    reply_success(core, auth, &mut client, relay_addr, record).await?;
+    // Behind NAT or a load balancer the client must be told the address
+    // it can reach; the port is the relay's own.
+    let advertised = match core.config.udp_advertise {
+        Some(ip) => std::net::SocketAddr::new(ip, relay_addr.port()),
+        None => relay_addr,
+    };
+    reply_success(core, auth, &mut client, advertised, record).await?;
     let m = core.metrics();
     metrics::set(&m.udp_associations, core.udp.live() as u64);
     let (report, end) = udp::serve(prepared, client, core.config.udp_idle_timeout, stop).await;

@@ -11,6 +11,7 @@ use glommio::net::{TcpStream, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
+use crate::policy::source::Outbound;
 use crate::policy::{Policy, Requester};
 use crate::proto::{Command, Decoded, ProtoError, TargetAddr, UdpHeader};
 use crate::resolve;
@@ -74,9 +75,11 @@ impl UdpReport {
     }
 }
 
-/// Whose datagrams these are, for the egress policy.
+/// Whose datagrams these are, for the egress policy, and where the
+/// association's outbound sockets come from.
 pub struct Egress<'a> {
     pub policy: &'a Policy,
+    pub outbound: &'a Outbound,
     pub client: IpAddr,
     pub user: Option<String>,
 }
@@ -137,6 +140,34 @@ fn udp_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
     }
     s.set_nonblocking(true)?;
     s.bind(&bind.into())?;
+    into_glommio(s)
+}
+
+/// An outbound socket of one family, on the egress source and interface
+/// (`--egress-source`, `--egress-interface`; no rule's pool: an association
+/// has many destinations). `None` when the pool has no address of this
+/// family, or the family is disabled on the host: datagrams of that family
+/// are then dropped.
+fn outbound_socket(egress: &Egress<'_>, any: SocketAddr) -> Option<UdpSocket> {
+    let key = egress.user.as_deref().ok_or(egress.client);
+    let source = egress.outbound.source_for(&[], any, key).ok()?;
+    let s = Socket::new(Domain::for_address(any), Type::DGRAM, Some(Protocol::UDP)).ok()?;
+    if any.is_ipv6() {
+        s.set_only_v6(true).ok()?;
+    }
+    s.set_nonblocking(true).ok()?;
+    let interface = egress.outbound.interface.as_deref();
+    if let Err(e) = sys::bind_outbound(&s, source, interface) {
+        tracing::warn!("udp: {e}");
+        return None;
+    }
+    if source.is_none() {
+        s.bind(&any.into()).ok()?;
+    }
+    into_glommio(s).ok()
+}
+
+fn into_glommio(s: Socket) -> io::Result<UdpSocket> {
     // SAFETY: the fd is a fresh UDP socket whose ownership moves to glommio.
     Ok(unsafe { UdpSocket::from_raw_fd(s.into_raw_fd()) })
 }
@@ -429,9 +460,8 @@ pub fn prepare<'a>(
         udp_socket(SocketAddr::new(local.ip().to_canonical(), 0)).map_err(SetupError::Socket)?;
     let any4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
     let any6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
-    let out_v4 = udp_socket(any4).ok();
-    // IPv6 may be disabled on the host: then IPv6 targets are dropped.
-    let out_v6 = udp_socket(any6).ok();
+    let out_v4 = outbound_socket(&egress, any4);
+    let out_v6 = outbound_socket(&egress, any6);
     if out_v4.is_none() && out_v6.is_none() {
         return Err(SetupError::Socket(io::Error::other(
             "no outbound UDP socket",
