@@ -52,6 +52,9 @@ pub struct CoreMetrics {
     /// Requests refused by the egress policy, by
     /// [`crate::policy::Denial::metrics_index`].
     pub denied: [AtomicU64; 2],
+    /// Requests refused by a per-user or per-client quota, by
+    /// [`crate::session::quota::QUOTA_REASONS`].
+    pub quota_refusals: [AtomicU64; 4],
     /// UDP datagrams the egress policy dropped (also in `dropped`).
     pub udp_datagrams_denied: AtomicU64,
 }
@@ -254,6 +257,13 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
         "reason",
         &reasons,
         &|m| &m.handshakes_shed,
+    );
+    labelled(
+        "quota_refusals_total",
+        "Requests refused by a per-user or per-client quota: tunnels held (0x02) or new tunnels per second (0x01).",
+        "reason",
+        &crate::session::quota::QUOTA_REASONS,
+        &|m| &m.quota_refusals,
     );
     labelled(
         "requests_denied_total",

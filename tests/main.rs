@@ -14,6 +14,7 @@ mod errors;
 mod lifecycle;
 mod netns;
 mod policy;
+mod quota;
 mod relay;
 mod third_party;
 mod udp;

@@ -243,7 +243,12 @@ fn the_egress_source_is_the_address_targets_see() {
 #[test]
 fn a_pool_is_spread_at_random_or_kept_sticky() {
     let target = source_reporter();
-    let pool = ["--egress-source", "127.0.0.2", "--egress-source", "127.0.0.3"];
+    let pool = [
+        "--egress-source",
+        "127.0.0.2",
+        "--egress-source",
+        "127.0.0.3",
+    ];
     let mut args = vec!["--allow", "127.0.0.0/8"];
     args.extend(pool);
     let random = Proxy::start(&args);
@@ -285,7 +290,10 @@ fn a_rule_chooses_its_own_source_and_bad_sources_fail_clearly() {
     );
     proxy.wait_for_log(&["end=egress-source"]);
     assert!(
-        proxy.log().iter().any(|l| l.contains("no egress source address for IPv6")),
+        proxy
+            .log()
+            .iter()
+            .any(|l| l.contains("no egress source address for IPv6")),
         "{:?}",
         proxy.log()
     );

@@ -20,6 +20,7 @@ pub use cores::CoreSpec;
 
 use crate::policy::source::{Outbound, SourcePick};
 use crate::policy::Policy;
+use crate::session::quota::QuotaConfig;
 pub use users::{hash_password, UserDb, UsersError, Verification};
 
 /// Which relay engine moves a tunnel's bytes.
@@ -232,6 +233,28 @@ pub struct Settings {
     #[serde(skip)]
     pub deny: Vec<String>,
 
+    /// Most tunnels (CONNECT, BIND, UDP ASSOCIATE) one authenticated user
+    /// holds at once; more are answered 0x02. Each core enforces its share
+    /// (the limit over the cores, rounded up) [default: none]
+    #[arg(long, value_name = "N")]
+    pub max_tunnels_per_user: Option<u32>,
+
+    /// Most tunnels one client IP address holds at once (0x02 past it),
+    /// enforced per core as above [default: none]
+    #[arg(long, value_name = "N")]
+    pub max_tunnels_per_client: Option<u32>,
+
+    /// Most new tunnels per second for one authenticated user (a token
+    /// bucket holding one second's worth); faster requests are answered
+    /// 0x01 [default: none]
+    #[arg(long, value_name = "N")]
+    pub tunnel_rate_per_user: Option<u32>,
+
+    /// Most new tunnels per second from one client IP address (0x01 past
+    /// it) [default: none]
+    #[arg(long, value_name = "N")]
+    pub tunnel_rate_per_client: Option<u32>,
+
     /// Outbound source address for connections and UDP; repeat for a pool
     /// (IPv4 and IPv6 members serve destinations of their family) [default:
     /// none, the kernel chooses]
@@ -308,7 +331,11 @@ impl Settings {
                 metrics,
                 egress_source_pick,
                 egress_interface,
-                udp_advertise
+                udp_advertise,
+                max_tunnels_per_user,
+                max_tunnels_per_client,
+                tunnel_rate_per_user,
+                tunnel_rate_per_client
             ],
             [listen, allow, deny, rule, egress_source]
         )
@@ -392,6 +419,7 @@ pub struct Config {
     /// Where outbound sockets come from.
     pub outbound: Outbound,
     pub udp_advertise: Option<std::net::IpAddr>,
+    pub quotas: QuotaConfig,
 }
 
 /// Why the configuration cannot be used. Each message names the setting.
@@ -522,7 +550,24 @@ impl Config {
             pick: s.egress_source_pick.unwrap_or(SourcePick::Random),
             interface: s.egress_interface,
         };
+        for (setting, v) in [
+            ("max-tunnels-per-user", s.max_tunnels_per_user),
+            ("max-tunnels-per-client", s.max_tunnels_per_client),
+            ("tunnel-rate-per-user", s.tunnel_rate_per_user),
+            ("tunnel-rate-per-client", s.tunnel_rate_per_client),
+        ] {
+            if v == Some(0) {
+                return Err(invalid(setting, "must be at least 1"));
+            }
+        }
+        let quotas = QuotaConfig {
+            tunnels_per_user: s.max_tunnels_per_user,
+            tunnels_per_client: s.max_tunnels_per_client,
+            rate_per_user: s.tunnel_rate_per_user,
+            rate_per_client: s.tunnel_rate_per_client,
+        };
         Ok(Config {
+            quotas,
             policy,
             outbound,
             udp_advertise: s.udp_advertise,

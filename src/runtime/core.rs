@@ -30,6 +30,8 @@ pub struct Core {
     pub relay: Relay,
     pub udp: UdpTable,
     pub admission: Rc<Admission>,
+    /// Per-user and per-client tunnel quotas, this core's share.
+    pub quotas: Rc<crate::session::quota::Quotas>,
     /// This core's own io_uring for readiness waits; `None` when turned
     /// off or the kernel refused it (connects then wait through glommio).
     pub events: Option<Rc<EventRing>>,
@@ -73,6 +75,7 @@ impl Core {
             relay: Relay::new(&config, limits.pipes_per_core),
             udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
             admission: Admission::new(limits.budgets),
+            quotas: crate::session::quota::Quotas::new(config.quotas, all_metrics.len()),
             config,
             all_metrics,
         }

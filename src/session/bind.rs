@@ -26,6 +26,7 @@ pub(super) async fn serve_bind(
             client,
             target: incoming,
             early,
+            quota: None,
         }),
         Err(e) => {
             reply_error(core, auth, &mut client, &e, record).await;

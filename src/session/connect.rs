@@ -43,6 +43,7 @@ pub(super) async fn serve_connect(
         client,
         target: upstream,
         early,
+        quota: None,
     })
 }
 

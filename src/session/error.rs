@@ -36,6 +36,12 @@ pub enum SessionError {
     NotAllowed(String),
     #[error("{0}")]
     EgressSource(String),
+    /// A per-user or per-client tunnel limit is reached.
+    #[error("{0}")]
+    OverLimit(String),
+    /// A per-user or per-client new-tunnel rate is exceeded.
+    #[error("{0}")]
+    RateLimited(String),
     #[error("BIND: cannot listen: {0}")]
     BindFailed(io::Error),
     #[error("BIND: no connection arrived within the bind timeout")]
@@ -63,11 +69,12 @@ impl SessionError {
             // A target that does not answer in time is unreachable from
             // where we stand; 0x06 (TTL expired) is kept for what it says.
             SessionError::ConnectTimeout(_) => Some(ReplyCode::HostUnreachable),
-            SessionError::NotAllowed(_) => Some(ReplyCode::NotAllowed),
+            SessionError::NotAllowed(_) | SessionError::OverLimit(_) => Some(ReplyCode::NotAllowed),
             SessionError::BindFailed(_)
             | SessionError::BindTimeout
             | SessionError::UdpSetup(_)
-            | SessionError::EgressSource(_) => Some(ReplyCode::GeneralFailure),
+            | SessionError::EgressSource(_)
+            | SessionError::RateLimited(_) => Some(ReplyCode::GeneralFailure),
             // The connection came from a host the request did not allow.
             SessionError::BindWrongPeer(_) => Some(ReplyCode::NotAllowed),
             SessionError::ClientClosed
@@ -95,6 +102,8 @@ impl SessionError {
             SessionError::ConnectTimeout(_) => "connect-timeout",
             SessionError::NotAllowed(_) => "not-allowed",
             SessionError::EgressSource(_) => "egress-source",
+            SessionError::OverLimit(_) => "over-limit",
+            SessionError::RateLimited(_) => "rate-limited",
             SessionError::BindFailed(_) => "bind-failed",
             SessionError::BindTimeout => "bind-timeout",
             SessionError::BindWrongPeer(_) => "bind-wrong-peer",

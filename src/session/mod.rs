@@ -11,6 +11,7 @@ mod access;
 mod bind;
 mod connect;
 mod error;
+pub mod quota;
 mod reader;
 mod udp;
 
@@ -47,6 +48,9 @@ pub struct Established {
     target: TcpStream,
     /// Client bytes that arrived with the request, for the target.
     early: Vec<u8>,
+    /// The tunnel's place in the per-user and per-client quotas, held
+    /// until the relay ends.
+    quota: Option<quota::QuotaLease>,
 }
 
 /// Serves one accepted client to the end and writes its access-log line.
@@ -128,26 +132,40 @@ async fn establish(
     };
     record.command = Some(request.command);
     record.target = Some(request.target.clone());
+    let client_ip = record.client.ip().to_canonical();
+    let lease = match core.quotas.acquire(auth.user.as_deref(), client_ip) {
+        Ok(lease) => lease,
+        Err((e, reason)) => {
+            metrics::add(&core.metrics().quota_refusals[reason], 1);
+            reply_error(core, &auth, &mut client, &e, record).await;
+            return Err(e);
+        }
+    };
+    let with_quota = |mut t: Established| {
+        t.quota = Some(lease);
+        Some(t)
+    };
     match request.command {
         Command::Connect => {
             let early = reader.leftover().to_vec();
             drop(reader);
             connect::serve_connect(core, &auth, client, request.target, early, record)
                 .await
-                .map(Some)
+                .map(with_quota)
         }
         Command::Bind => {
             let early = reader.leftover().to_vec();
             drop(reader);
             bind::serve_bind(core, &auth, client, request.target, early, record)
                 .await
-                .map(Some)
+                .map(with_quota)
         }
         Command::UdpAssociate => {
             drop(reader);
-            udp::serve_udp(core, &auth, client, request.target, record, &ticket.stop)
-                .await
-                .map(|()| None)
+            let served =
+                udp::serve_udp(core, &auth, client, request.target, record, &ticket.stop).await;
+            drop(with_quota);
+            served.map(|()| None)
         }
     }
 }
