@@ -201,7 +201,7 @@ fn the_end_of_the_shutdown_grace_resets_both_sides_and_logs_the_cut() {
         std::io::ErrorKind::ConnectionReset,
         "the target is reset too"
     );
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(proxy.wait_exit(IO_TIMEOUT), Some(0));
     let line = proxy.wait_for_log(&["end=shutdown-cut", "cmd=connect"]);
     let down: u64 = line
         .split(" down=")
@@ -228,7 +228,7 @@ fn the_end_of_the_shutdown_grace_cuts_stalled_handshakes_and_udp_too() {
     )
     .unwrap();
     proxy.signal(libc::SIGINT);
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(proxy.wait_exit(IO_TIMEOUT), Some(0));
     let mut b = [0u8; 1];
     assert_eq!(
         stalled.read(&mut b).unwrap_err().kind(),

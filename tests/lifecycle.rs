@@ -34,7 +34,7 @@ fn shutdown_drains_an_open_tunnel_then_exits_0() {
     }
     echo_once(&mut tunnel, b"during shutdown");
     drop(tunnel);
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(proxy.wait_exit(IO_TIMEOUT), Some(0));
     assert!(proxy.log().iter().any(|l| l.contains("end=closed")));
 }
 
@@ -46,7 +46,7 @@ fn shutdown_closes_what_is_left_after_the_grace_period() {
     echo_once(&mut tunnel, b"x");
     let started = Instant::now();
     proxy.signal(libc::SIGINT);
-    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(proxy.wait_exit(IO_TIMEOUT), Some(0));
     assert!(started.elapsed() >= Duration::from_millis(900));
     proxy.wait_for_log(&["grace period over"]);
     assert!(closed_without_data(&mut tunnel));
