@@ -81,7 +81,7 @@ fn no_reply(sock: &UdpSocket) -> bool {
         .unwrap();
     let mut buf = [0u8; 2048];
     let r = sock.recv_from(&mut buf).is_err();
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     r
 }
 
