@@ -92,7 +92,15 @@ pub fn connecting_socket(
         Some(Protocol::TCP),
     )?;
     set_recverr(std::os::fd::AsFd::as_fd(&socket), addr, true)?;
-    bind_outbound(&socket, source, interface)?;
+    bind_device(&socket, interface)?;
+    if let Some(ip) = source {
+        // An IPv4 source for an IPv6 socket: a mapped destination.
+        let ip = match (ip, addr.is_ipv6()) {
+            (std::net::IpAddr::V4(v4), true) => std::net::IpAddr::V6(v4.to_ipv6_mapped()),
+            _ => ip,
+        };
+        bind_source(&socket, std::net::SocketAddr::new(ip, 0), true)?;
+    }
     match socket.connect(&addr.into()) {
         Ok(()) => Ok(socket),
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(socket),
@@ -100,24 +108,26 @@ pub fn connecting_socket(
     }
 }
 
-/// Puts an outbound socket on its interface and source address. The port
-/// is left to connect(2) (IP_BIND_ADDRESS_NO_PORT), so that binding the
-/// address does not reserve a port per socket and a pool of sources does
-/// not run out of ports before the kernel's (address, port) tuples do.
-pub fn bind_outbound(
-    socket: &socket2::Socket,
-    source: Option<std::net::IpAddr>,
-    interface: Option<&str>,
-) -> io::Result<()> {
-    if let Some(name) = interface {
-        socket.bind_device(Some(name.as_bytes())).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot bind to interface {name}: {e}"))
-        })?;
-    }
-    let Some(ip) = source else {
+/// SO_BINDTODEVICE for an outbound socket (`--egress-interface`).
+pub fn bind_device(socket: &socket2::Socket, interface: Option<&str>) -> io::Result<()> {
+    let Some(name) = interface else {
         return Ok(());
     };
-    if socket.r#type()? == socket2::Type::STREAM {
+    socket
+        .bind_device(Some(name.as_bytes()))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind to interface {name}: {e}")))
+}
+
+/// Binds an outbound socket to its source address. With `no_port` (TCP)
+/// the port is left to connect(2) (IP_BIND_ADDRESS_NO_PORT), so binding the
+/// address reserves no port per socket and a pool of sources does not run
+/// out of ports before the kernel's (address, port) tuples do.
+pub fn bind_source(
+    socket: &socket2::Socket,
+    source: std::net::SocketAddr,
+    no_port: bool,
+) -> io::Result<()> {
+    if no_port {
         let on: libc::c_int = 1;
         // SAFETY: setsockopt reads one c_int from a live local.
         unsafe {
@@ -130,15 +140,9 @@ pub fn bind_outbound(
             )
         };
     }
-    let ip = match (ip, socket.domain()?) {
-        // An IPv4 source for an IPv6 socket (a mapped destination).
-        (std::net::IpAddr::V4(v4), d) if d == socket2::Domain::IPV6 => {
-            std::net::IpAddr::V6(v4.to_ipv6_mapped())
-        }
-        _ => ip,
-    };
+    let ip = source.ip();
     socket
-        .bind(&std::net::SocketAddr::new(ip, 0).into())
+        .bind(&source.into())
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the egress source {ip}: {e}")))
 }
 

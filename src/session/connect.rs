@@ -69,7 +69,7 @@ async fn connect(
     let mut attempts = Vec::with_capacity(addrs.len());
     let mut no_source = None;
     for addr in resolve::interleave_families(addrs) {
-        match outbound.source_for(&rule_sources, addr, sticky_key) {
+        match outbound.source_for(rule_sources, addr, sticky_key) {
             Ok(source) => attempts.push((addr, source)),
             Err(e) => no_source = no_source.or(Some(e)),
         }

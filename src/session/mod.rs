@@ -200,39 +200,36 @@ fn requester(record: &AccessRecord, command: Command) -> Requester<'_> {
 /// their order, with the source pool of the rule that allowed the first
 /// (empty: the global one). With none left the request is refused (reply
 /// 0x02), and the access log names the rule, or `private`, that refused it.
-fn egress_filter(
-    core: &Core,
+fn egress_filter<'c>(
+    core: &'c Core,
     command: Command,
     target: &TargetAddr,
-    addrs: Vec<SocketAddr>,
+    mut addrs: Vec<SocketAddr>,
     record: &mut AccessRecord,
-) -> Result<(Vec<SocketAddr>, Vec<std::net::IpAddr>), SessionError> {
+) -> Result<(Vec<SocketAddr>, &'c [std::net::IpAddr]), SessionError> {
     let domain = match target {
         TargetAddr::Domain(name, _) => Some(name.as_str()),
         TargetAddr::Ip(_) => None,
     };
     let policy = &core.config.policy;
     let who = requester(record, command);
-    let mut allowed = Vec::with_capacity(addrs.len());
+    // The decision for the first allowed address (and its rule, if one
+    // decided), and the first denial.
     let mut allowed_by = None;
-    let mut sources = Vec::new();
     let mut refused = None;
-    for addr in addrs {
-        match policy.check(&who, domain, addr) {
-            Ok(rule) => {
-                if allowed.is_empty() {
-                    allowed_by = rule.map(|r| r.name.clone());
-                    sources = rule.map(|r| r.source.clone()).unwrap_or_default();
-                }
-                allowed.push(addr);
-            }
-            Err(denial) if refused.is_none() => refused = Some((addr, denial)),
-            Err(_) => {}
+    addrs.retain(|&addr| match policy.check(&who, domain, addr) {
+        Ok(rule) => {
+            allowed_by.get_or_insert(rule);
+            true
         }
-    }
-    if !allowed.is_empty() {
-        record.rule = allowed_by;
-        return Ok((allowed, sources));
+        Err(denial) => {
+            refused.get_or_insert((addr, denial));
+            false
+        }
+    });
+    if let Some(rule) = allowed_by {
+        record.rule = rule.map(|r| r.name.clone());
+        return Ok((addrs, rule.map_or(&[][..], |r| r.source.as_slice())));
     }
     let Some((addr, denial)) = refused else {
         return Err(SessionError::NotAllowed(format!(

@@ -133,12 +133,19 @@ struct Association<'a> {
     report: RefCell<UdpReport>,
 }
 
-fn udp_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
-    let s = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
-    if bind.is_ipv6() {
+/// A non-blocking UDP socket of `addr`'s family, not yet bound (IPv6 ones
+/// take IPv6 only).
+fn unbound_udp(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
     s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+fn udp_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
+    let s = unbound_udp(bind)?;
     s.bind(&bind.into())?;
     into_glommio(s)
 }
@@ -151,18 +158,17 @@ fn udp_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
 fn outbound_socket(egress: &Egress<'_>, any: SocketAddr) -> Option<UdpSocket> {
     let key = egress.user.as_deref().ok_or(egress.client);
     let source = egress.outbound.source_for(&[], any, key).ok()?;
-    let s = Socket::new(Domain::for_address(any), Type::DGRAM, Some(Protocol::UDP)).ok()?;
-    if any.is_ipv6() {
-        s.set_only_v6(true).ok()?;
-    }
-    s.set_nonblocking(true).ok()?;
-    let interface = egress.outbound.interface.as_deref();
-    if let Err(e) = sys::bind_outbound(&s, source, interface) {
-        tracing::warn!("udp: {e}");
+    let s = unbound_udp(any).ok()?;
+    let bind = SocketAddr::new(source.unwrap_or(any.ip()), 0);
+    let bound = sys::bind_device(&s, egress.outbound.interface.as_deref())
+        .and_then(|()| sys::bind_source(&s, bind, false));
+    if let Err(e) = bound {
+        // Without a configured source or interface this is a family the
+        // host has turned off (IPv6, often): nothing to warn about.
+        if source.is_some() || egress.outbound.interface.is_some() {
+            tracing::warn!("udp: {e}");
+        }
         return None;
-    }
-    if source.is_none() {
-        s.bind(&any.into()).ok()?;
     }
     into_glommio(s).ok()
 }
@@ -210,25 +216,24 @@ impl Association<'_> {
         self.egress.policy.check(&who, domain, target).is_ok()
     }
 
-    /// Sends one payload to a target the egress policy allows. An address
-    /// already sent to was allowed then, without a name: it is not judged
-    /// again. A name is judged each time, with the port it comes with.
-    fn send_checked(&self, domain: Option<&str>, target: SocketAddr, payload: &[u8]) {
+    /// Sends one payload to a target the egress policy allows, within the
+    /// per-association limit of distinct targets; failures drop the
+    /// datagram, as UDP may. An address already in the target set was
+    /// allowed when it entered, so an IP datagram to it is not judged again
+    /// (one set lookup per datagram); a name is judged each time, with the
+    /// port it comes with. A denied target never enters the set, so its
+    /// replies count as unsolicited.
+    fn send_to_target(&self, domain: Option<&str>, target: SocketAddr, payload: &[u8]) {
         let target = SocketAddr::new(target.ip().to_canonical(), target.port());
-        let known = domain.is_none() && self.targets.borrow().contains(&target);
-        if !known && !self.allowed(domain, target) {
-            self.count(|r| r.dropped_denied += 1);
-            return;
-        }
-        self.send_to_target(target, payload);
-    }
-
-    /// Sends one payload to a target, within the per-association limit of
-    /// distinct targets. Failures drop the datagram, as UDP may.
-    fn send_to_target(&self, target: SocketAddr, payload: &[u8]) {
         {
             let mut targets = self.targets.borrow_mut();
-            if !targets.contains(&target) {
+            let new = !targets.contains(&target);
+            if (new || domain.is_some()) && !self.allowed(domain, target) {
+                drop(targets);
+                self.count(|r| r.dropped_denied += 1);
+                return;
+            }
+            if new {
                 if targets.len() >= self.table.max_targets {
                     drop(targets);
                     self.count(|r| r.dropped_other += 1);
@@ -279,7 +284,7 @@ impl Association<'_> {
                         if self.names.borrow().len() < self.table.max_targets {
                             self.names.borrow_mut().insert(name.clone(), addr);
                         }
-                        self.send_checked(Some(&name), addr, &payload);
+                        self.send_to_target(Some(&name), addr, &payload);
                     }
                     Err(e) => {
                         tracing::debug!("udp: {e}");
@@ -326,17 +331,17 @@ impl Association<'_> {
             }
             let payload = &datagram[len..];
             match header.target {
-                TargetAddr::Ip(sa) => self.send_checked(None, sa, payload),
+                TargetAddr::Ip(sa) => self.send_to_target(None, sa, payload),
                 TargetAddr::Domain(name, port) => {
                     // An address written as a name is judged as the address.
                     if let Some(ip) = resolve::ip_literal(&name) {
-                        self.send_checked(None, SocketAddr::new(ip, port), payload);
+                        self.send_to_target(None, SocketAddr::new(ip, port), payload);
                         continue;
                     }
                     let cached = self.names.borrow().get(&name).copied();
                     match cached {
                         Some(a) => {
-                            self.send_checked(Some(&name), SocketAddr::new(a.ip(), port), payload)
+                            self.send_to_target(Some(&name), SocketAddr::new(a.ip(), port), payload)
                         }
                         None => return Ok(Some((name, port, payload.to_vec()))),
                     }
