@@ -9,7 +9,9 @@
 #   benches/hot-path.sh
 #
 # Env: ROUNDS (3), DURATION (5s), PROXY_CPU (1), LOAD_CPU (0), OUT
-#      (bench-out), RATE (ping-pong requests/s, 20000), UDP_RATE (20000).
+#      (bench-out), RATE (ping-pong requests/s, 20000), UDP_RATE (20000),
+#      BASELINE=/path/to/old/coresocks (another build: a column of its own
+#      and a row in the IPI table).
 # Needs perf (Debian linux-perf) for the IPI column; skipped without it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,21 +28,30 @@ echo "## reschedule IPIs on CPU $PROXY_CPU during 64-byte ping-pong at $RATE/s (
 echo "| proxy | IPIs | IPIs/s |"
 echo "|---|---:|---:|"
 secs=${DURATION%s}
-for variant in "default:" "ring-off:--event-ring off"; do
-  name=${variant%%:*}
-  port=$(free_port)
-  # shellcheck disable=SC2086 # the flags are meant to split
-  taskset -c "$PROXY_CPU" "$bin/coresocks" --listen "127.0.0.1:$port" --cores 1 --allow 127.0.0.0/8 \
-    --access-log off --log-level warn ${variant#*:} 2>/dev/null &
-  pid=$!
-  sleep 0.5
-  taskset -c "$LOAD_CPU" "$bin/loadgen" latency --proxy "127.0.0.1:$port" \
+# Counts the IPIs on the proxy's CPU while loadgen runs ping-pong through
+# `path` (--direct, or --proxy ADDR).
+count_ipis() { # label path...
+  local label=$1 load ipis
+  shift
+  taskset -c "$LOAD_CPU" "$bin/loadgen" latency "$@" \
     --connections 8 --size 64 --rate "$RATE" --warmup 1s --duration "$DURATION" >/dev/null &
   load=$!
   sleep 1.2
   ipis=$(perf stat -x, -e irq_vectors:reschedule_entry -C "$PROXY_CPU" sleep "$((secs - 1))" 2>&1 |
     awk -F, '/reschedule_entry/{print $1}')
   wait "$load"
+  echo "| $label | $ipis | $((ipis / (secs - 1))) |"
+}
+count_ipis "direct (nothing on CPU $PROXY_CPU)" --direct
+variants=("default:$bin/coresocks --allow 127.0.0.0/8" "ring-off:$bin/coresocks --allow 127.0.0.0/8 --event-ring off")
+[ -n "${BASELINE:-}" ] && variants+=("baseline:$BASELINE")
+for variant in "${variants[@]}"; do
+  port=$(free_port)
+  # shellcheck disable=SC2086 # the command and its flags are meant to split
+  taskset -c "$PROXY_CPU" ${variant#*:} --listen "127.0.0.1:$port" --cores 1 \
+    --access-log off --log-level warn 2>/dev/null &
+  pid=$!
+  sleep 0.5
+  count_ipis "coresocks ${variant%%:*}" --proxy "127.0.0.1:$port"
   kill -INT "$pid"; wait "$pid" || true
-  echo "| coresocks $name | $ipis | $((ipis / (secs - 1))) |"
 done

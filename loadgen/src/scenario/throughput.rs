@@ -46,6 +46,9 @@ pub struct ThroughputResult {
     /// closes both ways at the first FIN): their up bytes stop at the last
     /// acknowledgement seen.
     pub streams_without_final_ack: u64,
+    /// How late the latest tunnel began past the common start: a machine
+    /// too loaded to run loadgen on time shows here, not as a slow proxy.
+    pub start_late_s: f64,
     pub per_stream: Vec<StreamResult>,
 }
 
@@ -74,6 +77,7 @@ struct StreamOutcome {
     seconds_up: f64,
     bytes_down: u64,
     final_ack: bool,
+    start_late_s: f64,
     failure: Option<Failure>,
 }
 
@@ -97,6 +101,7 @@ pub fn run(
     let bytes_up: u64 = streams.iter().map(|s| s.bytes_up).sum();
     let bytes_down: u64 = streams.iter().map(|s| s.bytes_down).sum();
     let seconds_up = streams.iter().map(|s| s.seconds_up).fold(0.0, f64::max);
+    let start_late_s = streams.iter().map(|s| s.start_late_s).fold(0.0, f64::max);
     let gbit = |bytes: u64, secs: f64| {
         if secs > 0.0 {
             bytes as f64 * 8.0 / secs / 1e9
@@ -146,9 +151,15 @@ pub fn run(
         gbit_s_per_stream_min: rates.iter().copied().reduce(f64::min).unwrap_or(0.0),
         gbit_s_per_stream_max: rates.iter().copied().fold(0.0, f64::max),
         streams_without_final_ack: without_final,
+        start_late_s,
         per_stream,
     };
     let mut notes = Vec::new();
+    if start_late_s > duration / 10.0 {
+        notes.push(format!(
+            "loadgen began {start_late_s:.3} s after the common start of a {duration} s window: this machine is too loaded to judge the path"
+        ));
+    }
     if without_final > 0 {
         notes.push(format!(
             "{without_final} tunnel(s) closed before the target's final count arrived: the proxy may not relay half-closed tunnels; their up bytes stop at the last acknowledgement"
@@ -252,6 +263,9 @@ async fn run_stream(
     let (rd, wr) = split(stream);
     let seen = Seen::default();
     sleep_until(w.start).await;
+    let start_late_s = Instant::now()
+        .saturating_duration_since(w.start)
+        .as_secs_f64();
     let work = async {
         let (sent, read) = futures_lite::future::zip(
             write_side(wr, direction, &buf, w, fd),
@@ -281,6 +295,7 @@ async fn run_stream(
         seconds_up,
         bytes_down: seen.down.get(),
         final_ack: seen.final_ack.get(),
+        start_late_s,
         failure,
     }
 }
@@ -302,9 +317,14 @@ async fn write_side(
     if direction == Direction::Down {
         sleep_until(w.t1).await;
     } else {
-        while Instant::now() < w.t1 {
+        // At least one write, however late this task runs: a run that
+        // moved nothing up measures nothing.
+        loop {
             wr.write(buf).await.map_err(io)?;
             net::fair_share().await;
+            if Instant::now() >= w.t1 {
+                break;
+            }
         }
     }
     // FIN: the target sends its final count (up) or stops sending (down).
