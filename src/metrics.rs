@@ -57,6 +57,10 @@ pub struct CoreMetrics {
     pub quota_refusals: [AtomicU64; 4],
     /// UDP datagrams the egress policy dropped (also in `dropped`).
     pub udp_datagrams_denied: AtomicU64,
+    /// Times a tunnel direction waited for its bandwidth limit.
+    pub bandwidth_waits: AtomicU64,
+    /// UDP datagrams dropped for a bandwidth limit (also in `dropped`).
+    pub udp_datagrams_over_bandwidth: AtomicU64,
 }
 
 /// Sets a gauge that only the calling core writes.
@@ -107,7 +111,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             .map(|(m, id)| (format!("core=\"{id}\""), f(m)))
             .collect()
     };
-    let simple: [Family<'_>; 17] = [
+    let simple: [Family<'_>; 19] = [
         (
             "connections_accepted_total",
             "counter",
@@ -213,6 +217,18 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             "counter",
             "UDP datagrams dropped because the egress policy denies their destination (finished associations).",
             &|m| m.udp_datagrams_denied.load(Relaxed),
+        ),
+        (
+            "bandwidth_waits_total",
+            "counter",
+            "Times a tunnel direction waited for its user's or client's bandwidth limit (finished tunnels).",
+            &|m| m.bandwidth_waits.load(Relaxed),
+        ),
+        (
+            "udp_datagrams_over_bandwidth_total",
+            "counter",
+            "UDP datagrams dropped because their user or client was over its bandwidth limit (finished associations).",
+            &|m| m.udp_datagrams_over_bandwidth.load(Relaxed),
         ),
     ];
     for (name, kind, help, f) in simple {

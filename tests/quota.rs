@@ -113,3 +113,89 @@ fn new_tunnels_per_client_are_rate_limited_with_0x01() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Sends `len` patterned bytes through `tunnel` to the echo, reads them
+/// back, checks them, and returns how long it took.
+fn echo_through(mut tunnel: std::net::TcpStream, len: usize) -> std::time::Duration {
+    use std::io::{Read, Write};
+    let data = pattern(len, 7);
+    let started = std::time::Instant::now();
+    let mut writer = tunnel.try_clone().unwrap();
+    let sent = data.clone();
+    let send = std::thread::spawn(move || {
+        writer.write_all(&sent).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::with_capacity(len);
+    tunnel.read_to_end(&mut back).unwrap();
+    send.join().unwrap();
+    assert_eq!(sha256(&back), sha256(&data), "the echo came back intact");
+    started.elapsed()
+}
+
+#[test]
+fn bandwidth_per_client_meters_each_direction() {
+    let echo = echo_server("127.0.0.1:0");
+    let (proxy, metrics) =
+        Proxy::start_with_metrics(&["--cores", "1", "--bandwidth-per-client", "1MB"]);
+    // 1.5 MB each way at 1 MB/s: the bucket's burst (50 ms of the rate
+    // plus 16 KiB) covers a small part; the rest takes over a second. A
+    // lower bound only: a slow machine can only take longer.
+    let took = echo_through(proxy.connect(&echo.target()).unwrap(), 1_500_000);
+    assert!(
+        took >= std::time::Duration::from_millis(1_300),
+        "1.5 MB crossed a 1 MB/s limit in {took:?}"
+    );
+    proxy.wait_for_log(&["up=1500000", "down=1500000"]);
+    let body = scrape(&metrics);
+    assert!(metric_sum(&body, "coresocks_bandwidth_waits_total", &[]) > 0);
+    proxy.assert_serves(&echo);
+}
+
+#[test]
+fn bandwidth_per_user_is_the_users_own() {
+    let echo = echo_server("127.0.0.1:0");
+    let users = TempPath::new("bandwidth-users");
+    std::fs::write(&users.0, "alice:a\nbob:b\n").unwrap();
+    std::fs::set_permissions(&users.0, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (proxy, metrics) = Proxy::start_with_metrics(&[
+        "--cores",
+        "1",
+        "--users",
+        users.arg(),
+        "--bandwidth-per-user",
+        "4Mbit",
+    ]);
+    // 4 Mbit/s is 500 kB/s: 600 kB each way takes over a second.
+    let alice = proxy
+        .connect_as(&echo.target(), Some(&creds("alice", "a")))
+        .unwrap();
+    let took = echo_through(alice, 600_000);
+    assert!(
+        took >= std::time::Duration::from_millis(1_000),
+        "600 kB crossed a 500 kB/s limit in {took:?}"
+    );
+    proxy.wait_for_log(&["user=alice", "up=600000"]);
+    let waits = metric_sum(&scrape(&metrics), "coresocks_bandwidth_waits_total", &[]);
+    assert!(waits > 0);
+    // Bob's bucket is his own, full: a small transfer waits for nothing.
+    let bob = proxy
+        .connect_as(&echo.target(), Some(&creds("bob", "b")))
+        .unwrap();
+    echo_through(bob, 10_000);
+    proxy.wait_for_log(&["user=bob", "up=10000"]);
+    assert_eq!(
+        metric_sum(&scrape(&metrics), "coresocks_bandwidth_waits_total", &[]),
+        waits
+    );
+}
+
+#[test]
+fn bad_bandwidth_stops_the_start_with_the_setting_named() {
+    for bad in ["0", "fast", "10 parsecs"] {
+        let err = Proxy::try_start(&["--bandwidth-per-client", bad])
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} was accepted"));
+        assert!(err.contains("bandwidth-per-client"), "{err}");
+    }
+}

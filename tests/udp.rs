@@ -405,3 +405,59 @@ fn the_advertised_relay_address_is_the_configured_one() {
     let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"behind NAT");
     assert_eq!(data, b"behind NAT");
 }
+
+#[test]
+fn datagrams_over_the_bandwidth_limit_are_dropped_and_counted() {
+    let echo = udp_echo("127.0.0.1:0");
+    // 1,000 B/s each way: the bucket holds one 1,000-byte datagram (and
+    // 50 bytes more), then refills a byte per millisecond.
+    let (proxy, metrics) =
+        Proxy::start_with_metrics(&["--cores", "1", "--bandwidth-per-client", "1000"]);
+    let sock = client_socket("127.0.0.1:0");
+    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let payload = vec![0x5a_u8; 1_000];
+    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), &payload);
+    assert_eq!(data, payload, "the first datagram fits and comes back");
+    let mut dgram = Vec::new();
+    udp_datagram(&TargetAddr::Ip(echo), &payload, &mut dgram);
+    for _ in 0..9 {
+        sock.send_to(&dgram, relay).unwrap();
+    }
+    // A 1-byte probe once the bucket has refilled a little: its echo says
+    // the proxy has judged everything sent before it.
+    std::thread::sleep(Duration::from_millis(100));
+    let mut probe = Vec::new();
+    udp_datagram(&TargetAddr::Ip(echo), b"!", &mut probe);
+    sock.send_to(&probe, relay).unwrap();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, _) = sock.recv_from(&mut buf).expect("the probe's echo");
+        if udp_payload(&buf[..n]).unwrap().1 == b"!" {
+            break;
+        }
+    }
+    drop(control);
+    let line = proxy.wait_for_log(&["cmd=udp-associate", "dropped_bandwidth="]);
+    let field = |name: &str| -> u64 {
+        let at = line.find(&format!("{name}=")).expect(name) + name.len() + 1;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect(name)
+    };
+    let (up, dropped) = (field("datagrams_up"), field("dropped_bandwidth"));
+    // Nine datagrams sent back to back can refill the bucket for one more
+    // only if the machine stalled the sender for about a second each.
+    assert!(dropped >= 1, "{line}");
+    assert!(up >= 2, "the first and the probe passed: {line}");
+    // Every datagram sent was relayed or dropped for bandwidth (echoes
+    // of those relayed may be dropped on the way down too).
+    assert!(up + dropped >= 11 && up <= 11, "{line}");
+    let body = scrape(&metrics);
+    assert_eq!(
+        metric_sum(&body, "coresocks_udp_datagrams_over_bandwidth_total", &[]),
+        dropped
+    );
+    proxy.assert_serves(&echo_server("127.0.0.1:0"));
+}

@@ -255,6 +255,19 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub tunnel_rate_per_client: Option<u32>,
 
+    /// Bandwidth of one authenticated user's tunnels together, in each
+    /// direction: bytes per second with an optional unit ("500k", "10MB",
+    /// "1MiB", "100Mbit"). Each core meters its share [default: none]
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[serde(default, deserialize_with = "de_rate")]
+    pub bandwidth_per_user: Option<u64>,
+
+    /// Bandwidth of one client IP address's tunnels together, in each
+    /// direction (same RATE forms) [default: none]
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[serde(default, deserialize_with = "de_rate")]
+    pub bandwidth_per_client: Option<u64>,
+
     /// Outbound source address for connections and UDP; repeat for a pool
     /// (IPv4 and IPv6 members serve destinations of their family) [default:
     /// none, the kernel chooses]
@@ -335,7 +348,9 @@ impl Settings {
                 max_tunnels_per_user,
                 max_tunnels_per_client,
                 tunnel_rate_per_user,
-                tunnel_rate_per_client
+                tunnel_rate_per_client,
+                bandwidth_per_user,
+                bandwidth_per_client
             ],
             [listen, allow, deny, rule, egress_source]
         )
@@ -565,6 +580,8 @@ impl Config {
             tunnels_per_client: s.max_tunnels_per_client,
             rate_per_user: s.tunnel_rate_per_user,
             rate_per_client: s.tunnel_rate_per_client,
+            bandwidth_per_user: s.bandwidth_per_user,
+            bandwidth_per_client: s.bandwidth_per_client,
         };
         Ok(Config {
             quotas,
@@ -647,6 +664,45 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. \"10s\", \"500ms\", \"5m\")"))
 }
 
+/// Bytes per second: a number and an optional unit, decimal (k, M, G,
+/// with or without B), binary (KiB, MiB, GiB) or in bits (kbit, Mbit,
+/// Gbit); "/s" may follow. At least 1 byte per second.
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim_end();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let bad =
+        || format!("{s:?} is not a rate (write e.g. \"500k\", \"10MB\", \"1MiB\", \"100Mbit\")");
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit.trim() {
+        "" | "B" => 1.0,
+        "k" | "K" | "kB" | "KB" => 1e3,
+        "M" | "MB" => 1e6,
+        "G" | "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "bit" => 1.0 / 8.0,
+        "kbit" | "Kbit" => 1e3 / 8.0,
+        "Mbit" => 1e6 / 8.0,
+        "Gbit" => 1e9 / 8.0,
+        _ => return Err(bad()),
+    };
+    let bytes = (value * scale).round();
+    if !(1.0..=1e15).contains(&bytes) {
+        return Err(format!("{s:?}: a rate is 1 B/s to 1 PB/s"));
+    }
+    Ok(bytes as u64)
+}
+
+fn de_rate<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_rate(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
 fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s = String::deserialize(d)?;
     parse_duration(&s)
@@ -660,6 +716,35 @@ mod tests {
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("coresocks").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn rates_take_decimal_binary_and_bit_units() {
+        for (text, bytes) in [
+            ("1", 1),
+            ("500k", 500_000),
+            ("10MB", 10_000_000),
+            ("10 MB/s", 10_000_000),
+            ("1MiB", 1 << 20),
+            ("1.5GiB", 3 << 29),
+            ("100Mbit", 12_500_000),
+            ("8bit", 1),
+        ] {
+            assert_eq!(parse_rate(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "fast", "10 parsecs", "0", "0.1", "-5M", "1..2M"] {
+            assert!(parse_rate(bad).is_err(), "{bad:?} was taken");
+        }
+    }
+
+    #[test]
+    fn bandwidth_comes_from_the_file_as_a_string() {
+        let file: Settings =
+            toml::from_str("bandwidth-per-user = \"2MB\"\nbandwidth-per-client = \"1Mbit\"\n")
+                .unwrap();
+        let c = Config::from_settings(file).unwrap();
+        assert_eq!(c.quotas.bandwidth_per_user, Some(2_000_000));
+        assert_eq!(c.quotas.bandwidth_per_client, Some(125_000));
     }
 
     #[test]

@@ -54,15 +54,18 @@ impl CopyState {
         }
     }
 
-    /// Reads from `src` into a pool buffer. Only called when empty.
+    /// Reads at most `limit` bytes from `src` into a pool buffer. Only
+    /// called when empty.
     pub(super) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
         src: &mut TcpStream,
         pool: &BufferPool,
+        limit: usize,
     ) -> io::Result<Fill> {
         let mut buf = pool.take();
-        match Pin::new(src).poll_read(cx, &mut buf) {
+        let room = buf.len().min(limit);
+        match Pin::new(src).poll_read(cx, &mut buf[..room]) {
             Poll::Ready(Ok(0)) => {
                 pool.give(buf);
                 Ok(Fill::Eof)
@@ -71,7 +74,7 @@ impl CopyState {
                 self.buf = Some(buf);
                 self.pos = 0;
                 self.len = n;
-                Ok(Fill::Data)
+                Ok(Fill::Data(n))
             }
             Poll::Ready(Err(e)) => {
                 pool.give(buf);

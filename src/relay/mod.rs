@@ -15,6 +15,7 @@ mod copy;
 mod pipes;
 mod pool;
 mod splice;
+pub mod throttle;
 mod tunnel;
 
 use std::fmt;
@@ -27,6 +28,7 @@ use glommio::net::TcpStream;
 
 pub use pipes::PipePool;
 pub use pool::BufferPool;
+pub use throttle::{Bandwidth, Throttle};
 
 use crate::config::{Config, RelayMode};
 use crate::runtime::{Stop, StopSignal};
@@ -109,6 +111,8 @@ pub struct RelayReport {
     pub spliced: u64,
     pub engine: Engine,
     pub end: TunnelEnd,
+    /// Times a direction waited for its bandwidth limit.
+    pub throttled: u64,
 }
 
 /// Per-core relay state: pools, mode and limits.
@@ -136,12 +140,14 @@ impl Relay {
 
     /// Relays between `client` and `target` until both directions end, one
     /// side fails, or the tunnel idles out. `early` holds client bytes that
-    /// arrived with the request; they go to the target first.
+    /// arrived with the request; they go to the target first. Each
+    /// direction reads no faster than `throttle`'s buckets allow.
     pub async fn run(
         &self,
         mut client: TcpStream,
         mut target: TcpStream,
         early: &[u8],
+        throttle: Throttle,
         stop: &StopSignal,
     ) -> RelayReport {
         let mut report = RelayReport {
@@ -150,6 +156,7 @@ impl Relay {
             spliced: 0,
             engine: Engine::Copy,
             end: TunnelEnd::Closed,
+            throttled: 0,
         };
         crate::sys::set_nodelay(target.as_raw_fd());
         if self.mode != RelayMode::Copy {
@@ -167,11 +174,12 @@ impl Relay {
                 return report;
             }
             report.client_to_target = early.len() as u64;
+            throttle.spend(throttle::Way::Up, early.len());
         }
         let mut tunnel = Tunnel {
             relay: self,
-            up: Direction::new(Side::Client, Side::Target, self),
-            down: Direction::new(Side::Target, Side::Client, self),
+            up: Direction::new(Side::Client, Side::Target, self, throttle.clone()),
+            down: Direction::new(Side::Target, Side::Client, self, throttle),
             client: &mut client,
             target: &mut target,
             idle: IdleClock::new(self.idle_timeout),
@@ -183,6 +191,7 @@ impl Relay {
         report.client_to_target += tunnel.up.copied + tunnel.up.spliced;
         report.target_to_client += tunnel.down.copied + tunnel.down.spliced;
         report.spliced = tunnel.up.spliced + tunnel.down.spliced;
+        report.throttled = tunnel.up.throttled + tunnel.down.throttled;
         let total = report.client_to_target + report.target_to_client;
         if report.spliced * 2 > total {
             report.engine = Engine::Splice;

@@ -102,7 +102,8 @@ impl SpliceState {
         }
     }
 
-    /// Moves what `src` has into a pipe. Only called when empty. Returns
+    /// Moves what `src` has, at most `limit` bytes, into a pipe. Only called
+    /// when empty. Returns
     /// `Fill::NoPipe` when no pipe can be had or the socket cannot splice:
     /// the caller then copies instead.
     pub(super) fn poll_fill(
@@ -110,6 +111,7 @@ impl SpliceState {
         cx: &mut Context<'_>,
         src: &mut TcpStream,
         pipes: &PipePool,
+        limit: usize,
     ) -> io::Result<Fill> {
         if self.pipe.is_none() {
             match pipes.take() {
@@ -120,14 +122,15 @@ impl SpliceState {
         let Some(pipe) = &self.pipe else {
             return Ok(Fill::NoPipe);
         };
-        match sys::splice(src.as_raw_fd(), pipe.write.as_raw_fd(), pipes.pipe_size()) {
+        let len = pipes.pipe_size().min(limit);
+        match sys::splice(src.as_raw_fd(), pipe.write.as_raw_fd(), len) {
             Ok(0) => {
                 self.return_pipe_if_empty(pipes);
                 Ok(Fill::Eof)
             }
             Ok(n) => {
                 self.in_pipe += n;
-                Ok(Fill::Data)
+                Ok(Fill::Data(n))
             }
             Err(e) if would_block(&e) => {
                 // Nothing to read: give the pipe back and wait.
@@ -137,7 +140,7 @@ impl SpliceState {
                     Poll::Ready(Ok(0)) => Ok(Fill::Eof),
                     Poll::Ready(Ok(_)) => {
                         self.held = Some(b[0]);
-                        Ok(Fill::Data)
+                        Ok(Fill::Data(1))
                     }
                     Poll::Ready(Err(e)) => Err(e),
                     Poll::Pending => Ok(Fill::Blocked),

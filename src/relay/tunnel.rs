@@ -10,11 +10,13 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use glommio::net::TcpStream;
 
 use super::copy::CopyState;
 use super::splice::SpliceState;
+use super::throttle::{Throttle, Way};
 use super::{IdleClock, Relay, Side, TunnelEnd};
 use crate::config::RelayMode;
 use crate::runtime::StopSignal;
@@ -32,7 +34,8 @@ pub(super) enum Flush {
 
 /// Outcome of reading from the source.
 pub(super) enum Fill {
-    Data,
+    /// This many bytes were read.
+    Data(usize),
     Eof,
     Blocked,
     /// The splice engine cannot run here; copy instead.
@@ -61,12 +64,19 @@ pub(super) struct Direction {
     splice: SpliceState,
     eof: bool,
     done: bool,
+    /// Bandwidth buckets this direction reads against (often none), and
+    /// the timer it waits on when they are empty.
+    way: Way,
+    throttle: Throttle,
+    refill: Option<glommio::timer::Timer>,
     pub(super) copied: u64,
     pub(super) spliced: u64,
+    /// Times this direction waited for its bandwidth buckets.
+    pub(super) throttled: u64,
 }
 
 impl Direction {
-    pub(super) fn new(from: Side, to: Side, relay: &Relay) -> Direction {
+    pub(super) fn new(from: Side, to: Side, relay: &Relay, throttle: Throttle) -> Direction {
         let (engine, splice_after) = match relay.mode {
             RelayMode::Copy => (Engine::Copy, None),
             RelayMode::Splice => (Engine::Splice, None),
@@ -81,8 +91,16 @@ impl Direction {
             splice: SpliceState::default(),
             eof: false,
             done: false,
+            way: if from == Side::Client {
+                Way::Up
+            } else {
+                Way::Down
+            },
+            throttle,
+            refill: None,
             copied: 0,
             spliced: 0,
+            throttled: 0,
         }
     }
 
@@ -136,12 +154,19 @@ impl Direction {
                     self.splice_after = None;
                 }
             }
+            let limit = match self.poll_allowance(cx) {
+                Poll::Ready(limit) => limit,
+                Poll::Pending => return idle(moved),
+            };
             let filled = match self.engine {
-                Engine::Copy => self.copy.poll_fill(cx, src, &relay.buffers),
-                Engine::Splice => self.splice.poll_fill(cx, src, &relay.pipes),
+                Engine::Copy => self.copy.poll_fill(cx, src, &relay.buffers, limit),
+                Engine::Splice => self.splice.poll_fill(cx, src, &relay.pipes, limit),
             };
             match filled.map_err(|e| (self.from, e))? {
-                Fill::Data => moved = true,
+                Fill::Data(n) => {
+                    moved = true;
+                    self.throttle.spend(self.way, n);
+                }
                 Fill::Eof => self.eof = true,
                 Fill::Blocked => return idle(moved),
                 Fill::NoPipe => {
@@ -155,6 +180,28 @@ impl Direction {
         // Out of rounds with work left: come back after the others ran.
         cx.waker().wake_by_ref();
         Ok(Step::Progress)
+    }
+
+    /// How many bytes the next read may take: unlimited without buckets,
+    /// else what they hold, once they hold a quantum (waiting on a timer
+    /// until then).
+    fn poll_allowance(&mut self, cx: &mut Context<'_>) -> Poll<usize> {
+        if self.throttle.is_empty() {
+            return Poll::Ready(usize::MAX);
+        }
+        loop {
+            if let Some(timer) = &mut self.refill {
+                std::task::ready!(Pin::new(timer).poll(cx));
+                self.refill = None;
+            }
+            match self.throttle.allowance(self.way, Instant::now()) {
+                Ok(limit) => return Poll::Ready(limit),
+                Err(wait) => {
+                    self.throttled += 1;
+                    self.refill = Some(glommio::timer::Timer::new(wait));
+                }
+            }
+        }
     }
 
     pub(super) fn release(&mut self, relay: &Relay) {

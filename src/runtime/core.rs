@@ -32,6 +32,8 @@ pub struct Core {
     pub admission: Rc<Admission>,
     /// Per-user and per-client tunnel quotas, this core's share.
     pub quotas: Rc<crate::session::quota::Quotas>,
+    /// Per-user and per-client bandwidth buckets, this core's share.
+    pub bandwidth: crate::relay::Bandwidth,
     /// This core's own io_uring for readiness waits; `None` when turned
     /// off or the kernel refused it (connects then wait through glommio).
     pub events: Option<Rc<EventRing>>,
@@ -76,6 +78,11 @@ impl Core {
             udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
             admission: Admission::new(limits.budgets),
             quotas: crate::session::quota::Quotas::new(config.quotas, all_metrics.len()),
+            bandwidth: crate::relay::Bandwidth::new(
+                config.quotas.bandwidth_per_user,
+                config.quotas.bandwidth_per_client,
+                all_metrics.len(),
+            ),
             config,
             all_metrics,
         }

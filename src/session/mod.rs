@@ -173,8 +173,15 @@ async fn establish(
 /// Relays a TCP tunnel (CONNECT, BIND) and records how it went.
 async fn relay_tunnel(core: &Core, t: Established, record: &mut AccessRecord, stop: &StopSignal) {
     crate::sys::set_nodelay(t.client.as_raw_fd());
-    let r = core.relay.run(t.client, t.target, &t.early, stop).await;
+    let throttle = core
+        .bandwidth
+        .throttle(record.user.as_deref(), record.client.ip().to_canonical());
+    let r = core
+        .relay
+        .run(t.client, t.target, &t.early, throttle, stop)
+        .await;
     let m = core.metrics();
+    metrics::add(&m.bandwidth_waits, r.throttled);
     metrics::add(&m.bytes_client_to_target, r.client_to_target);
     metrics::add(&m.bytes_target_to_client, r.target_to_client);
     metrics::add(&m.tunnels_by_engine[r.engine.metrics_index()], 1);

@@ -26,6 +26,9 @@ pub struct QuotaConfig {
     pub tunnels_per_client: Option<u32>,
     pub rate_per_user: Option<u32>,
     pub rate_per_client: Option<u32>,
+    /// Bytes per second in each direction (see `relay::throttle`).
+    pub bandwidth_per_user: Option<u64>,
+    pub bandwidth_per_client: Option<u64>,
 }
 
 /// Why a request was refused, as labelled in metrics.

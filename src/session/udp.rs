@@ -22,6 +22,9 @@ pub(super) async fn serve_udp(
         outbound: &core.config.outbound,
         client: record.client.ip().to_canonical(),
         user: auth.user.clone(),
+        throttle: core
+            .bandwidth
+            .throttle(auth.user.as_deref(), record.client.ip().to_canonical()),
     };
     let resolve_timeout = core.config.resolve_timeout;
     let prepared = match udp::prepare(&core.udp, egress, &client, &requested, resolve_timeout) {
@@ -51,13 +54,14 @@ pub(super) async fn serve_udp(
     metrics::add(&m.udp_datagrams_target_to_client, report.datagrams_down);
     metrics::add(&m.udp_datagrams_dropped, report.dropped());
     metrics::add(&m.udp_datagrams_denied, report.dropped_denied);
+    metrics::add(&m.udp_datagrams_over_bandwidth, report.dropped_bandwidth);
     metrics::add(&m.bytes_client_to_target, report.bytes_up);
     metrics::add(&m.bytes_target_to_client, report.bytes_down);
     record.up = report.bytes_up;
     record.down = report.bytes_down;
     record.engine = Some("udp");
     record.end = Some(format!(
-        "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_reserved={} dropped_foreign={} dropped_unsolicited={} dropped_denied={} dropped_other={}",
+        "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_reserved={} dropped_foreign={} dropped_unsolicited={} dropped_denied={} dropped_bandwidth={} dropped_other={}",
         report.datagrams_up,
         report.datagrams_down,
         report.dropped_fragmented,
@@ -65,6 +69,7 @@ pub(super) async fn serve_udp(
         report.dropped_foreign,
         report.dropped_unsolicited,
         report.dropped_denied,
+        report.dropped_bandwidth,
         report.dropped_other
     ));
     Ok(())

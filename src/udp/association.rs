@@ -14,6 +14,7 @@ use super::{UdpTable, MAX_HEADER};
 use crate::policy::source::Outbound;
 use crate::policy::{Policy, Requester};
 use crate::proto::{Command, Decoded, ProtoError, TargetAddr, UdpHeader};
+use crate::relay::throttle::{Throttle, Way};
 use crate::resolve;
 use crate::runtime::{Stop, StopSignal};
 use crate::sys;
@@ -61,6 +62,8 @@ pub struct UdpReport {
     pub dropped_unsolicited: u64,
     /// To destinations the egress policy denies.
     pub dropped_denied: u64,
+    /// Over the user's or client's bandwidth limit.
+    pub dropped_bandwidth: u64,
 }
 
 impl UdpReport {
@@ -72,6 +75,7 @@ impl UdpReport {
             + self.dropped_other
             + self.dropped_unsolicited
             + self.dropped_denied
+            + self.dropped_bandwidth
     }
 }
 
@@ -82,6 +86,8 @@ pub struct Egress<'a> {
     pub outbound: &'a Outbound,
     pub client: IpAddr,
     pub user: Option<String>,
+    /// The user's and client's bandwidth buckets.
+    pub throttle: Throttle,
 }
 
 /// Which client address may use the association (RFC 1928 section 6).
@@ -246,6 +252,14 @@ impl Association<'_> {
             self.count(|r| r.dropped_other += 1);
             return;
         };
+        if !self
+            .egress
+            .throttle
+            .admit(Way::Up, payload.len(), Instant::now())
+        {
+            self.count(|r| r.dropped_bandwidth += 1);
+            return;
+        }
         match sys::udp_send_to(sock.as_raw_fd(), payload, target) {
             Ok(_) => self.count(|r| {
                 r.datagrams_up += 1;
@@ -375,6 +389,10 @@ impl Association<'_> {
                     continue;
                 };
                 self.touch();
+                if !self.egress.throttle.admit(Way::Down, n, Instant::now()) {
+                    self.count(|r| r.dropped_bandwidth += 1);
+                    continue;
+                }
                 let mut header = Vec::with_capacity(MAX_HEADER);
                 UdpHeader {
                     frag: 0,
