@@ -377,3 +377,75 @@ fn name_with_all_addresses_blackholed_fails_after_one_connect_timeout_0x04() {
     assert_resolves_in_order(&run.lab, "dead.test", &[T_V4[1], T_V4[2]]);
     run.assert_failed(ReplyCode::HostUnreachable, ms(2900)..ms(5500));
 }
+
+// --- Egress source ----------------------------------------------------------
+
+/// The source address a target in T saw for one tunnel through `proxy`
+/// (the client in P).
+fn seen_from_t(lab: &Lab, proxy: &Proxy, target: &crate::common::Server) -> String {
+    lab.client(|| {
+        let mut s = proxy.connect(&target.target()).expect("tunnel");
+        let mut seen = String::new();
+        s.read_to_string(&mut seen).unwrap();
+        seen
+    })
+}
+
+/// P has two addresses on its link to T; the target sees the one chosen by
+/// `--egress-source`, a pool, a rule, or the kernel (P's first address).
+#[test]
+fn targets_across_a_link_see_the_chosen_egress_source() {
+    let Some(lab) = Lab::new() else {
+        return;
+    };
+    let second = "10.231.0.11";
+    lab.add_p_address(&format!("{second}/24"));
+    lab.add_p_address("fd00:231::11/64");
+    let target = lab.source_reporter(T_V4[0]);
+    let target6 = lab.source_reporter(T_V6[0]);
+
+    let kernel = lab.proxy(&[]);
+    assert_eq!(seen_from_t(&lab, &kernel, &target), netns_lab::P_V4);
+
+    let chosen = lab.proxy(&["--egress-source", second, "--egress-source", "fd00:231::11"]);
+    for _ in 0..3 {
+        assert_eq!(seen_from_t(&lab, &chosen, &target), second);
+        assert_eq!(seen_from_t(&lab, &chosen, &target6), "fd00:231::11");
+    }
+
+    let pool = lab.proxy(&[
+        "--egress-source",
+        netns_lab::P_V4,
+        "--egress-source",
+        second,
+    ]);
+    let seen: std::collections::HashSet<String> =
+        (0..40).map(|_| seen_from_t(&lab, &pool, &target)).collect();
+    assert_eq!(seen.len(), 2, "40 random picks used one member: {seen:?}");
+
+    let sticky = lab.proxy(&[
+        "--egress-source",
+        netns_lab::P_V4,
+        "--egress-source",
+        second,
+        "--egress-source-pick",
+        "sticky",
+    ]);
+    let seen: std::collections::HashSet<String> = (0..10)
+        .map(|_| seen_from_t(&lab, &sticky, &target))
+        .collect();
+    assert_eq!(seen.len(), 1, "one client address, one member: {seen:?}");
+
+    // SO_BINDTODEVICE onto the link that leads there works; onto one
+    // that does not (lo), the connect fails and is answered, not hung.
+    let on_v0 = lab.proxy(&["--egress-interface", "v0"]);
+    assert_eq!(seen_from_t(&lab, &on_v0, &target), netns_lab::P_V4);
+    let on_lo = lab.proxy(&["--egress-interface", "lo", "--connect-timeout", "2s"]);
+    let got = lab.client(|| on_lo.connect(&target.target()));
+    assert!(
+        matches!(got, Err(ClientError::Rejected(code)) if code != ReplyCode::Succeeded),
+        "{got:?}"
+    );
+    on_lo.wait_for_log(&[" access: ", "cmd=connect", "reply="]);
+    assert_eq!(seen_from_t(&lab, &on_v0, &target), netns_lab::P_V4);
+}

@@ -207,6 +207,32 @@ impl Lab {
         Proxy::start_in(&["ip", "netns", "exec", &self.p], &all)
     }
 
+    /// Adds `cidr` (e.g. "10.231.0.11/24") to P's side of the veth: a
+    /// second source address for egress tests.
+    pub fn add_p_address(&self, cidr: &str) {
+        let mut args = vec!["-n", &self.p, "addr", "add", cidr, "dev", "v0"];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        ip(&args).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// A server in T on `ip` that answers each connection with the
+    /// address it came from, then closes.
+    pub fn source_reporter(&self, ip: &str) -> crate::common::Server {
+        let bind = if ip.contains(':') {
+            format!("[{ip}]:0")
+        } else {
+            format!("{ip}:0")
+        };
+        in_netns(&self.t, || {
+            crate::common::Server::start(&bind, |mut s| {
+                let seen = s.peer_addr().unwrap().ip().to_string();
+                let _ = s.write_all(seen.as_bytes());
+            })
+        })
+    }
+
     /// An echo server in T on the first (live) address.
     pub fn echo(&self) -> Echo {
         in_netns(&self.t, || echo_server(&format!("{}:0", T_V4[0])))
