@@ -9,8 +9,8 @@
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::proto::{
-    Command, Decoded, Greeting, Method, MethodSelection, ProtoError, Reply, ReplyCode, Request,
-    TargetAddr, UserPassRequest, UserPassStatus,
+    Codec, Command, Decoded, Greeting, Method, MethodSelection, ProtoError, Reply, ReplyCode,
+    Request, TargetAddr, UserPassRequest, UserPassStatus,
 };
 
 /// Username and password for RFC 1929.
@@ -38,16 +38,10 @@ pub enum ClientError {
 
 /// Reads exactly one message, asking the decoder how many bytes it still
 /// needs so nothing past the message is consumed.
-async fn read_message<S, T>(
-    s: &mut S,
-    decode: fn(&[u8]) -> Result<Decoded<T>, ProtoError>,
-) -> Result<T, ClientError>
-where
-    S: AsyncRead + Unpin,
-{
+async fn read_message<T: Codec, S: AsyncRead + Unpin>(s: &mut S) -> Result<T, ClientError> {
     let mut buf = Vec::with_capacity(Reply::MAX_LEN);
     loop {
-        match decode(&buf)? {
+        match T::decode(&buf)? {
             Decoded::Complete(v, _) => return Ok(v),
             Decoded::Incomplete(more) => {
                 let at = buf.len();
@@ -77,7 +71,7 @@ where
     let mut out = Vec::with_capacity(600);
     Greeting::new(&[method]).encode(&mut out);
     s.write_all(&out).await?;
-    let MethodSelection(chosen) = read_message(s, MethodSelection::decode).await?;
+    let MethodSelection(chosen) = read_message::<MethodSelection, _>(s).await?;
     if chosen == Method::NO_ACCEPTABLE {
         return Err(ClientError::NoAcceptableMethod);
     }
@@ -92,7 +86,7 @@ where
         }
         .encode(&mut out);
         s.write_all(&out).await?;
-        if !read_message(s, UserPassStatus::decode).await?.is_success() {
+        if !read_message::<UserPassStatus, _>(s).await?.is_success() {
             return Err(ClientError::AuthRejected);
         }
     }
@@ -109,7 +103,7 @@ where
 /// Reads one reply; a failure code becomes [`ClientError::Rejected`]. BIND
 /// sends two replies, so it calls this twice.
 pub async fn read_reply<S: AsyncRead + Unpin>(s: &mut S) -> Result<TargetAddr, ClientError> {
-    let reply = read_message(s, Reply::decode).await?;
+    let reply = read_message::<Reply, _>(s).await?;
     match reply.code {
         ReplyCode::Succeeded => Ok(reply.bound),
         code => Err(ClientError::Rejected(code)),

@@ -6,7 +6,7 @@ use std::net::Shutdown;
 use std::thread;
 
 use crate::common::*;
-use coresocks::proto::TargetAddr;
+use coresocks::proto::{Codec, TargetAddr};
 
 #[test]
 fn connects_to_ipv4_target() {

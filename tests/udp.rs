@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::*;
 use coresocks::client::{handshake_blocking, udp_datagram, udp_payload, ClientError};
-use coresocks::proto::{Command, ReplyCode, TargetAddr};
+use coresocks::proto::{Codec, Command, ReplyCode, TargetAddr};
 
 /// A UDP echo server; returns its address.
 fn udp_echo(bind: &str) -> SocketAddr {

@@ -6,7 +6,7 @@
 
 use std::fmt::Debug;
 
-use coresocks_proto::{Decoded, ProtoError};
+use coresocks_proto::{Codec, Decoded};
 
 /// Bytes appended to show that an error cannot be undone by more input:
 /// more than any message's longest variable part.
@@ -21,16 +21,11 @@ const MORE: [u8; 300] = [0; 300];
 /// * `Incomplete(k)`: `k >= 1`; every prefix of `data` is `Incomplete` too;
 ///   `k - 1` more bytes still leave it `Incomplete` (`k` is a lower bound).
 /// * `Err(e)`: appending bytes gives the same `Err(e)` (errors are final).
-pub fn check<T, D, E>(data: &[u8], decode: D, encode: E)
-where
-    T: Debug + PartialEq,
-    D: Fn(&[u8]) -> Result<Decoded<T>, ProtoError>,
-    E: Fn(&T, &mut Vec<u8>),
-{
-    match decode(data) {
+pub fn check<T: Codec + Debug + PartialEq>(data: &[u8]) {
+    match T::decode(data) {
         Ok(Decoded::Complete(value, n)) => {
             assert!(n >= 1 && n <= data.len(), "consumed {n} of {}", data.len());
-            match decode(&data[..n]) {
+            match T::decode(&data[..n]) {
                 Ok(Decoded::Complete(again, m)) => {
                     assert_eq!(again, value, "decoding only the consumed bytes");
                     assert_eq!(m, n, "decoding only the consumed bytes");
@@ -38,7 +33,7 @@ where
                 other => panic!("the {n} consumed bytes alone gave {other:?}"),
             }
             for len in 0..n {
-                match decode(&data[..len]) {
+                match T::decode(&data[..len]) {
                     Ok(Decoded::Incomplete(k)) => {
                         assert!(k >= 1 && k <= n - len, "prefix {len}: Incomplete({k})")
                     }
@@ -47,10 +42,10 @@ where
             }
 
             let mut wire = Vec::new();
-            encode(&value, &mut wire);
+            value.encode(&mut wire);
             // Shorter only for a greeting with duplicate methods.
             assert!(wire.len() <= n, "re-encoded {} bytes from {n}", wire.len());
-            match decode(&wire) {
+            match T::decode(&wire) {
                 Ok(Decoded::Complete(again, m)) => {
                     assert_eq!(again, value, "decoding the re-encoding");
                     assert_eq!(m, wire.len(), "decoding the re-encoding");
@@ -61,14 +56,14 @@ where
         Ok(Decoded::Incomplete(k)) => {
             assert!(k >= 1, "Incomplete(0)");
             for len in 0..data.len() {
-                match decode(&data[..len]) {
+                match T::decode(&data[..len]) {
                     Ok(Decoded::Incomplete(j)) => assert!(j >= 1, "prefix {len}: Incomplete(0)"),
                     other => panic!("prefix {len} of an incomplete message gave {other:?}"),
                 }
             }
             let mut longer = data.to_vec();
             longer.resize(data.len() + k - 1, 0xFF);
-            match decode(&longer) {
+            match T::decode(&longer) {
                 Ok(Decoded::Incomplete(_)) => {}
                 other => panic!("Incomplete({k}), yet {} more bytes gave {other:?}", k - 1),
             }
@@ -76,7 +71,7 @@ where
         Err(err) => {
             let mut longer = data.to_vec();
             longer.extend_from_slice(&MORE);
-            assert_eq!(decode(&longer), Err(err), "an error must be final");
+            assert_eq!(T::decode(&longer), Err(err), "an error must be final");
         }
     }
 }

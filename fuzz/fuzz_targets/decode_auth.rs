@@ -7,8 +7,6 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    common::check(data, UserPassRequest::decode, UserPassRequest::encode);
-    common::check(data, UserPassStatus::decode, |s, out| {
-        out.extend_from_slice(&s.encode())
-    });
+    common::check::<UserPassRequest>(data);
+    common::check::<UserPassStatus>(data);
 });

@@ -7,8 +7,6 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    common::check(data, Greeting::decode, Greeting::encode);
-    common::check(data, MethodSelection::decode, |m, out| {
-        out.extend_from_slice(&m.encode())
-    });
+    common::check::<Greeting>(data);
+    common::check::<MethodSelection>(data);
 });

@@ -7,5 +7,5 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    common::check(data, Reply::decode, Reply::encode);
+    common::check::<Reply>(data);
 });

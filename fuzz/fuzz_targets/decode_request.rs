@@ -7,6 +7,6 @@ use libfuzzer_sys::fuzz_target;
 mod common;
 
 fuzz_target!(|data: &[u8]| {
-    common::check(data, Request::decode, Request::encode);
-    common::check(data, TargetAddr::decode, TargetAddr::encode);
+    common::check::<Request>(data);
+    common::check::<TargetAddr>(data);
 });

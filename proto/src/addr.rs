@@ -1,7 +1,7 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use super::{need, Decoded, ProtoError};
+use super::{need, Codec, Decoded, ProtoError};
 
 pub(crate) const ATYP_IPV4: u8 = 0x01;
 pub(crate) const ATYP_DOMAIN: u8 = 0x03;
@@ -34,10 +34,18 @@ impl TargetAddr {
         }
     }
 
+    /// A domain target, checked the way the decoder checks it.
+    pub fn domain(name: &str, port: u16) -> Result<TargetAddr, ProtoError> {
+        validate_domain(name.as_bytes())?;
+        Ok(TargetAddr::Domain(name.to_owned(), port))
+    }
+}
+
+impl Codec for TargetAddr {
     /// Appends ATYP, ADDR and PORT. A domain longer than 255 bytes cannot be
     /// encoded; it is cut to 255 (callers build domains from decoded input or
     /// check the length first, see [`TargetAddr::domain`]).
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>) {
         match self {
             TargetAddr::Ip(SocketAddr::V4(sa)) => {
                 out.push(ATYP_IPV4);
@@ -57,14 +65,8 @@ impl TargetAddr {
         out.extend_from_slice(&self.port().to_be_bytes());
     }
 
-    /// A domain target, checked the way the decoder checks it.
-    pub fn domain(name: &str, port: u16) -> Result<TargetAddr, ProtoError> {
-        validate_domain(name.as_bytes())?;
-        Ok(TargetAddr::Domain(name.to_owned(), port))
-    }
-
     /// Decodes ATYP, ADDR and PORT from the front of `buf`.
-    pub fn decode(buf: &[u8]) -> Result<Decoded<TargetAddr>, ProtoError> {
+    fn decode(buf: &[u8]) -> Result<Decoded<TargetAddr>, ProtoError> {
         need!(buf, 1);
         match buf[0] {
             ATYP_IPV4 => {

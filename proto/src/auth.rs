@@ -1,5 +1,5 @@
 //! RFC 1929 username/password sub-negotiation.
-use super::{need, Decoded, ProtoError};
+use super::{need, Codec, Decoded, ProtoError};
 
 /// VER of the RFC 1929 sub-negotiation (not the SOCKS version).
 pub const AUTH_VERSION: u8 = 0x01;
@@ -21,8 +21,8 @@ impl std::fmt::Debug for UserPassRequest {
     }
 }
 
-impl UserPassRequest {
-    pub fn decode(buf: &[u8]) -> Result<Decoded<UserPassRequest>, ProtoError> {
+impl Codec for UserPassRequest {
+    fn decode(buf: &[u8]) -> Result<Decoded<UserPassRequest>, ProtoError> {
         need!(buf, 2);
         if buf[0] != AUTH_VERSION {
             return Err(ProtoError::UnsupportedAuthVersion(buf[0]));
@@ -45,7 +45,7 @@ impl UserPassRequest {
     }
 
     /// Encodes the request; fields longer than 255 bytes are cut to 255.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>) {
         let user = &self.username[..self.username.len().min(255)];
         let pass = &self.password[..self.password.len().min(255)];
         out.push(AUTH_VERSION);
@@ -68,12 +68,14 @@ impl UserPassStatus {
     pub fn is_success(&self) -> bool {
         self.0 == 0
     }
+}
 
-    pub fn encode(&self) -> [u8; 2] {
-        [AUTH_VERSION, self.0]
+impl Codec for UserPassStatus {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[AUTH_VERSION, self.0]);
     }
 
-    pub fn decode(buf: &[u8]) -> Result<Decoded<UserPassStatus>, ProtoError> {
+    fn decode(buf: &[u8]) -> Result<Decoded<UserPassStatus>, ProtoError> {
         need!(buf, 2);
         if buf[0] != AUTH_VERSION {
             return Err(ProtoError::UnsupportedAuthVersion(buf[0]));

@@ -1,4 +1,4 @@
-use super::{need, Decoded, ProtoError, SOCKS_VERSION};
+use super::{need, Codec, Decoded, ProtoError, SOCKS_VERSION};
 
 /// An authentication method code (RFC 1928 section 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,8 +56,10 @@ impl Greeting {
             methods: methods.iter().copied().collect(),
         }
     }
+}
 
-    pub fn decode(buf: &[u8]) -> Result<Decoded<Greeting>, ProtoError> {
+impl Codec for Greeting {
+    fn decode(buf: &[u8]) -> Result<Decoded<Greeting>, ProtoError> {
         need!(buf, 2);
         if buf[0] != SOCKS_VERSION {
             return Err(ProtoError::UnsupportedVersion(buf[0]));
@@ -75,7 +77,7 @@ impl Greeting {
     /// server rejects; tests use that on purpose. NMETHODS is one byte, so a
     /// set of all 256 codes is cut to its lowest 255: that drops 0xFF (NO
     /// ACCEPTABLE METHODS), which is not a method a client can offer.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>) {
         let n = self.methods.len().min(255);
         out.push(SOCKS_VERSION);
         out.push(n as u8);
@@ -89,12 +91,14 @@ pub struct MethodSelection(pub Method);
 
 impl MethodSelection {
     pub const LEN: usize = 2;
+}
 
-    pub fn encode(&self) -> [u8; 2] {
-        [SOCKS_VERSION, (self.0).0]
+impl Codec for MethodSelection {
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[SOCKS_VERSION, (self.0).0]);
     }
 
-    pub fn decode(buf: &[u8]) -> Result<Decoded<MethodSelection>, ProtoError> {
+    fn decode(buf: &[u8]) -> Result<Decoded<MethodSelection>, ProtoError> {
         need!(buf, 2);
         if buf[0] != SOCKS_VERSION {
             return Err(ProtoError::UnsupportedVersion(buf[0]));

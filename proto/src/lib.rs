@@ -5,7 +5,8 @@
 //! [`Decoded::Incomplete`] with how many more bytes it needs at least. A
 //! malformed message is a typed [`ProtoError`]. Nothing here panics on input,
 //! touches a socket or allocates more than a length byte allows (255 bytes).
-//! The server and loadgen's client share these functions.
+//! Every message implements [`Codec`]; the server and loadgen's client
+//! share it.
 
 mod addr;
 mod auth;
@@ -26,6 +27,26 @@ pub use udp::UdpHeader;
 
 /// VER field of every RFC 1928 message.
 pub const SOCKS_VERSION: u8 = 0x05;
+
+/// The one interface of every SOCKS message: the server's reader, the
+/// client, loadgen, the fuzz targets and the property tests all go through
+/// it, so each message has exactly one decoder and one encoder.
+pub trait Codec: Sized {
+    /// Decodes one message from the front of `buf`: `Complete` with the
+    /// bytes it took, `Incomplete` with at least how many more it needs, or
+    /// the typed reason the bytes can never be this message.
+    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError>;
+
+    /// Appends the message's wire form to `out`.
+    fn encode(&self, out: &mut Vec<u8>);
+
+    /// The wire form on its own.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode(&mut out);
+        out
+    }
+}
 
 /// Result of decoding a message from the front of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::{need, Decoded, ProtoError, TargetAddr, SOCKS_VERSION};
+use super::{need, Codec, Decoded, ProtoError, TargetAddr, SOCKS_VERSION};
 
 /// CMD field of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,11 +42,11 @@ pub struct Request {
     pub target: TargetAddr,
 }
 
-impl Request {
+impl Codec for Request {
     /// Decodes a request. RSV is ignored, as RFC 1928 gives it no meaning.
     /// An unknown CMD is reported before the address is looked at, so a
     /// server can answer 0x07 as soon as it has three bytes.
-    pub fn decode(buf: &[u8]) -> Result<Decoded<Request>, ProtoError> {
+    fn decode(buf: &[u8]) -> Result<Decoded<Request>, ProtoError> {
         need!(buf, 3);
         if buf[0] != SOCKS_VERSION {
             return Err(ProtoError::UnsupportedVersion(buf[0]));
@@ -58,7 +58,7 @@ impl Request {
         })
     }
 
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&[SOCKS_VERSION, self.command as u8, 0x00]);
         self.target.encode(out);
     }
@@ -144,8 +144,10 @@ pub struct Reply {
 impl Reply {
     /// Longest reply on the wire (domain BND.ADDR of 255 bytes).
     pub const MAX_LEN: usize = 3 + 1 + 1 + 255 + 2;
+}
 
-    pub fn decode(buf: &[u8]) -> Result<Decoded<Reply>, ProtoError> {
+impl Codec for Reply {
+    fn decode(buf: &[u8]) -> Result<Decoded<Reply>, ProtoError> {
         need!(buf, 3);
         if buf[0] != SOCKS_VERSION {
             return Err(ProtoError::UnsupportedVersion(buf[0]));
@@ -157,7 +159,7 @@ impl Reply {
         })
     }
 
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&[SOCKS_VERSION, self.code.to_byte(), 0x00]);
         self.bound.encode(out);
     }

@@ -16,12 +16,10 @@ use super::*;
 // Helpers
 // ---------------------------------------------------------------------------
 
-/// One message type as the tests see it: a decoder, an encoder into a Vec,
-/// and from which prefix length the decoder can know exactly how many bytes
-/// are still missing.
-trait Message: Debug + Clone + PartialEq + Sized {
-    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError>;
-    fn encode_to(&self, out: &mut Vec<u8>);
+/// One message type as the tests see it: its codec, and from which
+/// prefix length the decoder can know exactly how many bytes are still
+/// missing.
+trait Message: Codec + Debug + Clone + PartialEq {
     /// From this prefix length on, `Incomplete(k)` must be exactly the number
     /// of bytes left; before it the format only allows a lower bound.
     fn exact_from(&self) -> usize;
@@ -37,48 +35,24 @@ fn addr_exact_from(addr: &TargetAddr) -> usize {
 }
 
 impl Message for TargetAddr {
-    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError> {
-        TargetAddr::decode(buf)
-    }
-    fn encode_to(&self, out: &mut Vec<u8>) {
-        self.encode(out)
-    }
     fn exact_from(&self) -> usize {
         addr_exact_from(self)
     }
 }
 
 impl Message for Greeting {
-    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError> {
-        Greeting::decode(buf)
-    }
-    fn encode_to(&self, out: &mut Vec<u8>) {
-        self.encode(out)
-    }
     fn exact_from(&self) -> usize {
         2
     }
 }
 
 impl Message for MethodSelection {
-    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError> {
-        MethodSelection::decode(buf)
-    }
-    fn encode_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.encode())
-    }
     fn exact_from(&self) -> usize {
         0
     }
 }
 
 impl Message for UserPassRequest {
-    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError> {
-        UserPassRequest::decode(buf)
-    }
-    fn encode_to(&self, out: &mut Vec<u8>) {
-        self.encode(out)
-    }
     fn exact_from(&self) -> usize {
         // VER, ULEN, UNAME, PLEN.
         3 + self.username.len()
@@ -86,48 +60,24 @@ impl Message for UserPassRequest {
 }
 
 impl Message for UserPassStatus {
-    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError> {
-        UserPassStatus::decode(buf)
-    }
-    fn encode_to(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.encode())
-    }
     fn exact_from(&self) -> usize {
         0
     }
 }
 
 impl Message for Request {
-    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError> {
-        Request::decode(buf)
-    }
-    fn encode_to(&self, out: &mut Vec<u8>) {
-        self.encode(out)
-    }
     fn exact_from(&self) -> usize {
         3 + addr_exact_from(&self.target)
     }
 }
 
 impl Message for Reply {
-    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError> {
-        Reply::decode(buf)
-    }
-    fn encode_to(&self, out: &mut Vec<u8>) {
-        self.encode(out)
-    }
     fn exact_from(&self) -> usize {
         3 + addr_exact_from(&self.bound)
     }
 }
 
 impl Message for UdpHeader {
-    fn decode(buf: &[u8]) -> Result<Decoded<Self>, ProtoError> {
-        UdpHeader::decode(buf)
-    }
-    fn encode_to(&self, out: &mut Vec<u8>) {
-        self.encode(out)
-    }
     fn exact_from(&self) -> usize {
         3 + addr_exact_from(&self.target)
     }
@@ -135,7 +85,7 @@ impl Message for UdpHeader {
 
 fn encode<M: Message>(msg: &M) -> Vec<u8> {
     let mut out = Vec::new();
-    msg.encode_to(&mut out);
+    msg.encode(&mut out);
     out
 }
 
@@ -702,7 +652,10 @@ fn user_pass_request_debug_redacts_password() {
 fn user_pass_status_encodes_byte_exact_and_decodes_back() {
     assert_wire(&UserPassStatus::SUCCESS, &[0x01, 0x00]);
     assert_wire(&UserPassStatus::FAILURE, &[0x01, 0x01]);
-    assert_eq!(UserPassStatus::SUCCESS.encode().len(), UserPassStatus::LEN);
+    assert_eq!(
+        UserPassStatus::SUCCESS.to_bytes().len(),
+        UserPassStatus::LEN
+    );
 }
 
 #[test]
@@ -718,7 +671,7 @@ fn user_pass_status_zero_is_the_only_success() {
 #[test]
 fn user_pass_status_prefix_is_incomplete() {
     for status in [UserPassStatus::SUCCESS, UserPassStatus::FAILURE] {
-        assert_prefixes_incomplete(&status, &status.encode());
+        assert_prefixes_incomplete(&status, &status.to_bytes());
     }
     assert_incomplete_counts::<UserPassStatus>(&[(&[], 2), (&[0x01], 1)]);
 }
@@ -726,7 +679,7 @@ fn user_pass_status_prefix_is_incomplete() {
 #[test]
 fn user_pass_status_leaves_trailing_bytes() {
     for status in [UserPassStatus::SUCCESS, UserPassStatus::FAILURE] {
-        assert_trailing_untouched(&status, &status.encode());
+        assert_trailing_untouched(&status, &status.to_bytes());
     }
 }
 

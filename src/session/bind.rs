@@ -8,117 +8,102 @@ use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{reply_error, reply_success, AccessRecord, Authenticated, Established, SessionError};
+use super::{Established, Session, SessionError};
 use crate::proto::{Command, TargetAddr};
 use crate::resolve;
-use crate::runtime::Core;
 
-pub(super) async fn serve_bind(
-    core: &Core,
-    auth: &Authenticated,
-    mut client: TcpStream,
-    target: TargetAddr,
-    early: Vec<u8>,
-    record: &mut AccessRecord,
-) -> Result<Established, SessionError> {
-    match accept_incoming(core, auth, &mut client, &target, record).await {
-        Ok(incoming) => Ok(Established {
-            client,
-            target: incoming,
-            early,
-            quota: None,
-        }),
-        Err(e) => {
-            reply_error(core, auth, &mut client, &e, record).await;
+impl Session<'_> {
+    /// BIND: listen, first reply, one incoming connection, second reply,
+    /// and the tunnel to relay.
+    pub(super) async fn bind(
+        mut self,
+        target: TargetAddr,
+        early: Vec<u8>,
+    ) -> Result<Established, SessionError> {
+        match self.accept_incoming(&target).await {
+            Ok(incoming) => Ok(self.established(incoming, early)),
+            Err(e) => {
+                self.reply_error(&e).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Everything up to the second reply. On error, no second reply was
+    /// sent.
+    async fn accept_incoming(&mut self, target: &TargetAddr) -> Result<TcpStream, SessionError> {
+        let control_local = self
+            .client
+            .local_addr()
+            .map_err(|e| SessionError::ClientIo(e.into()))?;
+        // DST.ADDR names the host expected to connect (RFC 1928: the client
+        // passes what it learned from the application protocol).
+        // The egress policy judges that host as a destination (command bind).
+        let expected: Option<IpAddr> = match target {
+            TargetAddr::Ip(sa) if sa.ip().is_unspecified() => None,
+            TargetAddr::Ip(sa) => {
+                self.egress_filter(Command::Bind, target, vec![*sa])?;
+                Some(sa.ip().to_canonical())
+            }
+            TargetAddr::Domain(name, port) => {
+                let addrs = resolve::resolve(name, *port, self.core.config.resolve_timeout).await?;
+                let (addrs, _) = self.egress_filter(Command::Bind, target, addrs)?;
+                addrs.first().map(|a| a.ip().to_canonical())
+            }
+        };
+        // Listen on the address of the interface that reaches that host.
+        let local_ip = expected
+            .and_then(|ip| crate::sys::local_addr_towards(SocketAddr::new(ip, 9)).ok())
+            .unwrap_or(control_local.ip())
+            .to_canonical();
+        let (listener, _stop) =
+            listen_once(SocketAddr::new(local_ip, 0)).map_err(SessionError::BindFailed)?;
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|e| SessionError::BindFailed(e.into()))?;
+        self.reply_success(listen_addr).await?;
+
+        let accepted = async {
+            listener
+                .accept()
+                .await
+                .map_err(|e| SessionError::BindFailed(e.into()))
+        };
+        let timed_out = async {
+            glommio::timer::sleep(self.core.config.bind_timeout).await;
+            Err(SessionError::BindTimeout)
+        };
+        // A client that gives up closes its control connection; stop waiting.
+        let abandoned = async {
+            let mut b = [0u8; 1];
+            match self.client.peek(&mut b).await {
+                Ok(0) | Err(_) => Err(SessionError::ClientClosed),
+                // Early data: keep waiting for the incoming connection.
+                Ok(_) => future::pending().await,
+            }
+        };
+        let incoming = future::or(accepted, future::or(timed_out, abandoned)).await?;
+        let peer = incoming
+            .peer_addr()
+            .map_err(|e| SessionError::BindFailed(e.into()))?;
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        self.record.resolved = Some(peer);
+        let refuse = |e: SessionError| {
+            crate::sys::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&incoming));
             Err(e)
+        };
+        if let Some(ip) = expected {
+            if peer.ip() != ip {
+                return refuse(SessionError::BindWrongPeer(peer));
+            }
         }
+        // Whoever connects is a peer the policy must allow, named or not.
+        if let Err(e) = self.egress_filter(Command::Bind, &TargetAddr::Ip(peer), vec![peer]) {
+            return refuse(e);
+        }
+        self.reply_success(peer).await?;
+        Ok(incoming)
     }
-}
-
-/// Everything up to the second reply. On error, no second reply was sent.
-async fn accept_incoming(
-    core: &Core,
-    auth: &Authenticated,
-    client: &mut TcpStream,
-    target: &TargetAddr,
-    record: &mut AccessRecord,
-) -> Result<TcpStream, SessionError> {
-    let control_local = client
-        .local_addr()
-        .map_err(|e| SessionError::ClientIo(e.into()))?;
-    // DST.ADDR names the host expected to connect (RFC 1928: the client
-    // passes what it learned from the application protocol).
-    // The egress policy judges that host as a destination (command bind).
-    let expected: Option<IpAddr> = match target {
-        TargetAddr::Ip(sa) if sa.ip().is_unspecified() => None,
-        TargetAddr::Ip(sa) => {
-            super::egress_filter(core, Command::Bind, target, vec![*sa], record)?;
-            Some(sa.ip().to_canonical())
-        }
-        TargetAddr::Domain(name, port) => {
-            let addrs = resolve::resolve(name, *port, core.config.resolve_timeout).await?;
-            let (addrs, _) = super::egress_filter(core, Command::Bind, target, addrs, record)?;
-            addrs.first().map(|a| a.ip().to_canonical())
-        }
-    };
-    // Listen on the address of the interface that reaches that host.
-    let local_ip = expected
-        .and_then(|ip| crate::sys::local_addr_towards(SocketAddr::new(ip, 9)).ok())
-        .unwrap_or(control_local.ip())
-        .to_canonical();
-    let (listener, _stop) =
-        listen_once(SocketAddr::new(local_ip, 0)).map_err(SessionError::BindFailed)?;
-    let listen_addr = listener
-        .local_addr()
-        .map_err(|e| SessionError::BindFailed(e.into()))?;
-    reply_success(core, auth, client, listen_addr, record).await?;
-
-    let accepted = async {
-        listener
-            .accept()
-            .await
-            .map_err(|e| SessionError::BindFailed(e.into()))
-    };
-    let timed_out = async {
-        glommio::timer::sleep(core.config.bind_timeout).await;
-        Err(SessionError::BindTimeout)
-    };
-    // A client that gives up closes its control connection; stop waiting.
-    let abandoned = async {
-        let mut b = [0u8; 1];
-        match client.peek(&mut b).await {
-            Ok(0) | Err(_) => Err(SessionError::ClientClosed),
-            // Early data: keep waiting for the incoming connection.
-            Ok(_) => future::pending().await,
-        }
-    };
-    let incoming = future::or(accepted, future::or(timed_out, abandoned)).await?;
-    let peer = incoming
-        .peer_addr()
-        .map_err(|e| SessionError::BindFailed(e.into()))?;
-    let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-    record.resolved = Some(peer);
-    let refuse = |e: SessionError| {
-        crate::sys::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&incoming));
-        Err(e)
-    };
-    if let Some(ip) = expected {
-        if peer.ip() != ip {
-            return refuse(SessionError::BindWrongPeer(peer));
-        }
-    }
-    // Whoever connects is a peer the policy must allow, named or not.
-    if let Err(e) = super::egress_filter(
-        core,
-        Command::Bind,
-        &TargetAddr::Ip(peer),
-        vec![peer],
-        record,
-    ) {
-        return refuse(e);
-    }
-    reply_success(core, auth, client, peer, record).await?;
-    Ok(incoming)
 }
 
 /// Stops the listening socket when dropped: closing alone would leave it

@@ -14,89 +14,80 @@ use futures_lite::future;
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
-use super::{reply_error, reply_success, AccessRecord, Authenticated, Established, SessionError};
+use super::{Established, Session, SessionError};
 use crate::proto::{Command, TargetAddr};
 use crate::resolve;
 use crate::runtime::events::EventRing;
-use crate::runtime::Core;
 
-pub(super) async fn serve_connect(
-    core: &Core,
-    auth: &Authenticated,
-    mut client: TcpStream,
-    target: TargetAddr,
-    early: Vec<u8>,
-    record: &mut AccessRecord,
-) -> Result<Established, SessionError> {
-    let upstream = match connect(core, &target, record).await {
-        Ok(s) => s,
-        Err(e) => {
-            reply_error(core, auth, &mut client, &e, record).await;
-            return Err(e);
-        }
-    };
-    let bound = upstream
-        .local_addr()
-        .map_err(|e| SessionError::ClientIo(e.into()))?;
-    reply_success(core, auth, &mut client, bound, record).await?;
-    Ok(Established {
-        client,
-        target: upstream,
-        early,
-        quota: None,
-    })
-}
-
-/// Resolves the target and races connection attempts to its addresses
-/// (RFC 8305), all within one `--connect-timeout` for the request.
-async fn connect(
-    core: &Core,
-    target: &TargetAddr,
-    record: &mut AccessRecord,
-) -> Result<TcpStream, SessionError> {
-    let addrs = match target {
-        TargetAddr::Ip(sa) => vec![*sa],
-        TargetAddr::Domain(name, port) => {
-            resolve::resolve(name, *port, core.config.resolve_timeout).await?
-        }
-    };
-    let (addrs, rule_sources) =
-        super::egress_filter(core, Command::Connect, target, addrs, record)?;
-    // Each address with its source; one of a family the pool lacks is
-    // dropped, and with none left the request fails (0x01).
-    let outbound = &core.config.outbound;
-    let sticky_key = record.user.as_deref().ok_or(record.client.ip());
-    let mut attempts = Vec::with_capacity(addrs.len());
-    let mut no_source = None;
-    for addr in resolve::interleave_families(addrs) {
-        match outbound.source_for(rule_sources, addr, sticky_key) {
-            Ok(source) => attempts.push((addr, source)),
-            Err(e) => no_source = no_source.or(Some(e)),
-        }
+impl Session<'_> {
+    /// CONNECT: the upstream connection, the reply, and the tunnel to relay.
+    pub(super) async fn connect(
+        mut self,
+        target: TargetAddr,
+        early: Vec<u8>,
+    ) -> Result<Established, SessionError> {
+        let upstream = match self.open_upstream(&target).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.reply_error(&e).await;
+                return Err(e);
+            }
+        };
+        let bound = upstream
+            .local_addr()
+            .map_err(|e| SessionError::ClientIo(e.into()))?;
+        self.reply_success(bound).await?;
+        Ok(self.established(upstream, early))
     }
-    let Some(&(first, _)) = attempts.first() else {
-        let e = no_source.map_or_else(|| "no address".to_owned(), |e| e.to_string());
-        return Err(SessionError::EgressSource(e));
-    };
-    let race = Race::new(
-        attempts,
-        core.config.connect_attempt_delay,
-        core.events.clone(),
-        outbound.interface.clone(),
-    );
-    let deadline = async {
-        glommio::timer::sleep(core.config.connect_timeout).await;
-        Err((first, SessionError::ConnectTimeout(first)))
-    };
-    match future::or(race, deadline).await {
-        Ok((addr, stream)) => {
-            record.resolved = Some(addr);
-            Ok(stream)
+
+    /// Resolves the target and races connection attempts to its addresses
+    /// (RFC 8305), all within one `--connect-timeout` for the request.
+    async fn open_upstream(&mut self, target: &TargetAddr) -> Result<TcpStream, SessionError> {
+        let core = self.core;
+        let addrs = match target {
+            TargetAddr::Ip(sa) => vec![*sa],
+            TargetAddr::Domain(name, port) => {
+                resolve::resolve(name, *port, core.config.resolve_timeout).await?
+            }
+        };
+        let (addrs, rule_sources) = self.egress_filter(Command::Connect, target, addrs)?;
+        // Each address with its source; one of a family the pool lacks is
+        // dropped, and with none left the request fails (0x01).
+        let outbound = &core.config.outbound;
+        let record = &mut *self.record;
+        let sticky_key = record.user.as_deref().ok_or(record.client.ip());
+        let mut attempts = Vec::with_capacity(addrs.len());
+        let mut no_source = None;
+        for addr in resolve::interleave_families(addrs) {
+            match outbound.source_for(rule_sources, addr, sticky_key) {
+                Ok(source) => attempts.push((addr, source)),
+                Err(e) => no_source = no_source.or(Some(e)),
+            }
         }
-        Err((addr, e)) => {
-            record.resolved = Some(addr);
-            tracing::debug!("{e}");
-            Err(e)
+        let Some(&(first, _)) = attempts.first() else {
+            let e = no_source.map_or_else(|| "no address".to_owned(), |e| e.to_string());
+            return Err(SessionError::EgressSource(e));
+        };
+        let race = Race::new(
+            attempts,
+            core.config.connect_attempt_delay,
+            core.events.clone(),
+            outbound.interface.clone(),
+        );
+        let deadline = async {
+            glommio::timer::sleep(core.config.connect_timeout).await;
+            Err((first, SessionError::ConnectTimeout(first)))
+        };
+        match future::or(race, deadline).await {
+            Ok((addr, stream)) => {
+                record.resolved = Some(addr);
+                Ok(stream)
+            }
+            Err((addr, e)) => {
+                record.resolved = Some(addr);
+                tracing::debug!("{e}");
+                Err(e)
+            }
         }
     }
 }

@@ -1,8 +1,11 @@
 //! One client connection, from greeting to the end of its tunnel.
 //!
 //! The handshake is typed: [`negotiate`] is the only way to get an
-//! [`Authenticated`] token, and reading the request or sending a reply takes
-//! that token, so no request is served before authentication.
+//! [`Authenticated`] proof; reading the request uses it up and yields the
+//! [`Requested`] state that a [`Session`] needs to send any reply. So no
+//! request is read, and no reply sent, before authentication. The three
+//! commands are methods of [`Session`] (`connect.rs`, `bind.rs`,
+//! `udp.rs`).
 //!
 //! greeting -> method selection -> (RFC 1929 auth) -> request -> command
 //! (CONNECT: resolve, connect, reply, relay) -> access log line.
@@ -31,15 +34,45 @@ use crate::config::Verification;
 use crate::metrics;
 use crate::policy::Requester;
 use crate::proto::{
-    Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request, TargetAddr,
+    Codec, Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request, TargetAddr,
     UserPassRequest, UserPassStatus,
 };
 use crate::runtime::{Core, Stop, StopSignal, Ticket};
 
 /// Proof that method negotiation (and authentication, if required)
-/// succeeded.
+/// succeeded. Only [`negotiate`] makes one (the field is private to this
+/// module), and [`Authenticated::read_request`] uses it up.
 pub struct Authenticated {
-    pub user: Option<String>,
+    user: Option<String>,
+}
+
+impl Authenticated {
+    /// Reads the request; the proof becomes the [`Requested`] state that
+    /// replies need, whether the request decoded or not (a malformed one
+    /// gets the reply its error calls for).
+    async fn read_request(
+        self,
+        reader: &mut MessageReader,
+        client: &mut TcpStream,
+    ) -> (Requested, Result<Request, SessionError>) {
+        let request = reader.next::<Request>(client).await;
+        (Requested { user: self.user }, request)
+    }
+}
+
+/// An authenticated client whose request has been read: the only state in
+/// which the proxy may reply. Made only from an [`Authenticated`].
+struct Requested {
+    user: Option<String>,
+}
+
+/// One client past its request: what every command needs to reply, judge
+/// destinations against the egress policy, and record what happened.
+struct Session<'a> {
+    core: &'a Core,
+    client: TcpStream,
+    requested: Requested,
+    record: &'a mut AccessRecord,
 }
 
 /// A session that is ready to relay a TCP tunnel (CONNECT, BIND).
@@ -110,34 +143,39 @@ async fn establish(
     let mut reader = MessageReader::new();
     let handshake = async {
         let auth = negotiate(core, &mut client, &mut reader).await?;
-        let request = reader.next(&mut client, Request::decode).await;
-        Ok::<_, SessionError>((auth, request))
+        Ok::<_, SessionError>(auth.read_request(&mut reader, &mut client).await)
     };
     let deadline = async {
         glommio::timer::sleep(core.config.handshake_timeout).await;
         Err(SessionError::HandshakeTimeout)
     };
-    let (auth, request) = future::or(handshake, deadline).await?;
+    let (requested, request) = future::or(handshake, deadline).await?;
     // What the client's pace decides is over; from here the proxy's own
     // timeouts bound the session.
     ticket.handshake_done();
-    record.user = auth.user.clone();
+    record.user = requested.user.clone();
+    let mut session = Session {
+        core,
+        client,
+        requested,
+        record,
+    };
     let request = match request {
         Ok(r) => r,
         Err(e) => {
             // A malformed request gets the reply its error calls for.
-            reply_error(core, &auth, &mut client, &e, record).await;
+            session.reply_error(&e).await;
             return Err(e);
         }
     };
-    record.command = Some(request.command);
-    record.target = Some(request.target.clone());
-    let client_ip = record.client.ip().to_canonical();
-    let lease = match core.quotas.acquire(auth.user.as_deref(), client_ip) {
+    session.record.command = Some(request.command);
+    session.record.target = Some(request.target.clone());
+    let client_ip = session.record.client.ip().to_canonical();
+    let lease = match core.quotas.acquire(session.user(), client_ip) {
         Ok(lease) => lease,
         Err((e, reason)) => {
             metrics::add(&core.metrics().quota_refusals[reason], 1);
-            reply_error(core, &auth, &mut client, &e, record).await;
+            session.reply_error(&e).await;
             return Err(e);
         }
     };
@@ -145,25 +183,14 @@ async fn establish(
         t.quota = Some(lease);
         Some(t)
     };
+    // Client bytes that came with the request go on to the target.
+    let early = reader.leftover().to_vec();
+    drop(reader);
     match request.command {
-        Command::Connect => {
-            let early = reader.leftover().to_vec();
-            drop(reader);
-            connect::serve_connect(core, &auth, client, request.target, early, record)
-                .await
-                .map(with_quota)
-        }
-        Command::Bind => {
-            let early = reader.leftover().to_vec();
-            drop(reader);
-            bind::serve_bind(core, &auth, client, request.target, early, record)
-                .await
-                .map(with_quota)
-        }
+        Command::Connect => session.connect(request.target, early).await.map(with_quota),
+        Command::Bind => session.bind(request.target, early).await.map(with_quota),
         Command::UdpAssociate => {
-            drop(reader);
-            let served =
-                udp::serve_udp(core, &auth, client, request.target, record, &ticket.stop).await;
+            let served = session.udp_associate(request.target, &ticket.stop).await;
             drop(with_quota);
             served.map(|()| None)
         }
@@ -194,74 +221,108 @@ async fn relay_tunnel(core: &Core, t: Established, record: &mut AccessRecord, st
     record.end = Some(r.end.to_string());
 }
 
-/// Who asks, for the egress policy.
-fn requester(record: &AccessRecord, command: Command) -> Requester<'_> {
-    Requester {
-        client: record.client.ip().to_canonical(),
-        user: record.user.as_deref(),
-        command,
+impl<'a> Session<'a> {
+    /// The authenticated user, if users are configured.
+    fn user(&self) -> Option<&str> {
+        self.requested.user.as_deref()
     }
-}
 
-/// Keeps the addresses of `target` that the egress policy allows, in
-/// their order, with the source pool of the rule that allowed the first
-/// (empty: the global one). With none left the request is refused (reply
-/// 0x02), and the access log names the rule, or `private`, that refused it.
-fn egress_filter<'c>(
-    core: &'c Core,
-    command: Command,
-    target: &TargetAddr,
-    mut addrs: Vec<SocketAddr>,
-    record: &mut AccessRecord,
-) -> Result<(Vec<SocketAddr>, &'c [std::net::IpAddr]), SessionError> {
-    let domain = match target {
-        TargetAddr::Domain(name, _) => Some(name.as_str()),
-        TargetAddr::Ip(_) => None,
-    };
-    let policy = &core.config.policy;
-    let who = requester(record, command);
-    // The decision for the first allowed address (and its rule, if one
-    // decided), and the first denial.
-    let mut allowed_by = None;
-    let mut refused = None;
-    addrs.retain(|&addr| match policy.check(&who, domain, addr) {
-        Ok(rule) => {
-            allowed_by.get_or_insert(rule);
-            true
+    /// Who asks, for the egress policy.
+    fn requester(&self, command: Command) -> Requester<'_> {
+        Requester {
+            client: self.record.client.ip().to_canonical(),
+            user: self.user(),
+            command,
         }
-        Err(denial) => {
-            refused.get_or_insert((addr, denial));
-            false
-        }
-    });
-    if let Some(rule) = allowed_by {
-        record.rule = rule.map(|r| r.name.clone());
-        return Ok((addrs, rule.map_or(&[][..], |r| r.source.as_slice())));
     }
-    let Some((addr, denial)) = refused else {
-        return Err(SessionError::NotAllowed(format!(
-            "target {target}: no address"
-        )));
-    };
-    metrics::add(&core.metrics().denied[denial.metrics_index()], 1);
-    let message = format!("target {target} ({addr}) {denial}");
-    record.rule = Some(denial.name().to_owned());
-    record.resolved = Some(addr);
-    Err(SessionError::NotAllowed(message))
-}
 
-/// Sends the success reply (which needs authentication) and records it.
-async fn reply_success(
-    core: &Core,
-    auth: &Authenticated,
-    client: &mut TcpStream,
-    bound: SocketAddr,
-    record: &mut AccessRecord,
-) -> Result<(), SessionError> {
-    record.reply = Some(ReplyCode::Succeeded);
-    core.metrics().reply(ReplyCode::Succeeded);
-    let bound = SocketAddr::new(bound.ip().to_canonical(), bound.port());
-    send_reply(auth, client, ReplyCode::Succeeded, &TargetAddr::Ip(bound)).await
+    /// Keeps the addresses of `target` that the egress policy allows, in
+    /// their order, with the source pool of the rule that allowed the first
+    /// (empty: the global one). With none left the request is refused
+    /// (reply 0x02), and the access log names the rule, or `private`, that
+    /// refused it.
+    fn egress_filter(
+        &mut self,
+        command: Command,
+        target: &TargetAddr,
+        mut addrs: Vec<SocketAddr>,
+    ) -> Result<(Vec<SocketAddr>, &'a [std::net::IpAddr]), SessionError> {
+        let domain = match target {
+            TargetAddr::Domain(name, _) => Some(name.as_str()),
+            TargetAddr::Ip(_) => None,
+        };
+        let core = self.core;
+        let policy = &core.config.policy;
+        let who = self.requester(command);
+        // The decision for the first allowed address (and its rule, if one
+        // decided), and the first denial.
+        let mut allowed_by = None;
+        let mut refused = None;
+        addrs.retain(|&addr| match policy.check(&who, domain, addr) {
+            Ok(rule) => {
+                allowed_by.get_or_insert(rule);
+                true
+            }
+            Err(denial) => {
+                refused.get_or_insert((addr, denial));
+                false
+            }
+        });
+        if let Some(rule) = allowed_by {
+            self.record.rule = rule.map(|r| r.name.clone());
+            return Ok((addrs, rule.map_or(&[][..], |r| r.source.as_slice())));
+        }
+        let Some((addr, denial)) = refused else {
+            return Err(SessionError::NotAllowed(format!(
+                "target {target}: no address"
+            )));
+        };
+        metrics::add(&core.metrics().denied[denial.metrics_index()], 1);
+        let message = format!("target {target} ({addr}) {denial}");
+        self.record.rule = Some(denial.name().to_owned());
+        self.record.resolved = Some(addr);
+        Err(SessionError::NotAllowed(message))
+    }
+
+    /// Sends the success reply and records it.
+    async fn reply_success(&mut self, bound: SocketAddr) -> Result<(), SessionError> {
+        self.record.reply = Some(ReplyCode::Succeeded);
+        self.core.metrics().reply(ReplyCode::Succeeded);
+        let bound = SocketAddr::new(bound.ip().to_canonical(), bound.port());
+        self.send_reply(ReplyCode::Succeeded, &TargetAddr::Ip(bound))
+            .await
+    }
+
+    /// Sends the failure reply for `e`, if it has one, and records it.
+    async fn reply_error(&mut self, e: &SessionError) {
+        if let Some(code) = e.reply_code() {
+            self.record.reply = Some(code);
+            self.core.metrics().reply(code);
+            let _ = self.send_reply(code, &unspecified()).await;
+        }
+    }
+
+    async fn send_reply(
+        &mut self,
+        code: ReplyCode,
+        bound: &TargetAddr,
+    ) -> Result<(), SessionError> {
+        let reply = Reply {
+            code,
+            bound: bound.clone(),
+        };
+        send(&mut self.client, &reply.to_bytes()).await
+    }
+
+    /// The tunnel to relay once a command has its other stream.
+    fn established(self, target: TcpStream, early: Vec<u8>) -> Established {
+        Established {
+            client: self.client,
+            target,
+            early,
+            quota: None,
+        }
+    }
 }
 
 /// Greeting, method selection and, when users are configured, RFC 1929.
@@ -270,9 +331,9 @@ async fn negotiate(
     client: &mut TcpStream,
     reader: &mut MessageReader,
 ) -> Result<Authenticated, SessionError> {
-    let greeting = match reader.next(client, Greeting::decode).await {
+    let greeting = match reader.next::<Greeting>(client).await {
         Err(SessionError::Proto(crate::proto::ProtoError::NoMethods)) => {
-            send(client, &MethodSelection(Method::NO_ACCEPTABLE).encode()).await?;
+            send(client, &MethodSelection(Method::NO_ACCEPTABLE).to_bytes()).await?;
             return Err(SessionError::NoAcceptableMethod);
         }
         other => other?,
@@ -282,17 +343,17 @@ async fn negotiate(
         None => Method::NO_AUTH,
     };
     if !greeting.methods.contains(wanted) {
-        send(client, &MethodSelection(Method::NO_ACCEPTABLE).encode()).await?;
+        send(client, &MethodSelection(Method::NO_ACCEPTABLE).to_bytes()).await?;
         return Err(SessionError::NoAcceptableMethod);
     }
-    send(client, &MethodSelection(wanted).encode()).await?;
+    send(client, &MethodSelection(wanted).to_bytes()).await?;
     let Some(users) = &core.config.users else {
         return Ok(Authenticated { user: None });
     };
-    let creds = match reader.next(client, UserPassRequest::decode).await {
+    let creds = match reader.next::<UserPassRequest>(client).await {
         Ok(c) => c,
         Err(e @ SessionError::Proto(_)) => {
-            send(client, &UserPassStatus::FAILURE.encode()).await?;
+            send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
             return Err(e);
         }
         Err(e) => return Err(e),
@@ -308,46 +369,16 @@ async fn negotiate(
         }
     };
     if !ok {
-        send(client, &UserPassStatus::FAILURE.encode()).await?;
+        send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
         return Err(SessionError::AuthFailed(user));
     }
-    send(client, &UserPassStatus::SUCCESS.encode()).await?;
+    send(client, &UserPassStatus::SUCCESS.to_bytes()).await?;
     Ok(Authenticated { user: Some(user) })
-}
-
-/// Sends the failure reply for `e`, if it has one.
-async fn reply_error(
-    core: &Core,
-    auth: &Authenticated,
-    client: &mut TcpStream,
-    e: &SessionError,
-    record: &mut AccessRecord,
-) {
-    if let Some(code) = e.reply_code() {
-        record.reply = Some(code);
-        core.metrics().reply(code);
-        let _ = send_reply(auth, client, code, &unspecified()).await;
-    }
 }
 
 /// BND.ADDR/BND.PORT of a failure reply.
 fn unspecified() -> TargetAddr {
     TargetAddr::Ip(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))
-}
-
-async fn send_reply(
-    _auth: &Authenticated,
-    client: &mut TcpStream,
-    code: ReplyCode,
-    bound: &TargetAddr,
-) -> Result<(), SessionError> {
-    let mut out = Vec::with_capacity(Reply::MAX_LEN);
-    Reply {
-        code,
-        bound: bound.clone(),
-    }
-    .encode(&mut out);
-    send(client, &out).await
 }
 
 async fn send(client: &mut TcpStream, bytes: &[u8]) -> Result<(), SessionError> {

@@ -2,7 +2,7 @@ use futures_lite::io::AsyncReadExt;
 use glommio::net::TcpStream;
 
 use super::SessionError;
-use crate::proto::{Decoded, ProtoError};
+use crate::proto::{Codec, Decoded};
 
 /// The longest handshake message: an RFC 1929 request (1 + 1 + 255 + 1 +
 /// 255 bytes). Greetings (257) and requests (262) are shorter.
@@ -27,13 +27,10 @@ impl MessageReader {
         }
     }
 
-    pub async fn next<T>(
-        &mut self,
-        client: &mut TcpStream,
-        decode: fn(&[u8]) -> Result<Decoded<T>, ProtoError>,
-    ) -> Result<T, SessionError> {
+    /// The next message of type `T`, read as far as it needs.
+    pub async fn next<T: Codec>(&mut self, client: &mut TcpStream) -> Result<T, SessionError> {
         loop {
-            if let Decoded::Complete(value, used) = decode(&self.buf[self.start..self.end])? {
+            if let Decoded::Complete(value, used) = T::decode(&self.buf[self.start..self.end])? {
                 self.start += used;
                 return Ok(value);
             }

@@ -1,76 +1,77 @@
 //! UDP ASSOCIATE: set up the association on this core, reply with its
 //! relay address, then serve it until the control connection closes.
 
-use glommio::net::TcpStream;
-
-use super::{reply_error, reply_success, AccessRecord, Authenticated, SessionError};
+use super::{Session, SessionError};
 use crate::metrics;
 use crate::proto::TargetAddr;
-use crate::runtime::{Core, StopSignal};
+use crate::runtime::StopSignal;
 use crate::udp;
 
-pub(super) async fn serve_udp(
-    core: &Core,
-    auth: &Authenticated,
-    mut client: TcpStream,
-    requested: TargetAddr,
-    record: &mut AccessRecord,
-    stop: &StopSignal,
-) -> Result<(), SessionError> {
-    let egress = udp::Egress {
-        policy: &core.config.policy,
-        outbound: &core.config.outbound,
-        client: record.client.ip().to_canonical(),
-        user: auth.user.clone(),
-        throttle: core
-            .bandwidth
-            .throttle(auth.user.as_deref(), record.client.ip().to_canonical()),
-    };
-    let resolve_timeout = core.config.resolve_timeout;
-    let prepared = match udp::prepare(&core.udp, egress, &client, &requested, resolve_timeout) {
-        Ok(p) => p,
-        Err(e) => {
-            let e = SessionError::UdpSetup(e);
-            reply_error(core, auth, &mut client, &e, record).await;
-            return Err(e);
-        }
-    };
-    let relay_addr = prepared
-        .relay_addr()
-        .map_err(|e| SessionError::UdpSetup(udp::SetupError::Socket(e)))?;
-    record.resolved = Some(relay_addr);
-    // Behind NAT or a load balancer the client must be told the address
-    // it can reach; the port is the relay's own.
-    let advertised = match core.config.udp_advertise {
-        Some(ip) => std::net::SocketAddr::new(ip, relay_addr.port()),
-        None => relay_addr,
-    };
-    reply_success(core, auth, &mut client, advertised, record).await?;
-    let m = core.metrics();
-    metrics::set(&m.udp_associations, core.udp.live() as u64);
-    let (report, end) = udp::serve(prepared, client, core.config.udp_idle_timeout, stop).await;
-    metrics::set(&m.udp_associations, core.udp.live() as u64);
-    metrics::add(&m.udp_datagrams_client_to_target, report.datagrams_up);
-    metrics::add(&m.udp_datagrams_target_to_client, report.datagrams_down);
-    metrics::add(&m.udp_datagrams_dropped, report.dropped());
-    metrics::add(&m.udp_datagrams_denied, report.dropped_denied);
-    metrics::add(&m.udp_datagrams_over_bandwidth, report.dropped_bandwidth);
-    metrics::add(&m.bytes_client_to_target, report.bytes_up);
-    metrics::add(&m.bytes_target_to_client, report.bytes_down);
-    record.up = report.bytes_up;
-    record.down = report.bytes_down;
-    record.engine = Some("udp");
-    record.end = Some(format!(
-        "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_reserved={} dropped_foreign={} dropped_unsolicited={} dropped_denied={} dropped_bandwidth={} dropped_other={}",
-        report.datagrams_up,
-        report.datagrams_down,
-        report.dropped_fragmented,
-        report.dropped_reserved,
-        report.dropped_foreign,
-        report.dropped_unsolicited,
-        report.dropped_denied,
-        report.dropped_bandwidth,
-        report.dropped_other
-    ));
-    Ok(())
+impl Session<'_> {
+    /// UDP ASSOCIATE: the association, its reply, and its datagrams until
+    /// the control connection closes.
+    pub(super) async fn udp_associate(
+        mut self,
+        requested: TargetAddr,
+        stop: &StopSignal,
+    ) -> Result<(), SessionError> {
+        let core = self.core;
+        let client_ip = self.record.client.ip().to_canonical();
+        let egress = udp::Egress {
+            policy: &core.config.policy,
+            outbound: &core.config.outbound,
+            client: client_ip,
+            user: self.user().map(str::to_owned),
+            throttle: core.bandwidth.throttle(self.user(), client_ip),
+        };
+        let resolve_timeout = core.config.resolve_timeout;
+        let prepared =
+            match udp::prepare(&core.udp, egress, &self.client, &requested, resolve_timeout) {
+                Ok(p) => p,
+                Err(e) => {
+                    let e = SessionError::UdpSetup(e);
+                    self.reply_error(&e).await;
+                    return Err(e);
+                }
+            };
+        let relay_addr = prepared
+            .relay_addr()
+            .map_err(|e| SessionError::UdpSetup(udp::SetupError::Socket(e)))?;
+        self.record.resolved = Some(relay_addr);
+        // Behind NAT or a load balancer the client must be told the address
+        // it can reach; the port is the relay's own.
+        let advertised = match core.config.udp_advertise {
+            Some(ip) => std::net::SocketAddr::new(ip, relay_addr.port()),
+            None => relay_addr,
+        };
+        self.reply_success(advertised).await?;
+        let Session { client, record, .. } = self;
+        let m = core.metrics();
+        metrics::set(&m.udp_associations, core.udp.live() as u64);
+        let (report, end) = udp::serve(prepared, client, core.config.udp_idle_timeout, stop).await;
+        metrics::set(&m.udp_associations, core.udp.live() as u64);
+        metrics::add(&m.udp_datagrams_client_to_target, report.datagrams_up);
+        metrics::add(&m.udp_datagrams_target_to_client, report.datagrams_down);
+        metrics::add(&m.udp_datagrams_dropped, report.dropped());
+        metrics::add(&m.udp_datagrams_denied, report.dropped_denied);
+        metrics::add(&m.udp_datagrams_over_bandwidth, report.dropped_bandwidth);
+        metrics::add(&m.bytes_client_to_target, report.bytes_up);
+        metrics::add(&m.bytes_target_to_client, report.bytes_down);
+        record.up = report.bytes_up;
+        record.down = report.bytes_down;
+        record.engine = Some("udp");
+        record.end = Some(format!(
+            "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_reserved={} dropped_foreign={} dropped_unsolicited={} dropped_denied={} dropped_bandwidth={} dropped_other={}",
+            report.datagrams_up,
+            report.datagrams_down,
+            report.dropped_fragmented,
+            report.dropped_reserved,
+            report.dropped_foreign,
+            report.dropped_unsolicited,
+            report.dropped_denied,
+            report.dropped_bandwidth,
+            report.dropped_other
+        ));
+        Ok(())
+    }
 }

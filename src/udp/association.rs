@@ -13,7 +13,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::{UdpTable, MAX_HEADER};
 use crate::policy::source::Outbound;
 use crate::policy::{Policy, Requester};
-use crate::proto::{Command, Decoded, ProtoError, TargetAddr, UdpHeader};
+use crate::proto::{Codec, Command, Decoded, ProtoError, TargetAddr, UdpHeader};
 use crate::relay::throttle::{Throttle, Way};
 use crate::resolve;
 use crate::runtime::{Stop, StopSignal};

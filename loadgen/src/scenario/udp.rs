@@ -33,7 +33,7 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use coresocks::client;
-use coresocks::proto::{Command, Decoded, TargetAddr, UdpHeader};
+use coresocks::proto::{Codec, Command, Decoded, TargetAddr, UdpHeader};
 use glommio::net::{TcpStream, UdpSocket};
 use hdrhistogram::Histogram;
 use serde::Serialize;
