@@ -157,6 +157,14 @@ pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
 }
 
+/// Sets a non-blocking eventfd's counter back to zero (a read of it).
+pub fn eventfd_reset(fd: BorrowedFd<'_>) {
+    let mut count = 0u64;
+    // SAFETY: eventfd_read writes one u64 into a local; EAGAIN (already
+    // zero) is the expected failure and changes nothing.
+    unsafe { libc::eventfd_read(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut count) };
+}
+
 /// Adds one to an eventfd's counter, waking whoever reads it.
 pub fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: eventfd_write takes the descriptor and a value, no pointers.
@@ -357,6 +365,37 @@ pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// recv(2) without blocking (MSG_DONTWAIT: glommio leaves its sockets
+/// blocking). Ok(0) is end of stream.
+pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: writes at most buf.len() bytes into buf, which we own.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// send(2) without blocking, and without SIGPIPE on a closed peer (EPIPE
+/// instead).
+pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: reads at most buf.len() bytes from buf.
+    let n = unsafe {
+        libc::send(
+            fd,
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Reads one byte from a non-blocking descriptor.
 pub fn read_one(fd: RawFd) -> io::Result<Option<u8>> {
     let mut b = 0u8;
@@ -413,6 +452,36 @@ pub fn local_addr_towards(dest: std::net::SocketAddr) -> io::Result<std::net::Ip
         .as_socket()
         .map(|a| a.ip())
         .ok_or_else(|| io::Error::other("no local address"))
+}
+
+/// Reads one line from stdin without its line ending. On a terminal the
+/// prompt goes to stderr and echo is off while typing.
+pub fn read_password_line() -> io::Result<String> {
+    use std::io::{BufRead, Write};
+    // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a zeroed termios that
+    // tcgetattr fills before it is read.
+    let saved = unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 {
+            let mut quiet = t;
+            quiet.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(0, libc::TCSANOW, &quiet);
+            eprint!("password: ");
+            let _ = io::stderr().flush();
+            Some(t)
+        } else {
+            None
+        }
+    };
+    let mut line = String::new();
+    let read = io::stdin().lock().read_line(&mut line);
+    if let Some(t) = saved {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
+        eprintln!();
+    }
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 #[cfg(test)]
@@ -480,34 +549,4 @@ mod tests {
                 .is_none());
         }
     }
-}
-
-/// Reads one line from stdin without its line ending. On a terminal the
-/// prompt goes to stderr and echo is off while typing.
-pub fn read_password_line() -> io::Result<String> {
-    use std::io::{BufRead, Write};
-    // SAFETY: isatty/tcgetattr/tcsetattr on fd 0 with a zeroed termios that
-    // tcgetattr fills before it is read.
-    let saved = unsafe {
-        let mut t: libc::termios = std::mem::zeroed();
-        if libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 {
-            let mut quiet = t;
-            quiet.c_lflag &= !libc::ECHO;
-            libc::tcsetattr(0, libc::TCSANOW, &quiet);
-            eprint!("password: ");
-            let _ = io::stderr().flush();
-            Some(t)
-        } else {
-            None
-        }
-    };
-    let mut line = String::new();
-    let read = io::stdin().lock().read_line(&mut line);
-    if let Some(t) = saved {
-        // SAFETY: restores the settings read above.
-        unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) };
-        eprintln!();
-    }
-    read?;
-    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }

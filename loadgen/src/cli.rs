@@ -194,6 +194,12 @@ pub struct LatencyArgs {
     /// Bytes per request (the echo answers as many)
     #[arg(long, default_value = "64", value_parser = parse_size)]
     pub size: usize,
+    /// Ping-pong instead of a schedule: each tunnel sends its next request
+    /// when the answer to the last has arrived, as fast as the path allows
+    /// (round trips per second; --rate is ignored). Latencies are then
+    /// service times: a stall shows as fewer round trips, not in the tail
+    #[arg(long)]
+    pub closed_loop: bool,
 }
 
 #[derive(Debug, Clone, Args)]

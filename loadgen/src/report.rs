@@ -327,18 +327,31 @@ impl Report {
                 row("first byte", percentiles_line(&c.first_byte));
             }
             ScenarioResult::Latency(l) => {
-                row(
-                    "rate",
-                    format!(
-                        "{:.0} req/s achieved of {:.0} asked ({} tunnels, {} bytes)",
-                        l.achieved_rate, l.target_rate, l.connections, l.size
-                    ),
-                );
+                if l.closed_loop {
+                    row(
+                        "rate",
+                        format!(
+                            "{:.0} round trips/s, closed loop ({} tunnels, {} bytes)",
+                            l.achieved_rate, l.connections, l.size
+                        ),
+                    );
+                } else {
+                    row(
+                        "rate",
+                        format!(
+                            "{:.0} req/s achieved of {:.0} asked ({} tunnels, {} bytes)",
+                            l.achieved_rate, l.target_rate, l.connections, l.size
+                        ),
+                    );
+                }
                 row(
                     "responses",
                     format!(
-                        "{} in window, {} requests scheduled in window, {} lost",
-                        l.responses_in_window, l.requests_in_window, l.lost
+                        "{} in window, {} requests {} in window, {} lost",
+                        l.responses_in_window,
+                        l.requests_in_window,
+                        if l.closed_loop { "sent" } else { "scheduled" },
+                        l.lost
                     ),
                 );
                 let q = &l.latency;

@@ -177,8 +177,9 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub max_pipes_per_core: Option<usize>,
 
-    /// With --relay auto: bytes a direction copies before it switches to
-    /// splice [default: 65536]
+    /// With --relay auto: a read this large (bulk data is waiting) moves a
+    /// direction from copy to splice, and a splice under a quarter of it
+    /// moves it back; at most --buffer-size [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub splice_threshold: Option<u64>,
 

@@ -1,17 +1,15 @@
-//! The copy engine: read into a pooled buffer, write it out.
+//! The copy engine: one recv into a pooled buffer, one send out, per
+//! readiness; no pipe, so it is the cheap engine for small messages.
 //!
-//! glommio's plain (non-buffered) read first tries recv(2) and, on EAGAIN,
-//! arms an io_uring poll that holds no buffer; so a direction borrows a pool
-//! buffer only for one read attempt and keeps it only while read bytes wait
-//! to be written. An idle tunnel holds no buffer.
+//! Reads try recv(2) first and wait only after EAGAIN (through the core's
+//! event ring, or glommio's buffer-less poll without one), so a direction
+//! borrows a pool buffer only for one read attempt and keeps it only while
+//! read bytes wait to be written. An idle tunnel holds no buffer.
 
 use std::io;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
-
+use super::endpoint::Endpoint;
 use super::tunnel::{Fill, Flush};
 use super::BufferPool;
 
@@ -24,21 +22,17 @@ pub(super) struct CopyState {
 }
 
 impl CopyState {
-    pub(super) fn is_empty(&self) -> bool {
-        self.buf.is_none()
-    }
-
     /// Writes pending bytes to `dst`.
     pub(super) fn poll_flush(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut TcpStream,
+        dst: &mut Endpoint<'_>,
         pool: &BufferPool,
     ) -> io::Result<Flush> {
         let Some(buf) = &self.buf else {
             return Ok(Flush::Empty);
         };
-        match Pin::new(dst).poll_write(cx, &buf[self.pos..self.len]) {
+        match dst.poll_send(cx, &buf[self.pos..self.len]) {
             Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
             Poll::Ready(Ok(n)) => {
                 self.pos += n;
@@ -59,13 +53,13 @@ impl CopyState {
     pub(super) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TcpStream,
+        src: &mut Endpoint<'_>,
         pool: &BufferPool,
         limit: usize,
     ) -> io::Result<Fill> {
         let mut buf = pool.take();
         let room = buf.len().min(limit);
-        match Pin::new(src).poll_read(cx, &mut buf[..room]) {
+        match src.poll_recv(cx, &mut buf[..room]) {
             Poll::Ready(Ok(0)) => {
                 pool.give(buf);
                 Ok(Fill::Eof)
@@ -81,7 +75,7 @@ impl CopyState {
                 Err(e)
             }
             Poll::Pending => {
-                // The wait holds no buffer: glommio polls for readiness.
+                // The wait holds no buffer: only a poll for readiness.
                 pool.give(buf);
                 Ok(Fill::Blocked)
             }

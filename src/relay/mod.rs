@@ -12,6 +12,7 @@
 //! - an idle tunnel holds no buffer.
 
 mod copy;
+mod endpoint;
 mod pipes;
 mod pool;
 mod splice;
@@ -23,6 +24,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use std::rc::Rc;
+
 use futures_lite::io::AsyncWriteExt;
 use glommio::net::TcpStream;
 
@@ -31,7 +34,9 @@ pub use pool::BufferPool;
 pub use throttle::{Bandwidth, Throttle};
 
 use crate::config::{Config, RelayMode};
+use crate::runtime::events::{EventRing, Watch};
 use crate::runtime::{Stop, StopSignal};
+use endpoint::Endpoint;
 use tunnel::{Direction, Tunnel};
 
 /// One side of a tunnel.
@@ -120,21 +125,26 @@ pub struct Relay {
     pub mode: RelayMode,
     pub buffers: BufferPool,
     pub pipes: PipePool,
-    /// `auto`: bytes a direction copies before it moves to splice.
+    /// `auto`: a copy read this large moves a direction to splice; a
+    /// splice under a quarter of it moves it back. At most a copy buffer,
+    /// since no read is larger.
     pub splice_threshold: u64,
     pub idle_timeout: Duration,
+    /// The core's own ring that tunnels wait on; `None`: glommio's.
+    pub events: Option<Rc<EventRing>>,
 }
 
 impl Relay {
-    pub fn new(config: &Config, max_pipes: usize) -> Relay {
+    pub fn new(config: &Config, max_pipes: usize, events: Option<Rc<EventRing>>) -> Relay {
         Relay {
             mode: config.relay,
             // Keep enough free buffers for a burst of busy tunnels; beyond
             // that, freed buffers go back to the allocator.
             buffers: BufferPool::new(config.buffer_size, 256),
             pipes: PipePool::new(config.pipe_size, max_pipes),
-            splice_threshold: config.splice_threshold,
+            splice_threshold: config.splice_threshold.min(config.buffer_size as u64),
             idle_timeout: config.idle_timeout,
+            events,
         }
     }
 
@@ -176,12 +186,26 @@ impl Relay {
             report.client_to_target = early.len() as u64;
             throttle.spend(throttle::Way::Up, early.len());
         }
+        let watch = |s: &TcpStream| {
+            self.events
+                .as_ref()
+                .map(|ring| Watch::new(ring.clone(), s.as_raw_fd()))
+        };
+        let (client_watch, target_watch) = (watch(&client), watch(&target));
         let mut tunnel = Tunnel {
             relay: self,
             up: Direction::new(Side::Client, Side::Target, self, throttle.clone()),
             down: Direction::new(Side::Target, Side::Client, self, throttle),
-            client: &mut client,
-            target: &mut target,
+            client: Endpoint {
+                stream: &mut client,
+                watch: client_watch,
+                drained: false,
+            },
+            target: Endpoint {
+                stream: &mut target,
+                watch: target_watch,
+                drained: false,
+            },
             idle: IdleClock::new(self.idle_timeout),
             stop,
         };
@@ -192,6 +216,9 @@ impl Relay {
         report.target_to_client += tunnel.down.copied + tunnel.down.spliced;
         report.spliced = tunnel.up.spliced + tunnel.down.spliced;
         report.throttled = tunnel.up.throttled + tunnel.down.throttled;
+        // The ring's polls go before the sockets close: a poll holds its
+        // socket open.
+        drop(tunnel);
         let total = report.client_to_target + report.target_to_client;
         if report.spliced * 2 > total {
             report.engine = Engine::Splice;

@@ -3,10 +3,14 @@
 //!
 //! Why not io_uring's IORING_OP_SPLICE: the kernel runs every io_uring
 //! splice on an io-wq worker thread, which would put a thread pool behind a
-//! thread-per-core design. Instead we call splice(2) non-blocking and wait
-//! for readiness through glommio, which has no public "wait until readable"
-//! API but does have one that costs nothing while waiting: its plain read
-//! tries recv(2) and then arms a buffer-less io_uring poll. So:
+//! thread-per-core design. Instead we call splice(2) non-blocking and, on
+//! EAGAIN, wait for readiness through the core's event ring (the socket's
+//! multishot POLLIN, or a one-shot POLLOUT).
+//!
+//! Without a ring (`--event-ring off`) readiness comes from glommio, which
+//! has no public "wait until readable" API but does have one that costs
+//! nothing while waiting: its plain read tries recv(2) and then arms a
+//! buffer-less io_uring poll. So:
 //! - waiting to read: splice returns EAGAIN, then a 1-byte glommio read
 //!   either arms the poll (the usual case) or, if data raced in, takes one
 //!   byte, which is sent ahead of the next splice;
@@ -18,12 +22,9 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
-
+use super::endpoint::Endpoint;
 use super::pipes::PipePool;
 use super::tunnel::{Fill, Flush};
 use crate::sys::{self, Pipe};
@@ -59,11 +60,11 @@ impl SpliceState {
     pub(super) fn poll_flush(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut TcpStream,
+        dst: &mut Endpoint<'_>,
         pipes: &PipePool,
     ) -> io::Result<Flush> {
         if let Some(b) = self.held {
-            return match Pin::new(dst).poll_write(cx, &[b]) {
+            return match dst.poll_send(cx, &[b]) {
                 Poll::Ready(Ok(0)) => Err(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(_)) => {
                     self.held = None;
@@ -79,12 +80,18 @@ impl SpliceState {
         if self.in_pipe == 0 {
             return Ok(Flush::Empty);
         }
-        match sys::splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), self.in_pipe) {
+        match sys::splice(pipe.read.as_raw_fd(), dst.fd(), self.in_pipe) {
             Ok(n) => {
                 self.in_pipe -= n;
                 self.return_pipe_if_empty(pipes);
                 Ok(Flush::Moved(n))
             }
+            Err(e) if would_block(&e) && dst.has_ring() => match dst.poll_writable(cx) {
+                // Writable again: the caller's next round splices.
+                Poll::Ready(Ok(())) => Ok(Flush::Moved(0)),
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => Ok(Flush::Blocked),
+            },
             Err(e) if would_block(&e) => {
                 // The socket's send buffer is full. Take one byte out of
                 // the pipe and let glommio's write path wait for POLLOUT.
@@ -109,7 +116,7 @@ impl SpliceState {
     pub(super) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TcpStream,
+        src: &mut Endpoint<'_>,
         pipes: &PipePool,
         limit: usize,
     ) -> io::Result<Fill> {
@@ -123,7 +130,7 @@ impl SpliceState {
             return Ok(Fill::NoPipe);
         };
         let len = pipes.pipe_size().min(limit);
-        match sys::splice(src.as_raw_fd(), pipe.write.as_raw_fd(), len) {
+        match sys::splice(src.fd(), pipe.write.as_raw_fd(), len) {
             Ok(0) => {
                 self.return_pipe_if_empty(pipes);
                 Ok(Fill::Eof)
@@ -132,11 +139,21 @@ impl SpliceState {
                 self.in_pipe += n;
                 Ok(Fill::Data(n))
             }
+            Err(e) if would_block(&e) && src.has_ring() => {
+                // Nothing to read: give the pipe back and wait.
+                self.return_pipe_if_empty(pipes);
+                match src.poll_readable(cx) {
+                    Poll::Ready(Err(e)) => Err(e),
+                    // (Never: a multishot wait ends with a completion.)
+                    Poll::Ready(Ok(())) => Ok(Fill::Data(0)),
+                    Poll::Pending => Ok(Fill::Blocked),
+                }
+            }
             Err(e) if would_block(&e) => {
                 // Nothing to read: give the pipe back and wait.
                 self.return_pipe_if_empty(pipes);
                 let mut b = [0u8; 1];
-                match Pin::new(src).poll_read(cx, &mut b) {
+                match src.poll_recv(cx, &mut b) {
                     Poll::Ready(Ok(0)) => Ok(Fill::Eof),
                     Poll::Ready(Ok(_)) => {
                         self.held = Some(b[0]);

@@ -2,9 +2,12 @@
 //!
 //! One hand-written future owns both streams, so no stream is split, shared
 //! or locked. Each direction runs one engine at a time (copy or splice) and
-//! may change engine between bursts: `auto` starts with copy and moves to
-//! splice once a direction has carried bulk data; splice falls back to copy
-//! when no pipe can be had.
+//! may change engine between reads, once what it holds is written: `auto`
+//! starts with copy, moves to splice when a read fills the splice
+//! threshold (bulk data is waiting: HAProxy's rule that a pipe is not worth
+//! it for a few KiB), and back to copy when a splice moves less than a
+//! quarter of it (the traffic turned small). Splice falls back to copy when
+//! no pipe can be had.
 
 use std::future::Future;
 use std::io;
@@ -12,9 +15,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use glommio::net::TcpStream;
-
 use super::copy::CopyState;
+use super::endpoint::Endpoint;
 use super::splice::SpliceState;
 use super::throttle::{Throttle, Way};
 use super::{IdleClock, Relay, Side, TunnelEnd};
@@ -58,8 +60,11 @@ pub(super) struct Direction {
     from: Side,
     to: Side,
     engine: Engine,
-    /// `auto`: move to splice once this many bytes were copied.
-    splice_after: Option<u64>,
+    /// `auto`: the engine the last read asked for, taken at the next read.
+    auto: Option<Engine>,
+    /// After a pipe miss, splice is not tried again before `copied`
+    /// reaches this.
+    no_splice_until: u64,
     copy: CopyState,
     splice: SpliceState,
     eof: bool,
@@ -77,16 +82,17 @@ pub(super) struct Direction {
 
 impl Direction {
     pub(super) fn new(from: Side, to: Side, relay: &Relay, throttle: Throttle) -> Direction {
-        let (engine, splice_after) = match relay.mode {
+        let (engine, auto) = match relay.mode {
             RelayMode::Copy => (Engine::Copy, None),
             RelayMode::Splice => (Engine::Splice, None),
-            RelayMode::Auto => (Engine::Copy, Some(relay.splice_threshold)),
+            RelayMode::Auto => (Engine::Copy, Some(Engine::Copy)),
         };
         Direction {
             from,
             to,
             engine,
-            splice_after,
+            auto,
+            no_splice_until: 0,
             copy: CopyState::default(),
             splice: SpliceState::default(),
             eof: false,
@@ -109,8 +115,8 @@ impl Direction {
     fn poll_move(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut TcpStream,
-        dst: &mut TcpStream,
+        src: &mut Endpoint<'_>,
+        dst: &mut Endpoint<'_>,
         relay: &Relay,
     ) -> Result<Step, (Side, io::Error)> {
         let mut moved = false;
@@ -138,9 +144,7 @@ impl Direction {
             }
             if self.eof {
                 // Pass the FIN on; the other direction keeps flowing.
-                if let Poll::Ready(Err(e)) =
-                    futures_lite::io::AsyncWrite::poll_close(Pin::new(&mut *dst), cx)
-                {
+                if let Poll::Ready(Err(e)) = dst.poll_shutdown_write(cx) {
                     if e.raw_os_error() != Some(libc::ENOTCONN) {
                         return Err((self.to, e));
                     }
@@ -148,11 +152,10 @@ impl Direction {
                 self.done = true;
                 return Ok(Step::Done);
             }
-            if let Some(after) = self.splice_after {
-                if self.copied >= after && self.copy.is_empty() {
-                    self.engine = Engine::Splice;
-                    self.splice_after = None;
-                }
+            // Nothing is held (the flush found nothing): the engine may
+            // change here.
+            if let Some(next) = self.auto {
+                self.engine = next;
             }
             let limit = match self.poll_allowance(cx) {
                 Poll::Ready(limit) => limit,
@@ -166,14 +169,21 @@ impl Direction {
                 Fill::Data(n) => {
                     moved = true;
                     self.throttle.spend(self.way, n);
+                    if let Some(next) = &mut self.auto {
+                        *next =
+                            auto_engine(self.engine, n, relay, self.copied >= self.no_splice_until);
+                    }
                 }
                 Fill::Eof => self.eof = true,
                 Fill::Blocked => return idle(moved),
                 Fill::NoPipe => {
                     debug_assert!(self.splice.is_empty());
                     self.engine = Engine::Copy;
-                    // Try splicing again after another threshold's worth.
-                    self.splice_after = Some(self.copied + relay.splice_threshold.max(1 << 20));
+                    if let Some(next) = &mut self.auto {
+                        *next = Engine::Copy;
+                    }
+                    // Try splicing again only after another MiB or more.
+                    self.no_splice_until = self.copied + relay.splice_threshold.max(1 << 20);
                 }
             }
         }
@@ -210,10 +220,23 @@ impl Direction {
     }
 }
 
+/// `auto`'s choice after a read of `n` bytes with `engine`: a copy read
+/// that filled the threshold means bulk data is waiting (splice, unless a
+/// recent pipe miss says not yet); a splice that moved under a quarter of
+/// it means the traffic is small again (copy).
+fn auto_engine(engine: Engine, n: usize, relay: &Relay, may_splice: bool) -> Engine {
+    let threshold = relay.splice_threshold;
+    match engine {
+        Engine::Copy if may_splice && n as u64 >= threshold => Engine::Splice,
+        Engine::Splice if (n as u64) < threshold / 4 => Engine::Copy,
+        same => same,
+    }
+}
+
 pub(super) struct Tunnel<'a> {
     pub(super) relay: &'a Relay,
-    pub(super) client: &'a mut TcpStream,
-    pub(super) target: &'a mut TcpStream,
+    pub(super) client: Endpoint<'a>,
+    pub(super) target: Endpoint<'a>,
     pub(super) up: Direction,
     pub(super) down: Direction,
     pub(super) idle: IdleClock,
@@ -228,10 +251,12 @@ impl Future for Tunnel<'_> {
         if let Poll::Ready(stop) = this.stop.poll_stop(cx) {
             return Poll::Ready(TunnelEnd::Stopped(stop));
         }
-        let up = this.up.poll_move(cx, this.client, this.target, this.relay);
+        let up = this
+            .up
+            .poll_move(cx, &mut this.client, &mut this.target, this.relay);
         let down = this
             .down
-            .poll_move(cx, this.target, this.client, this.relay);
+            .poll_move(cx, &mut this.target, &mut this.client, this.relay);
         let (up, down) = match (up, down) {
             (Err((side, e)), _) | (_, Err((side, e))) => {
                 return Poll::Ready(TunnelEnd::Failed(side, e))

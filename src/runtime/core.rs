@@ -71,10 +71,9 @@ impl Core {
             }
         };
         Core {
-            events,
             id,
             index,
-            relay: Relay::new(&config, limits.pipes_per_core),
+            relay: Relay::new(&config, limits.pipes_per_core, events.clone()),
             udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
             admission: Admission::new(limits.budgets),
             quotas: crate::session::quota::Quotas::new(config.quotas, all_metrics.len()),
@@ -83,6 +82,7 @@ impl Core {
                 config.quotas.bandwidth_per_client,
                 all_metrics.len(),
             ),
+            events,
             config,
             all_metrics,
         }

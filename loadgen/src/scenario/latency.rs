@@ -13,6 +13,11 @@
 //! The echo answers bytes in order, so the receiver knows which request an
 //! answer belongs to by counting bytes, and computes its intended send time
 //! from the same schedule: sender and receiver share no queue.
+//!
+//! `--closed-loop` is the other classic measure, ping-pong: each tunnel has
+//! one request in flight and sends the next when the answer is complete,
+//! so the result is round trips per second at saturation (and service
+//! times, which is all a closed loop can measure).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -36,7 +41,9 @@ use crate::target::MODE_ECHO;
 pub struct LatencyResult {
     pub connections: u32,
     pub size: usize,
-    /// Requests per second asked for (--rate).
+    /// Ping-pong (`--closed-loop`) rather than a schedule.
+    pub closed_loop: bool,
+    /// Requests per second asked for (--rate; 0 with --closed-loop).
     pub target_rate: f64,
     /// Requests whose intended send time lies inside the window.
     pub requests_in_window: u64,
@@ -104,7 +111,8 @@ struct CoreStats {
 }
 
 pub fn run(path: &PathChoice, args: &LatencyArgs) -> Result<Report, LoadgenError> {
-    if !(args.rate.is_finite() && args.rate > 0.0 && args.rate <= 1e8) {
+    let rate_ok = args.rate.is_finite() && args.rate > 0.0 && args.rate <= 1e8;
+    if !args.closed_loop && !rate_ok {
         return Err(LoadgenError::Usage(format!(
             "--rate {} must be a number of requests per second between 0 and 1e8",
             args.rate
@@ -131,7 +139,8 @@ pub fn run(path: &PathChoice, args: &LatencyArgs) -> Result<Report, LoadgenError
     let result = LatencyResult {
         connections: args.connections,
         size: args.size,
-        target_rate: args.rate,
+        closed_loop: args.closed_loop,
+        target_rate: if args.closed_loop { 0.0 } else { args.rate },
         requests_in_window: requests,
         responses_in_window: responses,
         achieved_rate: if window > 0.0 {
@@ -154,7 +163,8 @@ pub fn run(path: &PathChoice, args: &LatencyArgs) -> Result<Report, LoadgenError
         "latency",
         serde_json::json!({
             "connections": args.connections,
-            "rate": args.rate,
+            "rate": if args.closed_loop { None } else { Some(args.rate) },
+            "closed_loop": args.closed_loop,
             "size": args.size,
         }),
         out,
@@ -200,6 +210,16 @@ async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, Loadgen
     let tasks: Vec<_> = opened
         .into_iter()
         .map(|(j, stream)| {
+            if args.closed_loop {
+                return glommio::spawn_local(ping_pong(
+                    stream,
+                    window,
+                    args.size,
+                    ctx.timeout,
+                    stats.clone(),
+                    ctx.live(),
+                ));
+            }
             let schedule = Schedule::new(&window, j, tunnels, args.rate);
             let (rd, wr) = split(stream);
             glommio::spawn_local(run_tunnel(
@@ -275,6 +295,59 @@ async fn run_tunnel(
         };
         s.failures.add_n(cause, unanswered);
         live.add_errors(unanswered);
+    }
+}
+
+/// One tunnel of `--closed-loop`: a request, its whole answer, the next,
+/// until the end of the window. Each round trip inside the window counts;
+/// one still unanswered an I/O timeout after the window is lost.
+async fn ping_pong(
+    mut stream: glommio::net::TcpStream,
+    w: Window,
+    size: usize,
+    timeout: Duration,
+    stats: Rc<RefCell<CoreStats>>,
+    live: Live,
+) {
+    let request: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+    let mut answer = vec![0u8; size];
+    sleep_until(w.start).await;
+    let in_flight = Cell::new(false);
+    let work = async {
+        while Instant::now() < w.t1 {
+            let sent = Instant::now();
+            in_flight.set(true);
+            stream.write_all(&request).await?;
+            stream.read_exact(&mut answer).await?;
+            in_flight.set(false);
+            let now = Instant::now();
+            let mut s = stats.borrow_mut();
+            if sent >= w.t0 {
+                s.requests_in_window += 1;
+                stats::record(&mut s.latency, now - sent);
+            }
+            if now >= w.t0 && now < w.t1 {
+                s.responses_in_window += 1;
+            }
+            live.add_primary(1);
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let outcome = futures_lite::future::or(
+        async { work.await.map_err(|e| Failure::from_io(&e, Stage::Target)) },
+        async {
+            sleep_until(w.t1 + timeout).await;
+            Err(Failure::Timeout)
+        },
+    )
+    .await;
+    if let Err(f) = outcome {
+        let mut s = stats.borrow_mut();
+        if in_flight.get() {
+            s.lost += 1;
+        }
+        s.failures.add(f);
+        live.add_errors(1);
     }
 }
 
