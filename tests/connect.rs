@@ -343,19 +343,42 @@ fn serves_500_concurrent_tunnels_on_all_cores() {
 /// defer-taskrun; on an older kernel asking for it falls back to no ring
 /// with a warning, and this test says so.)
 #[test]
-fn every_event_ring_setup_connects_and_reports_refusals() {
+fn every_event_ring_setup_connects_relays_and_reports_refusals() {
     let echo = echo_server("127.0.0.1:0");
+    let sink = Server::start("127.0.0.1:0", |mut s| {
+        let (n, digest) = hash_until_eof(&mut s).unwrap();
+        s.write_all(&n.to_be_bytes()).unwrap();
+        s.write_all(&digest).unwrap();
+    });
+    let data = pattern(4 << 20, 3);
     let closed = closed_port();
-    for (setup, said) in [
-        ("defer-taskrun", "event ring: single-issuer + defer-taskrun"),
-        ("coop-taskrun", "event ring: coop-taskrun + taskrun-flag"),
-        ("plain", "event ring: plain"),
-        ("off", "event ring: off"),
+    // Every fallback a kernel may force: each ring setup, one-shot polls
+    // instead of multishot, and no ring at all (glommio's waits).
+    for (flags, said) in [
+        (
+            &["--event-ring", "defer-taskrun"][..],
+            "event ring: single-issuer + defer-taskrun, multishot polls",
+        ),
+        (
+            &["--event-ring", "coop-taskrun"],
+            "event ring: coop-taskrun + taskrun-flag, multishot polls",
+        ),
+        (&["--event-ring", "plain"], "event ring: plain"),
+        (&["--multishot-poll", "false"], ", one-shot polls"),
+        (&["--event-ring", "off"], "event ring: off"),
     ] {
-        let proxy = Proxy::start(&["--event-ring", setup]);
+        let setup = flags.join(" ");
+        let proxy = Proxy::start(flags);
         let line = proxy.wait_for_log(&["event ring: "]);
-        assert!(line.contains(said), "--event-ring {setup}: {line}");
+        assert!(line.contains(said), "{setup}: {line}");
         proxy.assert_serves(&echo);
+        // 4 MiB up, the FIN passed on, the digest back down.
+        let mut s = proxy.connect(&sink.target()).unwrap();
+        s.write_all(&data).unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let reply = read_to_end(&mut s);
+        assert_eq!(reply.len(), 40, "{setup}");
+        assert_eq!(reply[8..], sha256(&data), "{setup}");
         let err = proxy.connect(&TargetAddr::Ip(closed)).unwrap_err();
         assert!(
             matches!(
@@ -364,7 +387,7 @@ fn every_event_ring_setup_connects_and_reports_refusals() {
                     coresocks::proto::ReplyCode::ConnectionRefused
                 )
             ),
-            "--event-ring {setup}: {err}"
+            "{setup}: {err}"
         );
         proxy.assert_serves(&echo);
     }

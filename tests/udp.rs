@@ -88,14 +88,21 @@ fn no_reply(sock: &UdpSocket) -> bool {
 #[test]
 fn echoes_ipv4_payloads_from_1_byte_to_65000() {
     let echo = udp_echo("127.0.0.1:0");
-    let proxy = Proxy::start(&[]);
-    let sock = client_socket("127.0.0.1:0");
-    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
-    for size in [1usize, 64, 1400, 8192, 32768, 65000] {
-        let payload = pattern(size, size as u64);
-        let (source, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), &payload);
-        assert_eq!(source, TargetAddr::Ip(echo), "header names the target");
-        assert!(data == payload, "payload of {size} bytes corrupted");
+    // The default (the core's ring, multishot polls) and each fallback.
+    for flags in [
+        &[][..],
+        &["--multishot-poll", "false"],
+        &["--event-ring", "off"],
+    ] {
+        let proxy = Proxy::start(flags);
+        let sock = client_socket("127.0.0.1:0");
+        let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
+        for size in [1usize, 64, 1400, 8192, 32768, 65000] {
+            let payload = pattern(size, size as u64);
+            let (source, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), &payload);
+            assert_eq!(source, TargetAddr::Ip(echo), "header names the target");
+            assert!(data == payload, "{flags:?}: payload of {size} bytes corrupted");
+        }
     }
 }
 

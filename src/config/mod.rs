@@ -59,7 +59,8 @@ pub enum EventRingSetup {
     CoopTaskrun,
     /// Default ring flags: completions may interrupt the core.
     Plain,
-    /// No ring of our own: connects wait through glommio's write path,
+    /// No ring of our own: tunnels and UDP wait through glommio (whose
+    /// completions may interrupt the core), and connects through its write path,
     /// where an ICMP error can take seconds to surface.
     Off,
 }
@@ -162,6 +163,12 @@ pub struct Settings {
     /// defer-taskrun, coop-taskrun, plain or off [default: auto]
     #[arg(long, value_name = "SETUP")]
     pub event_ring: Option<EventRingSetup>,
+
+    /// Let each socket's readiness wait be one multishot poll for its life
+    /// (Linux 5.13+); false re-arms a one-shot poll per wait, for kernels
+    /// where multishot misbehaves [default: true where the kernel has it]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub multishot_poll: Option<bool>,
 
     /// Size of one copy-relay buffer in bytes [default: 65536]
     #[arg(long, value_name = "BYTES")]
@@ -332,6 +339,7 @@ impl Settings {
                 resolver_threads,
                 relay,
                 event_ring,
+                multishot_poll,
                 buffer_size,
                 pipe_size,
                 max_pipes_per_core,
@@ -419,6 +427,7 @@ pub struct Config {
     pub resolver_threads: usize,
     pub relay: RelayMode,
     pub event_ring: EventRingSetup,
+    pub multishot_poll: bool,
     pub buffer_size: usize,
     pub pipe_size: usize,
     pub max_pipes_per_core: Option<usize>,
@@ -622,6 +631,7 @@ impl Config {
             resolver_threads,
             relay: s.relay.unwrap_or(RelayMode::Auto),
             event_ring: s.event_ring.unwrap_or(EventRingSetup::Auto),
+            multishot_poll: s.multishot_poll.unwrap_or(true),
             buffer_size,
             pipe_size,
             max_pipes_per_core: s.max_pipes_per_core,

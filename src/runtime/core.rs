@@ -47,7 +47,7 @@ impl Core {
         all_metrics: AllMetrics,
         limits: &Limits,
     ) -> Core {
-        let events = match EventRing::start(config.event_ring) {
+        let events = match EventRing::start(config.event_ring, config.multishot_poll) {
             Ok(ring) => {
                 if index == 0 {
                     tracing::info!("event ring: {}", ring.setup());
@@ -56,14 +56,16 @@ impl Core {
             }
             Err(_) if config.event_ring == EventRingSetup::Off => {
                 if index == 0 {
-                    tracing::info!("event ring: off; connects wait through glommio");
+                    tracing::info!(
+                        "event ring: off; connects, tunnels and UDP wait through glommio"
+                    );
                 }
                 None
             }
             Err(e) => {
                 if index == 0 {
                     tracing::warn!(
-                        "event ring: none ({e}); connects wait through glommio, where an \
+                        "event ring: none ({e}); connects, tunnels and UDP wait through glommio, where an \
                          ICMP error can take seconds to surface"
                     );
                 }

@@ -64,6 +64,9 @@ enum Slot {
 
 pub struct EventRing {
     ring: RefCell<IoUring>,
+    /// Whether watches arm multishot polls: asked for, and accepted by the
+    /// kernel (probed at start; a later EINVAL turns it off too).
+    multishot: std::cell::Cell<bool>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<usize>>,
     setup: &'static str,
@@ -86,7 +89,7 @@ impl EventRing {
     /// the one asked for) and spawns its driver task. Must run on the
     /// core's own executor thread: with SINGLE_ISSUER only this thread may
     /// submit.
-    pub fn start(asked: EventRingSetup) -> io::Result<Rc<EventRing>> {
+    pub fn start(asked: EventRingSetup, multishot: bool) -> io::Result<Rc<EventRing>> {
         let (ring, setup) = create_ring(asked)?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
@@ -100,8 +103,10 @@ impl EventRing {
         ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
         // glommio closes what it is given: hand it a duplicate.
         let wake = eventfd.try_clone()?;
+        let multishot = multishot && probe_multishot_poll(&ring, eventfd.as_raw_fd());
         let this = Rc::new(EventRing {
             ring: RefCell::new(ring),
+            multishot: std::cell::Cell::new(multishot),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             setup,
@@ -128,8 +133,13 @@ impl EventRing {
     }
 
     /// Which setup the kernel gave us, for the start-up log line.
-    pub fn setup(&self) -> &'static str {
-        self.setup
+    pub fn setup(&self) -> String {
+        let polls = if self.multishot.get() {
+            "multishot polls"
+        } else {
+            "one-shot polls"
+        };
+        format!("{}, {polls}", self.setup)
     }
 
     /// Waits until `fd` reports one of `events` (POLLERR and POLLHUP are
@@ -204,6 +214,11 @@ impl EventRing {
                     *armed &= more;
                     *fired = true;
                     let res = cqe.result();
+                    if res == -libc::EINVAL && self.multishot.replace(false) {
+                        tracing::warn!(
+                            "event ring: the kernel refused a multishot poll; waits re-arm a one-shot poll each time"
+                        );
+                    }
                     *hung_up |= res < 0
                         || res & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as i32 != 0;
                     if let Some(w) = waker.take() {
@@ -323,6 +338,34 @@ impl EventRing {
     }
 }
 
+/// Whether the kernel takes a multishot POLL_ADD (Linux 5.13+): one is armed
+/// on the ring's own eventfd, which nothing has signalled yet, and removed
+/// again. An older kernel fails it at once with EINVAL.
+fn probe_multishot_poll(ring: &IoUring, eventfd: RawFd) -> bool {
+    const PROBE: u64 = u64::MAX - 1;
+    let add = opcode::PollAdd::new(types::Fd(eventfd), libc::POLLIN as u32)
+        .multi(true)
+        .build()
+        .user_data(PROBE);
+    let remove = opcode::PollRemove::new(PROBE)
+        .build()
+        .user_data(REMOVE_TAG | PROBE);
+    // SAFETY: neither entry references memory of ours; the eventfd stays
+    // open for the ring's life.
+    let pushed = unsafe {
+        let mut sq = ring.submission_shared();
+        sq.push(&add).is_ok() && sq.push(&remove).is_ok()
+    };
+    if !pushed || ring.submit_and_wait(2).is_err() {
+        return false;
+    }
+    // SAFETY: only this thread uses the ring yet.
+    let refused = unsafe { ring.completion_shared() }
+        .filter(|cqe| cqe.user_data() == PROBE && cqe.result() == -libc::EINVAL)
+        .count();
+    refused == 0
+}
+
 /// Tries DEFER_TASKRUN, then COOP_TASKRUN, then a plain ring (for `auto`),
 /// or exactly the setup asked for.
 fn create_ring(asked: EventRingSetup) -> io::Result<(IoUring, &'static str)> {
@@ -439,7 +482,7 @@ impl Watch {
         if arm {
             let events = (libc::POLLIN | libc::POLLRDHUP) as u32;
             let sqe = opcode::PollAdd::new(types::Fd(self.fd), events)
-                .multi(true)
+                .multi(self.ring.multishot.get())
                 .build()
                 .user_data(i as u64);
             if let Err(e) = self.ring.submit(&sqe) {
@@ -450,6 +493,16 @@ impl Watch {
             }
         }
         Poll::Pending
+    }
+
+    /// For loops that drain a socket to EAGAIN between waits: ready once
+    /// the socket has reported readiness since the last ready (the first
+    /// call arms the poll, which reports at once if data is waiting).
+    pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.read.is_some() && self.take_fired() {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_readable(cx)
     }
 
     /// Whether the socket reported readiness since the last call (the

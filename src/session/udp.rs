@@ -48,7 +48,14 @@ impl Session<'_> {
         let Session { client, record, .. } = self;
         let m = core.metrics();
         metrics::set(&m.udp_associations, core.udp.live() as u64);
-        let (report, end) = udp::serve(prepared, client, core.config.udp_idle_timeout, stop).await;
+        let (report, end) = udp::serve(
+            prepared,
+            client,
+            core.config.udp_idle_timeout,
+            stop,
+            core.events.as_ref(),
+        )
+        .await;
         metrics::set(&m.udp_associations, core.udp.live() as u64);
         metrics::add(&m.udp_datagrams_client_to_target, report.datagrams_up);
         metrics::add(&m.udp_datagrams_target_to_client, report.datagrams_down);

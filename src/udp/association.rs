@@ -3,6 +3,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
@@ -16,6 +17,7 @@ use crate::policy::{Policy, Requester};
 use crate::proto::{Codec, Command, Decoded, ProtoError, TargetAddr, UdpHeader};
 use crate::relay::throttle::{Throttle, Way};
 use crate::resolve;
+use crate::runtime::events::{EventRing, Watch};
 use crate::runtime::{Stop, StopSignal};
 use crate::sys;
 
@@ -185,10 +187,23 @@ fn into_glommio(s: Socket) -> io::Result<UdpSocket> {
 }
 
 /// Waits until `sock` has a datagram, without taking it and without
-/// holding a receive buffer (glommio peeks one byte).
-async fn readable(sock: &UdpSocket) -> io::Result<()> {
-    let mut b = [0u8; 1];
-    sock.peek_from(&mut b).await.map(|_| ()).map_err(Into::into)
+/// holding a receive buffer: through the core's event ring (a multishot
+/// poll armed once for the association's life; callers drain the socket
+/// to EAGAIN between waits), or without one through glommio, which peeks
+/// one byte.
+async fn readable(sock: &UdpSocket, watch: &mut Option<Watch>) -> io::Result<()> {
+    match watch {
+        Some(w) => future::poll_fn(|cx| w.poll_read_ready(cx)).await,
+        None => {
+            let mut b = [0u8; 1];
+            sock.peek_from(&mut b).await.map(|_| ()).map_err(Into::into)
+        }
+    }
+}
+
+/// `sock`'s watch on the core's ring, if there is one.
+fn watch(events: Option<&Rc<EventRing>>, sock: &UdpSocket) -> Option<Watch> {
+    events.map(|ring| Watch::new(ring.clone(), sock.as_raw_fd()))
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -270,10 +285,16 @@ impl Association<'_> {
     }
 
     /// Client -> targets.
-    async fn client_loop(&self) -> UdpEnd {
+    async fn client_loop(&self, events: Option<&Rc<EventRing>>) -> UdpEnd {
+        let mut watch = watch(events, &self.client);
+        // A drain that stopped for a name lookup left datagrams queued: go
+        // on draining without waiting (the ring reports only new ones).
+        let mut drained = true;
         loop {
-            if let Err(e) = readable(&self.client).await {
-                return UdpEnd::Failed(e);
+            if drained {
+                if let Err(e) = readable(&self.client, &mut watch).await {
+                    return UdpEnd::Failed(e);
+                }
             }
             // Drain what is queued; a domain that needs a lookup is resolved
             // with the payload copied out, so the scratch buffer is never
@@ -282,6 +303,7 @@ impl Association<'_> {
                 Ok(p) => p,
                 Err(e) => return UdpEnd::Failed(e),
             };
+            drained = pending.is_none();
             if let Some((name, port, payload)) = pending {
                 match resolve::resolve(&name, port, self.resolve_timeout).await {
                     Ok(addrs) => {
@@ -366,9 +388,10 @@ impl Association<'_> {
 
     /// Targets -> client, each datagram prefixed with the header naming
     /// its source.
-    async fn target_loop(&self, sock: &UdpSocket) -> UdpEnd {
+    async fn target_loop(&self, sock: &UdpSocket, events: Option<&Rc<EventRing>>) -> UdpEnd {
+        let mut watch = watch(events, sock);
         loop {
-            if let Err(e) = readable(sock).await {
+            if let Err(e) = readable(sock, &mut watch).await {
                 return UdpEnd::Failed(e);
             }
             let mut scratch = self.table.scratch.borrow_mut();
@@ -510,26 +533,32 @@ pub fn prepare<'a>(
 }
 
 /// Relays datagrams until the control connection closes, the association
-/// idles out, or a socket fails. Sockets and the table slot are freed on
+/// idles out, or a socket fails. Sockets wait on `events` (the core's
+/// ring) when there is one. Sockets and the table slot are freed on
 /// return.
 pub async fn serve(
     prepared: Prepared<'_>,
     mut control: TcpStream,
     idle_timeout: Duration,
     stop: &StopSignal,
+    events: Option<&Rc<EventRing>>,
 ) -> (UdpReport, UdpEnd) {
     let assoc = &prepared.assoc;
     let targets = async {
         match (&assoc.out_v4, &assoc.out_v6) {
-            (Some(v4), Some(v6)) => future::or(assoc.target_loop(v4), assoc.target_loop(v6)).await,
-            (Some(s), None) | (None, Some(s)) => assoc.target_loop(s).await,
+            (Some(v4), Some(v6)) => {
+                future::or(assoc.target_loop(v4, events), assoc.target_loop(v6, events)).await
+            }
+            (Some(s), None) | (None, Some(s)) => assoc.target_loop(s, events).await,
             (None, None) => future::pending().await,
         }
     };
     let stopped = async { UdpEnd::Stopped(stop.wait().await) };
+    // The loops (and their watches, which must let go of the sockets
+    // before they close) end with this expression.
     let end = future::or(
         future::or(control_closed(&mut control), assoc.idle_watch(idle_timeout)),
-        future::or(assoc.client_loop(), future::or(targets, stopped)),
+        future::or(assoc.client_loop(events), future::or(targets, stopped)),
     )
     .await;
     if let UdpEnd::Stopped(_) = end {
