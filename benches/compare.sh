@@ -5,7 +5,9 @@
 # targets to another (LOAD_CPU). Traffic stays on loopback.
 #
 #   benches/compare.sh [SCENARIO...]     # default: throughput cps latency
-#   (scenarios: throughput cps latency udp idle)
+#   (scenarios: throughput cps latency pingpong udp idle; pingpong is
+#   closed-loop 64-byte round trips over 8 tunnels, latency the same
+#   messages open-loop at 20,000/s)
 #
 # Env: ROUNDS (3), DURATION (5s), PROXY_CPU (1), LOAD_CPU (0), OUT (bench-out),
 #      STREAMS (1, throughput), UDP_SIZE (64), UDP_RATE (20000), IDLE_TUNNELS (3000),
@@ -59,7 +61,7 @@ for v in "${variants[@]}"; do
 done
 if [ -n "${BASELINE:-}" ]; then
   port=$(free_port)
-  taskset -c "$PROXY_CPU" "$BASELINE" --listen "127.0.0.1:$port" --cores 1 \
+  taskset -c "$PROXY_CPU" "$BASELINE" --listen "127.0.0.1:$port" --cores 1 --allow 127.0.0.0/8 \
     --relay auto --access-log off --log-level warn 2>"$OUT/baseline.log" &
   pids+=($!); proxies+=(--proxy "baseline=127.0.0.1:$port"); pid_args+=("baseline=$!")
 fi
@@ -94,6 +96,7 @@ for s in "${scenarios[@]}"; do
     throughput) args=(throughput --streams "${STREAMS:-1}" --direction down) ;;
     cps) args=(cps) ;;
     latency) args=(latency --connections 8 --rate 20000 --size 64) ;;
+    pingpong) args=(latency --closed-loop --connections 8 --size 64) ;;
     udp) args=(udp --size "${UDP_SIZE:-64}" --rate "${UDP_RATE:-20000}") ;;
     idle) args=(idle --tunnels "${IDLE_TUNNELS:-3000}") ;;
     *) echo "unknown scenario $s" >&2; exit 2 ;;
@@ -101,15 +104,16 @@ for s in "${scenarios[@]}"; do
   echo "## $s (${args[*]}), $ROUNDS rounds of $DURATION"
   paths=("${proxies[@]}")
   pflags=("${pid_flags[@]}")
-  # UDP does not go through the relay engines (one coresocks suffices), and
-  # microsocks has no UDP ASSOCIATE.
+  # UDP does not go through the relay engines (one coresocks engine
+  # suffices; variants and the baseline stay), and microsocks has no UDP
+  # ASSOCIATE.
   if [ "$s" = udp ]; then
     paths=(); pflags=()
     for ((i = 0; i < ${#proxies[@]}; i += 2)); do
-      case ${proxies[i+1]} in microsocks=* | coresocks-[!c]*) ;; *) paths+=("${proxies[i]}" "${proxies[i+1]}") ;; esac
+      case ${proxies[i+1]} in microsocks=* | coresocks-splice=* | coresocks-auto=*) ;; *) paths+=("${proxies[i]}" "${proxies[i+1]}") ;; esac
     done
     for ((i = 0; i < ${#pid_flags[@]}; i += 2)); do
-      case ${pid_flags[i+1]} in microsocks=* | coresocks-[!c]*) ;; *) pflags+=("${pid_flags[i]}" "${pid_flags[i+1]}") ;; esac
+      case ${pid_flags[i+1]} in microsocks=* | coresocks-splice=* | coresocks-auto=*) ;; *) pflags+=("${pid_flags[i]}" "${pid_flags[i+1]}") ;; esac
     done
   fi
   taskset -c "$LOAD_CPU" "$bin/loadgen" compare --direct "${paths[@]}" "${pflags[@]}" \

@@ -5,9 +5,10 @@
 //! may change engine between reads, once what it holds is written: `auto`
 //! starts with copy, moves to splice when a read fills the splice
 //! threshold (bulk data is waiting: HAProxy's rule that a pipe is not worth
-//! it for a few KiB), and back to copy when a splice moves less than a
-//! quarter of it (the traffic turned small). Splice falls back to copy when
-//! no pipe can be had.
+//! it for a few KiB), and back to copy after a few splices in a row that
+//! each moved less than a quarter of it (the traffic turned small; one
+//! short read in a bulk stream only means the proxy caught up). Splice
+//! falls back to copy when no pipe can be had.
 
 use std::future::Future;
 use std::io;
@@ -60,8 +61,8 @@ pub(super) struct Direction {
     from: Side,
     to: Side,
     engine: Engine,
-    /// `auto`: the engine the last read asked for, taken at the next read.
-    auto: Option<Engine>,
+    /// `auto`'s state; the engine it asks for is taken at the next read.
+    auto: Option<Auto>,
     /// After a pipe miss, splice is not tried again before `copied`
     /// reaches this.
     no_splice_until: u64,
@@ -85,7 +86,7 @@ impl Direction {
         let (engine, auto) = match relay.mode {
             RelayMode::Copy => (Engine::Copy, None),
             RelayMode::Splice => (Engine::Splice, None),
-            RelayMode::Auto => (Engine::Copy, Some(Engine::Copy)),
+            RelayMode::Auto => (Engine::Copy, Some(Auto::default())),
         };
         Direction {
             from,
@@ -154,8 +155,8 @@ impl Direction {
             }
             // Nothing is held (the flush found nothing): the engine may
             // change here.
-            if let Some(next) = self.auto {
-                self.engine = next;
+            if let Some(auto) = self.auto {
+                self.engine = auto.next;
             }
             let limit = match self.poll_allowance(cx) {
                 Poll::Ready(limit) => limit,
@@ -169,9 +170,9 @@ impl Direction {
                 Fill::Data(n) => {
                     moved = true;
                     self.throttle.spend(self.way, n);
-                    if let Some(next) = &mut self.auto {
-                        *next =
-                            auto_engine(self.engine, n, relay, self.copied >= self.no_splice_until);
+                    if let Some(auto) = &mut self.auto {
+                        let may_splice = self.copied >= self.no_splice_until;
+                        auto.after_read(self.engine, n, relay.splice_threshold, may_splice);
                     }
                 }
                 Fill::Eof => self.eof = true,
@@ -179,8 +180,8 @@ impl Direction {
                 Fill::NoPipe => {
                     debug_assert!(self.splice.is_empty());
                     self.engine = Engine::Copy;
-                    if let Some(next) = &mut self.auto {
-                        *next = Engine::Copy;
+                    if let Some(auto) = &mut self.auto {
+                        auto.next = Engine::Copy;
                     }
                     // Try splicing again only after another MiB or more.
                     self.no_splice_until = self.copied + relay.splice_threshold.max(1 << 20);
@@ -220,16 +221,44 @@ impl Direction {
     }
 }
 
-/// `auto`'s choice after a read of `n` bytes with `engine`: a copy read
-/// that filled the threshold means bulk data is waiting (splice, unless a
-/// recent pipe miss says not yet); a splice that moved under a quarter of
-/// it means the traffic is small again (copy).
-fn auto_engine(engine: Engine, n: usize, relay: &Relay, may_splice: bool) -> Engine {
-    let threshold = relay.splice_threshold;
-    match engine {
-        Engine::Copy if may_splice && n as u64 >= threshold => Engine::Splice,
-        Engine::Splice if (n as u64) < threshold / 4 => Engine::Copy,
-        same => same,
+/// `auto`: the engine the last reads ask for, and how many splices in a
+/// row moved little.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Auto {
+    next: Engine,
+    small_splices: u8,
+}
+
+impl Default for Auto {
+    fn default() -> Auto {
+        Auto {
+            next: Engine::Copy,
+            small_splices: 0,
+        }
+    }
+}
+
+impl Auto {
+    /// Small splices in a row before a direction goes back to copy.
+    const SMALL_IN_A_ROW: u8 = 4;
+
+    /// After a read of `n` bytes with `engine`: a copy read that filled
+    /// the threshold means bulk data is waiting (splice, unless a recent
+    /// pipe miss says not yet); splices that each moved under a quarter of
+    /// it, several in a row, mean the traffic is small again (copy).
+    fn after_read(&mut self, engine: Engine, n: usize, threshold: u64, may_splice: bool) {
+        let n = n as u64;
+        match engine {
+            Engine::Copy if may_splice && n >= threshold => self.next = Engine::Splice,
+            Engine::Copy => {}
+            Engine::Splice if n < threshold / 4 => {
+                self.small_splices += 1;
+                if self.small_splices >= Auto::SMALL_IN_A_ROW {
+                    *self = Auto::default();
+                }
+            }
+            Engine::Splice => self.small_splices = 0,
+        }
     }
 }
 
@@ -272,5 +301,34 @@ impl Future for Tunnel<'_> {
             Poll::Ready(()) => Poll::Ready(TunnelEnd::IdleTimeout),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u64 = 64 * 1024;
+
+    #[test]
+    fn auto_splices_after_a_full_read_and_copies_after_small_splices_in_a_row() {
+        let mut a = Auto::default();
+        a.after_read(Engine::Copy, 64, T, true);
+        assert_eq!(a.next, Engine::Copy, "small messages stay in copy");
+        a.after_read(Engine::Copy, T as usize, T, false);
+        assert_eq!(a.next, Engine::Copy, "not after a pipe miss");
+        a.after_read(Engine::Copy, T as usize, T, true);
+        assert_eq!(a.next, Engine::Splice, "a full buffer: bulk is waiting");
+        for _ in 0..3 {
+            a.after_read(Engine::Splice, 100, T, true);
+        }
+        assert_eq!(a.next, Engine::Splice, "three short reads in bulk");
+        a.after_read(Engine::Splice, 200_000, T, true);
+        for _ in 0..3 {
+            a.after_read(Engine::Splice, 100, T, true);
+        }
+        assert_eq!(a.next, Engine::Splice, "a big splice resets the count");
+        a.after_read(Engine::Splice, 100, T, true);
+        assert_eq!(a, Auto::default(), "four small splices in a row: copy");
     }
 }
