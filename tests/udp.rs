@@ -101,7 +101,10 @@ fn echoes_ipv4_payloads_from_1_byte_to_65000() {
             let payload = pattern(size, size as u64);
             let (source, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), &payload);
             assert_eq!(source, TargetAddr::Ip(echo), "header names the target");
-            assert!(data == payload, "{flags:?}: payload of {size} bytes corrupted");
+            assert!(
+                data == payload,
+                "{flags:?}: payload of {size} bytes corrupted"
+            );
         }
     }
 }
