@@ -299,6 +299,28 @@ impl EventRing {
         Ok(())
     }
 
+    /// A one-shot wait for `events` on `fd` in `slot`: arms it at the first
+    /// poll, then resolves to the revents once its completion came.
+    fn poll_oneshot(
+        &self,
+        slot: &mut Option<usize>,
+        fd: RawFd,
+        events: i16,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<i16>> {
+        let Some(i) = *slot else {
+            *slot = Some(self.arm(fd, events, cx.waker())?);
+            return Poll::Pending;
+        };
+        let res = std::task::ready!(self.poll_slot(i, cx.waker()));
+        *slot = None;
+        if res < 0 {
+            Poll::Ready(Err(io::Error::from_raw_os_error(-res)))
+        } else {
+            Poll::Ready(Ok(res as i16))
+        }
+    }
+
     fn poll_slot(&self, i: usize, waker: &Waker) -> Poll<i32> {
         let mut slots = self.slots.borrow_mut();
         match &mut slots[i] {
@@ -409,18 +431,8 @@ impl Future for Readiness<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let Some(i) = this.slot else {
-            let fd = this.fd.as_raw_fd();
-            this.slot = Some(this.ring.arm(fd, this.events, cx.waker())?);
-            return Poll::Pending;
-        };
-        let res = std::task::ready!(this.ring.poll_slot(i, cx.waker()));
-        this.slot = None;
-        if res < 0 {
-            Poll::Ready(Err(io::Error::from_raw_os_error(-res)))
-        } else {
-            Poll::Ready(Ok(res as i16))
-        }
+        this.ring
+            .poll_oneshot(&mut this.slot, this.fd.as_raw_fd(), this.events, cx)
     }
 }
 
@@ -532,17 +544,9 @@ impl Watch {
     /// After a send would block: pending until the socket reports
     /// writable, an error or a hangup.
     pub fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(i) = self.write else {
-            self.write = Some(self.ring.arm(self.fd, libc::POLLOUT, cx.waker())?);
-            return Poll::Pending;
-        };
-        let res = std::task::ready!(self.ring.poll_slot(i, cx.waker()));
-        self.write = None;
-        if res < 0 {
-            Poll::Ready(Err(io::Error::from_raw_os_error(-res)))
-        } else {
-            Poll::Ready(Ok(()))
-        }
+        self.ring
+            .poll_oneshot(&mut self.write, self.fd, libc::POLLOUT, cx)
+            .map_ok(|_| ())
     }
 }
 
