@@ -2,7 +2,7 @@
 //! each wrapped once here.
 
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -283,6 +283,17 @@ fn with_sock<T>(fd: RawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
     // duration of the call; SockRef never closes it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     f(SockRef::from(&borrowed))
+}
+
+/// accept4(2) of one pending connection as a non-blocking, close-on-exec
+/// socket, with the peer's address (no getpeername, no fcntl).
+pub fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, std::net::SocketAddr)> {
+    let (socket, peer) =
+        SockRef::from(&listener).accept4(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)?;
+    let peer = peer
+        .as_socket()
+        .ok_or_else(|| io::Error::other("a connection from a non-IP address"))?;
+    Ok((socket.into(), peer))
 }
 
 /// Makes the next close() send RST instead of FIN, so that a reset on one

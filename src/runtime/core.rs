@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::admission::{Admission, Refused, Stop, Ticket};
-use super::events::EventRing;
+use super::events::{EventRing, Watch};
 use super::Limits;
 use crate::config::{Config, EventRingSetup};
 use crate::metrics::{self, AllMetrics, CoreMetrics};
@@ -119,16 +119,21 @@ pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<Ato
     // glommio's listener does not expose its fd; keep the numbers to stop
     // listening at shutdown (the listeners own the fds until dropped).
     let raw_fds: Vec<_> = listeners.iter().map(|fd| fd.as_raw_fd()).collect();
-    let listeners: Vec<Rc<TcpListener>> = listeners
-        .into_iter()
-        // SAFETY: each fd is a listening TCP socket whose ownership moves
-        // into glommio's listener here.
-        .map(|fd| Rc::new(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }))
-        .collect();
     let trimmer = glommio::spawn_local(return_spare_buffers(core.clone()));
     let accepters: Vec<_> = listeners
-        .iter()
-        .map(|l| glommio::spawn_local(accept_loop(core.clone(), l.clone())))
+        .into_iter()
+        .map(|fd| {
+            let listener = match &core.events {
+                Some(ring) => Listener::Ring {
+                    watch: Watch::new(ring.clone(), fd.as_raw_fd()),
+                    fd,
+                },
+                // SAFETY: a listening TCP socket whose ownership moves into
+                // glommio's listener here.
+                None => Listener::Glommio(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }),
+            };
+            glommio::spawn_local(accept_loop(core.clone(), listener))
+        })
         .collect();
 
     wait_for_shutdown(&shutdown).await;
@@ -137,10 +142,10 @@ pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<Ato
     for &fd in &raw_fds {
         crate::sys::stop_listening(fd);
     }
+    // Each loop owns its listener: cancelling it closes the socket.
     for a in accepters {
         a.cancel().await;
     }
-    drop(listeners);
     trimmer.cancel().await;
     let grace = core.config.shutdown_grace;
     if core.live() > 0 {
@@ -185,16 +190,55 @@ async fn wait_for_shutdown(flag: &AtomicBool) {
     }
 }
 
-async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>) {
+/// One listening socket of a core, and how its accepts wait.
+enum Listener {
+    /// On the core's event ring: a multishot poll reports new connections,
+    /// then accept4(2) takes them (non-blocking and close-on-exec at once,
+    /// with the peer's address) until EAGAIN. The watch is declared first,
+    /// so it lets go of the socket before the socket closes.
+    Ring { watch: Watch, fd: OwnedFd },
+    /// Without a ring: glommio's accept.
+    Glommio(TcpListener),
+}
+
+impl Listener {
+    /// The next connection and its peer; `None` when the client left
+    /// before its address could be read.
+    async fn next(&mut self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
+        match self {
+            Listener::Glommio(l) => {
+                let stream = l.accept().await?;
+                Ok(stream.peer_addr().ok().map(|peer| (stream, peer)))
+            }
+            Listener::Ring { watch, fd } => loop {
+                match crate::sys::accept_nonblocking(fd.as_fd()) {
+                    Ok((socket, peer)) => {
+                        // SAFETY: a fresh connected socket whose ownership
+                        // moves into glommio's stream here.
+                        let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+                        return Ok(Some((stream, peer)));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        future::poll_fn(|cx| watch.poll_read_ready(cx)).await?
+                    }
+                    // The client reset before we took it.
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+}
+
+async fn accept_loop(core: Rc<Core>, mut listener: Listener) {
     let mut backoff = Duration::ZERO;
     let mut accept_errors = RateLimitedLog::new(LOG_INTERVAL);
     let mut recoveries = RateLimitedLog::new(LOG_INTERVAL);
     let mut refusals = RateLimitedLog::new(LOG_INTERVAL);
     loop {
-        let stream = match listener.accept().await {
-            Ok(s) => s,
+        let accepted = match listener.next().await {
+            Ok(a) => a,
             Err(e) => {
-                let e: io::Error = e.into();
                 metrics::add(&core.metrics().accept_errors, 1);
                 if let Some(repeats) = accept_errors.hit() {
                     tracing::warn!(
@@ -218,13 +262,10 @@ async fn accept_loop(core: Rc<Core>, listener: Rc<TcpListener>) {
             }
         }
         metrics::add(&core.metrics().accepted, 1);
-        let peer = match stream.peer_addr() {
-            Ok(p) => p,
+        let Some((stream, peer)) = accepted else {
             // The client already left.
-            Err(_) => {
-                metrics::add(&core.metrics().closed, 1);
-                continue;
-            }
+            metrics::add(&core.metrics().closed, 1);
+            continue;
         };
         match core.admission.admit(peer.ip().to_canonical()) {
             Ok(admitted) => {
