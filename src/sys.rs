@@ -317,7 +317,7 @@ pub fn stop_listening(fd: RawFd) {
 
 /// Puts a descriptor in O_NONBLOCK mode. splice(2) on a socket blocks
 /// unless the socket itself is non-blocking (SPLICE_F_NONBLOCK only covers
-/// the pipe end), and glommio leaves its sockets blocking (it uses
+/// the pipe end), and glommio's accept leaves its sockets blocking (it uses
 /// MSG_DONTWAIT per call).
 pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     with_sock(fd, |s| s.set_nonblocking(true))

@@ -168,15 +168,10 @@ impl Relay {
             end: TunnelEnd::Closed,
             throttled: 0,
         };
+        // Both sockets arrive non-blocking (accept4 and BIND's accept make
+        // them so, connects start that way), which splice(2) needs: no
+        // fcntl per tunnel here.
         crate::sys::set_nodelay(target.as_raw_fd());
-        if self.mode != RelayMode::Copy {
-            for fd in [client.as_raw_fd(), target.as_raw_fd()] {
-                if let Err(e) = crate::sys::set_nonblocking(fd) {
-                    report.end = TunnelEnd::Failed(Side::Client, e);
-                    return report;
-                }
-            }
-        }
         if !early.is_empty() {
             if let Err(e) = target.write_all(early).await {
                 report.end = TunnelEnd::Failed(Side::Target, e);

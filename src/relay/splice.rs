@@ -87,8 +87,9 @@ impl SpliceState {
                 Ok(Flush::Moved(n))
             }
             Err(e) if would_block(&e) && dst.has_ring() => match dst.poll_writable(cx) {
-                // Writable again: the caller's next round splices.
-                Poll::Ready(Ok(())) => Ok(Flush::Moved(0)),
+                // Writable again (a wait that completed earlier): splice
+                // again; the next EAGAIN arms a fresh wait.
+                Poll::Ready(Ok(())) => self.poll_flush(cx, dst, pipes),
                 Poll::Ready(Err(e)) => Err(e),
                 Poll::Pending => Ok(Flush::Blocked),
             },

@@ -208,6 +208,11 @@ impl Listener {
         match self {
             Listener::Glommio(l) => {
                 let stream = l.accept().await?;
+                // Non-blocking like every relayed socket (splice needs it);
+                // one that cannot be is closed like a client that left.
+                if crate::sys::set_nonblocking(stream.as_raw_fd()).is_err() {
+                    return Ok(None);
+                }
                 Ok(stream.peer_addr().ok().map(|peer| (stream, peer)))
             }
             Listener::Ring { watch, fd } => loop {

@@ -64,10 +64,14 @@ impl Session<'_> {
         self.reply_success(listen_addr).await?;
 
         let accepted = async {
-            listener
+            let incoming = listener
                 .accept()
                 .await
-                .map_err(|e| SessionError::BindFailed(e.into()))
+                .map_err(|e| SessionError::BindFailed(e.into()))?;
+            // Non-blocking like every relayed socket (splice needs it).
+            crate::sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&incoming))
+                .map_err(SessionError::BindFailed)?;
+            Ok(incoming)
         };
         let timed_out = async {
             glommio::timer::sleep(self.core.config.bind_timeout).await;
