@@ -1,8 +1,8 @@
 //! Invariants every decoder keeps on any input, shared by all targets.
 //!
-//! A decoder never reads more than 2 + 255 + 2 bytes past its fixed header,
-//! so the prefix loops below are bounded (about 262 iterations) however long
-//! the fuzz input is.
+//! A decoder never reads more than 2 + 255 + 2 bytes past its fixed header
+//! (4 + 65,535 for an RFC 1961 message), so the prefix loops below are
+//! bounded however long the fuzz input is.
 
 use std::fmt::Debug;
 

@@ -21,6 +21,12 @@ pub enum ProtoError {
     EmptyUsername,
     #[error("UDP header RSV is {0:#06x}, not 0x0000")]
     NonZeroReserved(u16),
+    #[error("unsupported GSS-API sub-negotiation version {0:#04x} (RFC 1961 is version 1)")]
+    UnsupportedGssVersion(u8),
+    #[error("unknown GSS-API message type {0:#04x}")]
+    UnknownGssMessageType(u8),
+    #[error("unknown GSS-API protection level {0:#04x}")]
+    UnknownProtectionLevel(u8),
 }
 
 impl ProtoError {
@@ -36,7 +42,10 @@ impl ProtoError {
             | ProtoError::NoMethods
             | ProtoError::UnsupportedAuthVersion(_)
             | ProtoError::EmptyUsername
-            | ProtoError::NonZeroReserved(_) => None,
+            | ProtoError::NonZeroReserved(_)
+            | ProtoError::UnsupportedGssVersion(_)
+            | ProtoError::UnknownGssMessageType(_)
+            | ProtoError::UnknownProtectionLevel(_) => None,
         }
     }
 }

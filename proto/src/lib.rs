@@ -1,16 +1,19 @@
-//! Sans-io codec for SOCKS5 (RFC 1928) and username/password auth (RFC 1929).
+//! Sans-io codec for SOCKS5 (RFC 1928), username/password auth (RFC 1929)
+//! and the GSS-API method's framing (RFC 1961).
 //!
 //! Every decoder is a pure function over a byte slice that returns
 //! [`Decoded::Complete`] with the number of bytes consumed, or
 //! [`Decoded::Incomplete`] with how many more bytes it needs at least. A
 //! malformed message is a typed [`ProtoError`]. Nothing here panics on input,
-//! touches a socket or allocates more than a length byte allows (255 bytes).
+//! touches a socket or allocates more than its length field allows (255
+//! bytes; 65,535 for an RFC 1961 token).
 //! Every message implements [`Codec`]; the server and loadgen's client
 //! share it.
 
 mod addr;
 mod auth;
 mod error;
+mod gssapi;
 mod handshake;
 mod request;
 mod udp;
@@ -21,6 +24,7 @@ mod tests;
 pub use addr::TargetAddr;
 pub use auth::{UserPassRequest, UserPassStatus, AUTH_VERSION};
 pub use error::ProtoError;
+pub use gssapi::{GssMessage, GssMessageType, ProtectionLevel, GSSAPI_VERSION, MAX_TOKEN};
 pub use handshake::{Greeting, Method, MethodSelection, MethodSet};
 pub use request::{Command, Reply, ReplyCode, Request};
 pub use udp::UdpHeader;

@@ -2,7 +2,8 @@
 //!
 //! Sections: shared helpers; one section per message (target address,
 //! greeting and method set, method selection, username/password request and
-//! status, request, reply, UDP header); errors; property tests.
+//! status, request, reply, UDP header); errors; property tests; RFC 1961
+//! framing.
 //! Protocol numbers are written in hex, as the RFCs write them.
 
 use std::fmt::Debug;
@@ -74,6 +75,17 @@ impl Message for Request {
 impl Message for Reply {
     fn exact_from(&self) -> usize {
         3 + addr_exact_from(&self.bound)
+    }
+}
+
+impl Message for GssMessage {
+    fn exact_from(&self) -> usize {
+        // VER, MTYP, LEN; an abort's length is known after MTYP.
+        if self.kind == GssMessageType::Abort {
+            2
+        } else {
+            4
+        }
     }
 }
 
@@ -1326,7 +1338,21 @@ fn check_all_decoders(buf: &[u8]) -> Result<(), TestCaseError> {
     check_any_input::<UserPassStatus>(buf)?;
     check_any_input::<Request>(buf)?;
     check_any_input::<Reply>(buf)?;
-    check_any_input::<UdpHeader>(buf)
+    check_any_input::<UdpHeader>(buf)?;
+    check_any_input::<GssMessage>(buf)
+}
+
+fn arb_gss_message() -> impl Strategy<Value = GssMessage> {
+    let kind = prop_oneof![
+        Just(GssMessageType::Context),
+        Just(GssMessageType::Protection),
+        Just(GssMessageType::Encapsulated),
+    ];
+    prop_oneof![
+        9 => (kind, prop::collection::vec(any::<u8>(), 0..=300))
+            .prop_map(|(kind, token)| GssMessage::new(kind, token)),
+        1 => Just(GssMessage::ABORT),
+    ]
 }
 
 /// A valid encoding of any message type, with up to four bytes overwritten
@@ -1339,6 +1365,7 @@ fn arb_mutated_message() -> impl Strategy<Value = Vec<u8>> {
         arb_request().prop_map(|m| encode(&m)),
         arb_reply().prop_map(|m| encode(&m)),
         arb_udp_header().prop_map(|m| encode(&m)),
+        arb_gss_message().prop_map(|m| encode(&m)),
     ];
     let edits = prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..=4);
     (wire, edits, any::<prop::sample::Index>(), any::<bool>()).prop_map(
@@ -1398,6 +1425,11 @@ proptest! {
         check_round_trip(&header)?;
     }
 
+    #[test]
+    fn gss_message_round_trips(message in arb_gss_message()) {
+        check_round_trip(&message)?;
+    }
+
 }
 
 // The fuzz targets' invariants, run by every `cargo test` (CI does not run
@@ -1416,4 +1448,103 @@ proptest! {
     fn decoders_keep_invariants_on_mutated_messages(buf in arb_mutated_message()) {
         check_all_decoders(&buf)?;
     }
+}
+
+// ---------------------------------------------------------------------------
+// RFC 1961 framing
+// ---------------------------------------------------------------------------
+
+#[test]
+fn gss_message_wire_forms() {
+    let table: &[(GssMessage, &[u8])] = &[
+        // Section 3.3: a context token.
+        (
+            GssMessage::new(GssMessageType::Context, vec![0x60, 0x82]),
+            &[0x01, 0x01, 0x00, 0x02, 0x60, 0x82],
+        ),
+        // Section 4.3: a protection-level token (here NEC's bare octet).
+        (
+            GssMessage::new(GssMessageType::Protection, vec![0x02]),
+            &[0x01, 0x02, 0x00, 0x01, 0x02],
+        ),
+        // Section 5: encapsulated data, empty and long (LEN is big-endian).
+        (
+            GssMessage::new(GssMessageType::Encapsulated, vec![]),
+            &[0x01, 0x03, 0x00, 0x00],
+        ),
+        // Section 3.8: the abort has no LEN and no token.
+        (GssMessage::ABORT, &[0x01, 0xFF]),
+    ];
+    for (msg, wire) in table {
+        assert_wire(msg, wire);
+        assert_prefixes_incomplete(msg, wire);
+        assert_trailing_untouched(msg, wire);
+    }
+    let long = GssMessage::new(GssMessageType::Encapsulated, vec![0xAB; 0x1234]);
+    let wire = encode(&long);
+    assert_eq!(&wire[..4], &[0x01, 0x03, 0x12, 0x34]);
+    assert_wire(&long, &wire);
+}
+
+#[test]
+fn gss_message_incomplete_counts() {
+    assert_incomplete_counts::<GssMessage>(&[
+        (&[], 1),
+        (&[0x01], 1),
+        (&[0x01, 0x01], 2),
+        (&[0x01, 0x01, 0x00], 1),
+        (&[0x01, 0x01, 0x00, 0x05], 5),
+        (&[0x01, 0x03, 0xFF, 0xFF], 65_535),
+        (&[0x01, 0x03, 0x00, 0x03, 0xAA], 2),
+    ]);
+}
+
+#[test]
+fn gss_message_rejects_bad_version_and_type() {
+    assert_rejects::<GssMessage>(&[0x05, 0x01], ProtoError::UnsupportedGssVersion(0x05));
+    assert_rejects::<GssMessage>(&[0x00], ProtoError::UnsupportedGssVersion(0x00));
+    assert_rejects::<GssMessage>(&[0x01, 0x00], ProtoError::UnknownGssMessageType(0x00));
+    assert_rejects::<GssMessage>(&[0x01, 0x04, 0x00], ProtoError::UnknownGssMessageType(0x04));
+    for e in [
+        ProtoError::UnsupportedGssVersion(5),
+        ProtoError::UnknownGssMessageType(4),
+        ProtoError::UnknownProtectionLevel(9),
+    ] {
+        assert_eq!(e.reply_code(), None, "{e} is not a request error");
+    }
+}
+
+#[test]
+fn gss_encode_cuts_overlong_token() {
+    let msg = GssMessage::new(GssMessageType::Encapsulated, vec![7; MAX_TOKEN + 10]);
+    let wire = encode(&msg);
+    assert_eq!(wire.len(), GssMessage::MAX_LEN);
+    assert_eq!(&wire[2..4], &[0xFF, 0xFF]);
+    let mut header = Vec::new();
+    GssMessage::encode_header(GssMessageType::Encapsulated, 300, &mut header);
+    assert_eq!(header, [0x01, 0x03, 0x01, 0x2C]);
+}
+
+#[test]
+fn protection_levels_match_rfc1961_section_4_3() {
+    let table = [
+        (0x00, ProtectionLevel::Clear, "clear", false),
+        (0x01, ProtectionLevel::Integrity, "integrity", true),
+        (0x02, ProtectionLevel::Confidentiality, "confidentiality", true),
+        (0x03, ProtectionLevel::Selective, "selective", true),
+    ];
+    for (octet, level, name, wraps) in table {
+        assert_eq!(ProtectionLevel::from_octet(octet), Ok(level));
+        assert_eq!(level.octet(), octet);
+        assert_eq!(level.as_str(), name);
+        assert_eq!(level.wraps(), wraps);
+    }
+    for bad in [0x04, 0x7F, 0xFF] {
+        assert_eq!(
+            ProtectionLevel::from_octet(bad),
+            Err(ProtoError::UnknownProtectionLevel(bad))
+        );
+    }
+    assert!(ProtectionLevel::Clear < ProtectionLevel::Integrity);
+    assert!(ProtectionLevel::Integrity < ProtectionLevel::Confidentiality);
 }
