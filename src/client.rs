@@ -8,9 +8,10 @@
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::gssapi::{self, LevelEncoding, Protection, ProtectionLevel};
 use crate::proto::{
-    Codec, Command, Decoded, Greeting, Method, MethodSelection, ProtoError, Reply, ReplyCode,
-    Request, TargetAddr, UserPassRequest, UserPassStatus,
+    Codec, Command, Decoded, Greeting, GssMessage, GssMessageType, Method, MethodSelection,
+    ProtoError, Reply, ReplyCode, Request, TargetAddr, UserPassRequest, UserPassStatus,
 };
 
 /// Username and password for RFC 1929.
@@ -34,6 +35,16 @@ pub enum ClientError {
     AuthRejected,
     #[error("proxy replied {0}")]
     Rejected(ReplyCode),
+    #[error("GSSAPI: {0}")]
+    Gssapi(String),
+    #[error("proxy refused the GSSAPI authentication (RFC 1961 abort)")]
+    GssapiAborted,
+}
+
+impl From<gssapi::GssError> for ClientError {
+    fn from(e: gssapi::GssError) -> ClientError {
+        ClientError::Gssapi(e.to_string())
+    }
 }
 
 /// Reads exactly one message, asking the decoder how many bytes it still
@@ -143,4 +154,267 @@ pub fn udp_payload(datagram: &[u8]) -> Result<(TargetAddr, &[u8]), ProtoError> {
         Decoded::Complete(h, n) => Ok((h.target, &datagram[n..])),
         Decoded::Incomplete(_) => Err(ProtoError::UnsupportedAddressType(0)),
     }
+}
+
+/// What the client asks for under GSSAPI (RFC 1961).
+#[derive(Debug, Clone)]
+pub struct GssapiOptions {
+    /// The service part of the proxy's principal: `rcmd`, as curl uses.
+    pub service: String,
+    /// The proxy's host name as its principal spells it (the `host` in
+    /// `rcmd/host@REALM`).
+    pub host: String,
+    /// The protection to ask for; the proxy may answer with more.
+    pub level: ProtectionLevel,
+    /// Wrapped (RFC 1961) or bare (NEC, curl's `--socks5-gssapi-nec`).
+    pub encoding: LevelEncoding,
+    /// Whose ticket to use, e.g. `alice@EXAMPLE.COM` [default: the cache's
+    /// default principal].
+    pub principal: Option<String>,
+}
+
+impl GssapiOptions {
+    /// Service `rcmd` on `host`, integrity, wrapped, the default principal.
+    pub fn new(host: &str) -> GssapiOptions {
+        GssapiOptions {
+            service: "rcmd".into(),
+            host: host.into(),
+            level: ProtectionLevel::Integrity,
+            encoding: LevelEncoding::Wrapped,
+            principal: None,
+        }
+    }
+}
+
+/// The next RFC 1961 message, which must be of `kind` (an abort is the
+/// proxy's refusal).
+async fn read_gss<S: AsyncRead + Unpin>(
+    s: &mut S,
+    kind: GssMessageType,
+) -> Result<Vec<u8>, ClientError> {
+    let m = read_message::<GssMessage, _>(s).await?;
+    match m.kind {
+        k if k == kind => Ok(m.token),
+        GssMessageType::Abort => Err(ClientError::GssapiAborted),
+        other => Err(ClientError::Gssapi(format!(
+            "message type {:#04x} where {:#04x} belongs",
+            other.octet(),
+            kind.octet()
+        ))),
+    }
+}
+
+/// Negotiates GSSAPI (method 0x01) with the credentials of the default
+/// cache (KRB5CCNAME), agrees a protection level, and sends one request
+/// (encapsulated unless the level is `clear`). Returns the BND address and
+/// the protection every later byte must go through (`None` at `clear`).
+/// The first context step may ask the KDC for a ticket: run it where
+/// blocking is allowed.
+pub async fn handshake_gssapi<S>(
+    s: &mut S,
+    command: Command,
+    target: &TargetAddr,
+    opts: &GssapiOptions,
+) -> Result<(TargetAddr, Option<Protection>), ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    s.write_all(&Greeting::new(&[Method::GSSAPI]).to_bytes())
+        .await?;
+    match read_message::<MethodSelection, _>(s).await? {
+        MethodSelection(Method::GSSAPI) => {}
+        MethodSelection(Method::NO_ACCEPTABLE) => return Err(ClientError::NoAcceptableMethod),
+        MethodSelection(other) => return Err(ClientError::UnexpectedMethod(other.0)),
+    }
+    let mut ctx = gssapi::initiator(&opts.service, &opts.host, opts.principal.as_deref())?;
+    let mut token = ctx.step(None, None).map_err(gssapi::GssError::from)?;
+    loop {
+        if let Some(t) = token.take() {
+            let m = GssMessage::new(GssMessageType::Context, t.to_vec());
+            s.write_all(&m.to_bytes()).await?;
+        }
+        if libgssapi::context::SecurityContext::is_complete(&ctx) {
+            break;
+        }
+        let from_proxy = read_gss(s, GssMessageType::Context).await?;
+        token = ctx
+            .step(Some(&from_proxy), None)
+            .map_err(gssapi::GssError::from)?;
+    }
+    let ask = gssapi::encode_level(&mut ctx, opts.level, opts.encoding)?;
+    s.write_all(&GssMessage::new(GssMessageType::Protection, ask).to_bytes())
+        .await?;
+    let answer = read_gss(s, GssMessageType::Protection).await?;
+    let (agreed, _) = gssapi::decode_level(&mut ctx, &answer)?;
+    if agreed < opts.level.min(ProtectionLevel::Confidentiality) {
+        return Err(ClientError::Gssapi(format!(
+            "proxy offers {} protection, less than the {} asked for",
+            agreed.as_str(),
+            opts.level.as_str()
+        )));
+    }
+    let mut protection = match agreed {
+        ProtectionLevel::Clear => None,
+        level => Some(Protection::new(Box::new(ctx), level)),
+    };
+    let request = Request {
+        command,
+        target: target.clone(),
+    }
+    .to_bytes();
+    match &mut protection {
+        Some(p) => {
+            let mut out = Vec::new();
+            p.seal(&request, &mut out)?;
+            s.write_all(&out).await?;
+        }
+        None => s.write_all(&request).await?,
+    }
+    let bound = read_reply_protected(s, protection.as_mut()).await?;
+    Ok((bound, protection))
+}
+
+/// [`read_reply`], for a reply that may come encapsulated (BIND's second).
+pub async fn read_reply_protected<S: AsyncRead + Unpin>(
+    s: &mut S,
+    protection: Option<&mut Protection>,
+) -> Result<TargetAddr, ClientError> {
+    let Some(p) = protection else {
+        return read_reply(s).await;
+    };
+    let plain = p.open(&read_gss(s, GssMessageType::Encapsulated).await?)?;
+    let reply = match Reply::decode(&plain)? {
+        Decoded::Complete(r, _) => r,
+        Decoded::Incomplete(_) => {
+            return Err(ClientError::Gssapi("a reply cut short".into()));
+        }
+    };
+    match reply.code {
+        ReplyCode::Succeeded => Ok(reply.bound),
+        code => Err(ClientError::Rejected(code)),
+    }
+}
+
+/// [`handshake_gssapi`] on a blocking std stream.
+pub fn handshake_gssapi_blocking<S>(
+    s: &mut S,
+    command: Command,
+    target: &TargetAddr,
+    opts: &GssapiOptions,
+) -> Result<(TargetAddr, Option<Protection>), ClientError>
+where
+    S: std::io::Read + std::io::Write,
+{
+    let mut s = futures_lite::io::AssertAsync::new(s);
+    futures_lite::future::block_on(handshake_gssapi(&mut s, command, target, opts))
+}
+
+/// A tunnel under GSSAPI protection on a blocking stream: writes go out
+/// as encapsulated messages (at most [`gssapi::MAX_PLAIN_PER_MESSAGE`]
+/// octets of plaintext each), reads return unwrapped plaintext.
+pub struct SealedStream<S> {
+    inner: S,
+    protection: Protection,
+    /// Unwrapped bytes not yet read: `plain[pos..]`.
+    plain: Vec<u8>,
+    pos: usize,
+}
+
+impl<S: std::io::Read + std::io::Write> SealedStream<S> {
+    pub fn new(inner: S, protection: Protection) -> SealedStream<S> {
+        SealedStream {
+            inner,
+            protection,
+            plain: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    /// The stream underneath (for shutdown and socket options).
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn protection(&mut self) -> &mut Protection {
+        &mut self.protection
+    }
+}
+
+fn invalid_data(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl<S: std::io::Read + std::io::Write> std::io::Read for SealedStream<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.plain.len() {
+            let mut header = [0u8; 4];
+            // End of stream at a message boundary is a clean end.
+            match self.inner.read(&mut header[..1])? {
+                0 => return Ok(0),
+                _ => self.inner.read_exact(&mut header[1..])?,
+            }
+            let len = u16::from_be_bytes([header[2], header[3]]) as usize;
+            let mut message = header.to_vec();
+            message.resize(4 + len, 0);
+            self.inner.read_exact(&mut message[4..])?;
+            match self
+                .protection
+                .open_message(&message)
+                .map_err(invalid_data)?
+            {
+                Some((plain, _)) => {
+                    self.plain = plain;
+                    self.pos = 0;
+                }
+                None => return Err(invalid_data("a message cut short")),
+            }
+        }
+        let n = buf.len().min(self.plain.len() - self.pos);
+        buf[..n].copy_from_slice(&self.plain[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl<S: std::io::Read + std::io::Write> std::io::Write for SealedStream<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(gssapi::MAX_PLAIN_PER_MESSAGE);
+        let mut out = Vec::with_capacity(n + 96);
+        self.protection
+            .seal(&buf[..n], &mut out)
+            .map_err(invalid_data)?;
+        self.inner.write_all(&out)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A UDP datagram for the relay under GSSAPI protection: the RFC 1928
+/// header and payload, encapsulated as one message.
+pub fn udp_datagram_sealed(
+    protection: &mut Protection,
+    target: &TargetAddr,
+    payload: &[u8],
+) -> Result<Vec<u8>, ClientError> {
+    let mut plain = Vec::new();
+    udp_datagram(target, payload, &mut plain);
+    let mut out = Vec::new();
+    protection.seal(&plain, &mut out)?;
+    Ok(out)
+}
+
+/// Opens a datagram from the relay under GSSAPI protection: the source
+/// address and payload.
+pub fn udp_payload_sealed(
+    protection: &mut Protection,
+    datagram: &[u8],
+) -> Result<(TargetAddr, Vec<u8>), ClientError> {
+    let (plain, _) = protection
+        .open_message(datagram)?
+        .ok_or_else(|| ClientError::Gssapi("a datagram cut short".into()))?;
+    let (from, payload) = udp_payload(&plain)?;
+    Ok((from, payload.to_vec()))
 }

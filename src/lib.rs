@@ -9,10 +9,12 @@
 //! - [`resolve`]: name resolution off the cores
 //! - [`config`]: flags and TOML file
 //! - [`policy`]: egress rules, who may reach which destination
+//! - [`gssapi`]: Kerberos for the GSSAPI method (RFC 1961)
 //! - [`client`]: a small SOCKS5 client over the same codec
 
 pub mod client;
 pub mod config;
+pub mod gssapi;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

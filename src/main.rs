@@ -31,13 +31,24 @@ fn main() -> ExitCode {
         }
     }
     let open_listener = config.listen.iter().find(|a| !a.ip().is_loopback());
-    if let (Some(addr), None, false) = (
+    if let (Some(addr), false, false) = (
         open_listener,
-        &config.users,
+        config.users.is_some() || config.gssapi.is_some(),
         config.policy.restricts_clients(),
     ) {
         tracing::warn!(
-            "listening on {addr} with neither --users nor a rule on client addresses: anyone who can reach it may use this proxy"
+            "listening on {addr} with neither --users, --gssapi-keytab nor a rule on client addresses: anyone who can reach it may use this proxy"
+        );
+    }
+    if let Some(g) = &config.gssapi {
+        let principal = if g.principal.is_empty() {
+            "any principal in the keytab"
+        } else {
+            &g.principal
+        };
+        tracing::info!(
+            "GSSAPI: accepting {principal}, at least {} protection",
+            g.minimum.as_str()
         );
     }
     tracing::info!(

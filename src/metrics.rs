@@ -17,7 +17,7 @@ use crate::proto::ReplyCode;
 use crate::runtime::ShedReason;
 
 /// Relay engines, as indexed in [`CoreMetrics::tunnels_by_engine`].
-pub const ENGINES: [&str; 2] = ["copy", "splice"];
+pub const ENGINES: [&str; 3] = ["copy", "splice", "sealed"];
 
 #[derive(Default)]
 #[repr(align(128))]
@@ -38,7 +38,7 @@ pub struct CoreMetrics {
     pub bytes_client_to_target: AtomicU64,
     pub bytes_target_to_client: AtomicU64,
     /// Tunnels finished, by the engine that carried most of their bytes.
-    pub tunnels_by_engine: [AtomicU64; 2],
+    pub tunnels_by_engine: [AtomicU64; 3],
     /// Bytes moved by splice (both directions); the rest were copied.
     pub bytes_spliced: AtomicU64,
     /// Pipes this core holds now (in use or pooled).

@@ -11,6 +11,7 @@ mod bind;
 mod connect;
 mod curl;
 mod errors;
+mod gssapi;
 mod lifecycle;
 mod netns;
 mod policy;

@@ -65,7 +65,9 @@ impl Failure {
             ClientError::Io(io) => Failure::from_io(io, Stage::Handshake),
             ClientError::Proto(_) | ClientError::UnexpectedMethod(_) => Failure::ProxyProtocol,
             ClientError::NoAcceptableMethod => Failure::NoAcceptableMethod,
-            ClientError::AuthRejected => Failure::AuthRejected,
+            ClientError::AuthRejected | ClientError::GssapiAborted | ClientError::Gssapi(_) => {
+                Failure::AuthRejected
+            }
             ClientError::Rejected(code) => Failure::Reply(code.to_byte()),
         }
     }

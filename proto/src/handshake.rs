@@ -11,8 +11,8 @@ impl Method {
     pub const NO_ACCEPTABLE: Method = Method(0xFF);
 }
 
-/// The set of methods a client offers. A bit set, so decoding allocates
-/// nothing and duplicates in the greeting collapse.
+/// The set of methods a client offers. A bit set, so membership is one
+/// lookup and duplicates in the greeting collapse.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MethodSet([u64; 4]);
 
@@ -48,13 +48,34 @@ impl FromIterator<Method> for MethodSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Greeting {
     pub methods: MethodSet,
+    /// The same methods in the client's order (each at its first
+    /// occurrence): a server with several acceptable methods takes the
+    /// first the client lists.
+    pub offered: Vec<Method>,
 }
 
 impl Greeting {
     pub fn new(methods: &[Method]) -> Greeting {
-        Greeting {
-            methods: methods.iter().copied().collect(),
+        let mut set = MethodSet::default();
+        let mut offered = Vec::with_capacity(methods.len());
+        for &m in methods {
+            if !set.contains(m) {
+                set.insert(m);
+                offered.push(m);
+            }
         }
+        Greeting {
+            methods: set,
+            offered,
+        }
+    }
+
+    /// The first method the client lists that `acceptable` holds.
+    pub fn first_of(&self, acceptable: &[Method]) -> Option<Method> {
+        self.offered
+            .iter()
+            .copied()
+            .find(|m| acceptable.contains(m))
     }
 }
 
@@ -69,8 +90,8 @@ impl Codec for Greeting {
             return Err(ProtoError::NoMethods);
         }
         need!(buf, 2 + n);
-        let methods = buf[2..2 + n].iter().map(|&b| Method(b)).collect();
-        Ok(Decoded::Complete(Greeting { methods }, 2 + n))
+        let methods: Vec<Method> = buf[2..2 + n].iter().map(|&b| Method(b)).collect();
+        Ok(Decoded::Complete(Greeting::new(&methods), 2 + n))
     }
 
     /// Encodes the greeting. An empty set encodes NMETHODS = 0, which a
@@ -78,10 +99,10 @@ impl Codec for Greeting {
     /// set of all 256 codes is cut to its lowest 255: that drops 0xFF (NO
     /// ACCEPTABLE METHODS), which is not a method a client can offer.
     fn encode(&self, out: &mut Vec<u8>) {
-        let n = self.methods.len().min(255);
+        let n = self.offered.len().min(255);
         out.push(SOCKS_VERSION);
         out.push(n as u8);
-        out.extend(self.methods.iter().take(n).map(|m| m.0));
+        out.extend(self.offered.iter().take(n).map(|m| m.0));
     }
 }
 

@@ -412,10 +412,10 @@ fn greeting_cases() -> Vec<(Greeting, Vec<u8>)> {
             Greeting::new(&[Method::NO_AUTH, Method::USER_PASS]),
             vec![0x05, 0x02, 0x00, 0x02],
         ),
-        // A set: encoded in ascending order whatever order it was built in.
+        // Encoded in the order given: the client's preference.
         (
             Greeting::new(&[Method(0xFE), Method::USER_PASS, Method(0x80)]),
-            vec![0x05, 0x03, 0x02, 0x80, 0xFE],
+            vec![0x05, 0x03, 0xFE, 0x02, 0x80],
         ),
         (
             Greeting::new(&all_but_ff),
@@ -449,7 +449,7 @@ fn greeting_collapses_duplicate_methods_but_consumes_them() {
     assert_eq!(
         Greeting::decode(&wire),
         Ok(Decoded::Complete(
-            Greeting::new(&[Method::NO_AUTH, Method::USER_PASS]),
+            Greeting::new(&[Method::USER_PASS, Method::NO_AUTH]),
             6
         ))
     );
@@ -489,6 +489,25 @@ fn rejects_greeting_with_wrong_version() {
 #[test]
 fn rejects_greeting_without_methods() {
     assert_rejects::<Greeting>(&[0x05, 0x00], ProtoError::NoMethods);
+}
+
+#[test]
+fn greeting_keeps_the_clients_order_without_duplicates() {
+    let wire = [0x05, 0x04, 0x02, 0x01, 0x02, 0x00];
+    let (g, n) = Greeting::decode(&wire).unwrap().complete().unwrap();
+    assert_eq!(n, wire.len());
+    assert_eq!(
+        g.offered,
+        [Method::USER_PASS, Method::GSSAPI, Method::NO_AUTH]
+    );
+    assert_eq!(g.methods.len(), 3);
+    assert_eq!(encode(&g), [0x05, 0x03, 0x02, 0x01, 0x00]);
+    // The server takes the first acceptable method the client lists.
+    let both = [Method::GSSAPI, Method::USER_PASS];
+    assert_eq!(g.first_of(&both), Some(Method::USER_PASS));
+    let g = Greeting::new(&[Method::GSSAPI, Method::USER_PASS]);
+    assert_eq!(g.first_of(&both), Some(Method::GSSAPI));
+    assert_eq!(g.first_of(&[Method::NO_AUTH]), None);
 }
 
 #[test]
@@ -1254,8 +1273,22 @@ fn arb_method_set() -> impl Strategy<Value = MethodSet> {
         .prop_filter("NMETHODS is 1..=255", |set| (1..=255).contains(&set.len()))
 }
 
+/// Greetings of 1 to 255 methods: a set, in ascending or shuffled order.
 fn arb_greeting() -> impl Strategy<Value = Greeting> {
-    arb_method_set().prop_map(|methods| Greeting { methods })
+    (arb_method_set(), any::<bool>(), any::<u64>()).prop_map(|(set, shuffle, seed)| {
+        let mut methods: Vec<Method> = set.iter().collect();
+        if shuffle {
+            // A cheap deterministic shuffle; order is what is tested.
+            let mut x = seed | 1;
+            for i in (1..methods.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                methods.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+        }
+        Greeting::new(&methods)
+    })
 }
 
 fn arb_user_pass() -> impl Strategy<Value = UserPassRequest> {
@@ -1530,7 +1563,12 @@ fn protection_levels_match_rfc1961_section_4_3() {
     let table = [
         (0x00, ProtectionLevel::Clear, "clear", false),
         (0x01, ProtectionLevel::Integrity, "integrity", true),
-        (0x02, ProtectionLevel::Confidentiality, "confidentiality", true),
+        (
+            0x02,
+            ProtectionLevel::Confidentiality,
+            "confidentiality",
+            true,
+        ),
         (0x03, ProtectionLevel::Selective, "selective", true),
     ];
     for (octet, level, name, wraps) in table {

@@ -45,6 +45,31 @@ impl RelayMode {
     }
 }
 
+/// The least per-message protection a GSSAPI client gets (RFC 1961
+/// section 4): a client asking for less is answered with this level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum GssProtection {
+    /// Authentication only; data relayed unwrapped (and spliced). What
+    /// curl asks for.
+    Clear,
+    /// Every message carries a checksum (gss_wrap without confidentiality).
+    Integrity,
+    /// Every message is encrypted too.
+    Confidentiality,
+}
+
+impl GssProtection {
+    pub fn level(self) -> crate::gssapi::ProtectionLevel {
+        use crate::gssapi::ProtectionLevel;
+        match self {
+            GssProtection::Clear => ProtectionLevel::Clear,
+            GssProtection::Integrity => ProtectionLevel::Integrity,
+            GssProtection::Confidentiality => ProtectionLevel::Confidentiality,
+        }
+    }
+}
+
 /// How each core's own io_uring (the event ring) is set up; see
 /// `src/runtime/events.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -95,6 +120,22 @@ pub struct Settings {
     /// [default: none]
     #[arg(long, value_name = "FILE")]
     pub users: Option<PathBuf>,
+
+    /// Offer GSSAPI (RFC 1961, Kerberos) with the service keys in this
+    /// keytab; clients get a ticket for `rcmd/<proxy host>` (curl's default
+    /// service name) [default: no GSSAPI]
+    #[arg(long, value_name = "FILE")]
+    pub gssapi_keytab: Option<PathBuf>,
+
+    /// GSSAPI: the service principal clients must ask for, e.g.
+    /// `rcmd/proxy.example.com@EXAMPLE.COM` [default: any in the keytab]
+    #[arg(long, value_name = "PRINCIPAL")]
+    pub gssapi_principal: Option<String>,
+
+    /// GSSAPI: the least per-message protection a client gets; `clear`
+    /// (authentication only) is what curl supports [default: integrity]
+    #[arg(long, value_name = "LEVEL")]
+    pub gssapi_protection: Option<GssProtection>,
 
     /// How long a client has to finish greeting, auth and request [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -327,6 +368,9 @@ impl Settings {
                 backlog,
                 ipv6_only,
                 users,
+                gssapi_keytab,
+                gssapi_principal,
+                gssapi_protection,
                 handshake_timeout,
                 resolve_timeout,
                 connect_timeout,
@@ -414,6 +458,8 @@ pub struct Config {
     pub backlog: u32,
     pub ipv6_only: bool,
     pub users: Option<UserDb>,
+    /// GSSAPI (method 0x01) when a keytab is configured.
+    pub gssapi: Option<crate::gssapi::Acceptor>,
     pub handshake_timeout: Duration,
     pub resolve_timeout: Duration,
     pub connect_timeout: Duration,
@@ -459,6 +505,8 @@ pub enum ConfigError {
     ParseFile { path: PathBuf, message: String },
     #[error("{0}")]
     Users(#[from] UsersError),
+    #[error("GSSAPI: {0}")]
+    Gssapi(String),
     #[error("invalid access rule {0}")]
     Policy(String),
     #[error("invalid setting {setting}: {message}")]
@@ -510,6 +558,24 @@ impl Config {
         };
         let users = match &s.users {
             Some(path) => Some(UserDb::load(path)?),
+            None => None,
+        };
+        let protection = s.gssapi_protection.unwrap_or(GssProtection::Integrity);
+        let gssapi = match &s.gssapi_keytab {
+            Some(keytab) => Some(
+                crate::gssapi::Acceptor::load(
+                    keytab,
+                    s.gssapi_principal.as_deref(),
+                    protection.level(),
+                )
+                .map_err(ConfigError::Gssapi)?,
+            ),
+            None if s.gssapi_principal.is_some() || s.gssapi_protection.is_some() => {
+                return Err(invalid(
+                    "gssapi-keytab",
+                    "gssapi-principal and gssapi-protection need gssapi-keytab",
+                ))
+            }
             None => None,
         };
         let max_tunnels_per_core = s.max_tunnels_per_core;
@@ -603,6 +669,7 @@ impl Config {
             backlog: s.backlog.unwrap_or(1024),
             ipv6_only: s.ipv6_only.unwrap_or(false),
             users,
+            gssapi,
             handshake_timeout: positive(
                 "handshake-timeout",
                 s.handshake_timeout,

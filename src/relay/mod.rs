@@ -15,6 +15,7 @@ mod copy;
 mod endpoint;
 mod pipes;
 mod pool;
+mod sealed;
 mod splice;
 pub mod throttle;
 mod tunnel;
@@ -88,6 +89,8 @@ impl fmt::Display for TunnelEnd {
 pub enum Engine {
     Copy,
     Splice,
+    /// Copied through GSS-API wrap/unwrap (RFC 1961 protection).
+    Sealed,
 }
 
 impl Engine {
@@ -95,6 +98,7 @@ impl Engine {
         match self {
             Engine::Copy => "copy",
             Engine::Splice => "splice",
+            Engine::Sealed => "sealed",
         }
     }
 
@@ -103,6 +107,7 @@ impl Engine {
         match self {
             Engine::Copy => 0,
             Engine::Splice => 1,
+            Engine::Sealed => 2,
         }
     }
 }
@@ -151,13 +156,17 @@ impl Relay {
     /// Relays between `client` and `target` until both directions end, one
     /// side fails, or the tunnel idles out. `early` holds client bytes that
     /// arrived with the request; they go to the target first. Each
-    /// direction reads no faster than `throttle`'s buckets allow.
+    /// direction reads no faster than `throttle`'s buckets allow. With
+    /// `sealed` (a GSSAPI tunnel that wraps its data) the client's bytes
+    /// are unwrapped and the target's wrapped; its bytes are client bytes
+    /// that came with the request, still wrapped.
     pub async fn run(
         &self,
         mut client: TcpStream,
         mut target: TcpStream,
         early: &[u8],
         throttle: Throttle,
+        sealed: Option<Sealed>,
         stop: &StopSignal,
     ) -> RelayReport {
         let mut report = RelayReport {
@@ -204,6 +213,17 @@ impl Relay {
             idle: IdleClock::new(self.idle_timeout),
             stop,
         };
+        if let Some(Sealed {
+            protection,
+            pending,
+        }) = sealed
+        {
+            let shared = Rc::new(std::cell::RefCell::new(protection));
+            let state = |seal, pending| sealed::SealedState::new(seal, shared.clone(), pending);
+            tunnel.up.seal(state(sealed::Seal::Unwrap, &pending));
+            tunnel.down.seal(state(sealed::Seal::Wrap, &[]));
+            report.engine = Engine::Sealed;
+        }
         report.end = (&mut tunnel).await;
         tunnel.up.release(self);
         tunnel.down.release(self);
@@ -215,12 +235,19 @@ impl Relay {
         // socket open.
         drop(tunnel);
         let total = report.client_to_target + report.target_to_client;
-        if report.spliced * 2 > total {
+        if report.engine != Engine::Sealed && report.spliced * 2 > total {
             report.engine = Engine::Splice;
         }
         close_after(&report.end, &client, &target);
         report
     }
+}
+
+/// A GSSAPI tunnel's protection (integrity or confidentiality) and the
+/// client bytes that arrived with the request, still wrapped.
+pub struct Sealed {
+    pub protection: crate::gssapi::Protection,
+    pub pending: Vec<u8>,
 }
 
 /// When one side failed, the other is closed with a reset (SO_LINGER 0) so it

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use super::copy::CopyState;
 use super::endpoint::Endpoint;
+use super::sealed::SealedState;
 use super::splice::SpliceState;
 use super::throttle::{Throttle, Way};
 use super::{IdleClock, Relay, Side, TunnelEnd};
@@ -49,6 +50,8 @@ pub(super) enum Fill {
 enum Engine {
     Copy,
     Splice,
+    /// GSSAPI protection (`sealed.rs`); the direction keeps it for life.
+    Sealed,
 }
 
 enum Step {
@@ -68,6 +71,8 @@ pub(super) struct Direction {
     no_splice_until: u64,
     copy: CopyState,
     splice: SpliceState,
+    /// Set, with `engine` Sealed, for a GSSAPI tunnel that wraps its data.
+    sealed: Option<SealedState>,
     eof: bool,
     done: bool,
     /// Bandwidth buckets this direction reads against (often none), and
@@ -96,6 +101,7 @@ impl Direction {
             no_splice_until: 0,
             copy: CopyState::default(),
             splice: SpliceState::default(),
+            sealed: None,
             eof: false,
             done: false,
             way: if from == Side::Client {
@@ -109,6 +115,14 @@ impl Direction {
             spliced: 0,
             throttled: 0,
         }
+    }
+
+    /// This direction wraps or unwraps every message (a GSSAPI tunnel at
+    /// integrity or confidentiality) instead of relaying bytes as they are.
+    pub(super) fn seal(&mut self, sealed: SealedState) {
+        self.engine = Engine::Sealed;
+        self.auto = None;
+        self.sealed = Some(sealed);
     }
 
     /// Moves bytes from `src` to `dst` until blocked or finished. Errors are
@@ -127,15 +141,16 @@ impl Direction {
                 return Ok(Step::Done);
             }
             // Bytes already read go out first, so a FIN never overtakes data.
-            let flushed = match self.engine {
-                Engine::Copy => self.copy.poll_flush(cx, dst, &relay.buffers),
-                Engine::Splice => self.splice.poll_flush(cx, dst, &relay.pipes),
+            let flushed = match (self.engine, &mut self.sealed) {
+                (Engine::Sealed, Some(sealed)) => sealed.poll_flush(cx, dst),
+                (Engine::Splice, _) => self.splice.poll_flush(cx, dst, &relay.pipes),
+                _ => self.copy.poll_flush(cx, dst, &relay.buffers),
             };
             match flushed.map_err(|e| (self.to, e))? {
                 Flush::Moved(n) => {
                     moved = true;
                     match self.engine {
-                        Engine::Copy => self.copied += n as u64,
+                        Engine::Copy | Engine::Sealed => self.copied += n as u64,
                         Engine::Splice => self.spliced += n as u64,
                     }
                     continue;
@@ -162,9 +177,10 @@ impl Direction {
                 Poll::Ready(limit) => limit,
                 Poll::Pending => return idle(moved),
             };
-            let filled = match self.engine {
-                Engine::Copy => self.copy.poll_fill(cx, src, &relay.buffers, limit),
-                Engine::Splice => self.splice.poll_fill(cx, src, &relay.pipes, limit),
+            let filled = match (self.engine, &mut self.sealed) {
+                (Engine::Sealed, Some(sealed)) => sealed.poll_fill(cx, src, limit),
+                (Engine::Splice, _) => self.splice.poll_fill(cx, src, &relay.pipes, limit),
+                _ => self.copy.poll_fill(cx, src, &relay.buffers, limit),
             };
             match filled.map_err(|e| (self.from, e))? {
                 Fill::Data(n) => {
@@ -250,7 +266,7 @@ impl Auto {
         let n = n as u64;
         match engine {
             Engine::Copy if may_splice && n >= threshold => self.next = Engine::Splice,
-            Engine::Copy => {}
+            Engine::Copy | Engine::Sealed => {}
             Engine::Splice if n < threshold / 4 => {
                 self.small_splices += 1;
                 if self.small_splices >= Auto::SMALL_IN_A_ROW {

@@ -11,6 +11,9 @@ pub struct AccessRecord {
     pub client: SocketAddr,
     pub started: Instant,
     pub user: Option<String>,
+    /// How the client authenticated: `none`, `userpass`, or `gssapi-`
+    /// and the protection level.
+    pub auth: Option<&'static str>,
     pub command: Option<Command>,
     pub target: Option<TargetAddr>,
     pub resolved: Option<SocketAddr>,
@@ -21,7 +24,7 @@ pub struct AccessRecord {
     /// Bytes client -> target and target -> client (UDP: payload bytes).
     pub up: u64,
     pub down: u64,
-    /// `copy`, `splice` or `udp`.
+    /// `copy`, `splice`, `sealed` (GSSAPI protection) or `udp`.
     pub engine: Option<&'static str>,
     pub end: Option<String>,
 }
@@ -34,6 +37,7 @@ impl AccessRecord {
             client,
             started: Instant::now(),
             user: None,
+            auth: None,
             command: None,
             target: None,
             resolved: None,
@@ -53,11 +57,12 @@ impl AccessRecord {
         let dash = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
         let _ = write!(
             s,
-            "conn={}.{} client={} user={} cmd={} target={} resolved={} reply={} rule={} up={} down={} duration_ms={} engine={} end={}",
+            "conn={}.{} client={} user={} auth={} cmd={} target={} resolved={} reply={} rule={} up={} down={} duration_ms={} engine={} end={}",
             self.core,
             self.conn_id,
             self.client,
             dash(self.user.as_deref().map(quote)),
+            self.auth.unwrap_or("-"),
             dash(self.command.map(|c| c.as_str().to_owned())),
             dash(self.target.as_ref().map(|t| quote(&t.to_string()))),
             dash(self.resolved.map(|a| a.to_string())),
@@ -91,6 +96,7 @@ mod tests {
     fn line_has_every_field_and_quotes_odd_values() {
         let mut r = AccessRecord::new(1, 7, "127.0.0.1:5000".parse().unwrap());
         r.user = Some("a b".into());
+        r.auth = Some("gssapi-integrity");
         r.command = Some(Command::Connect);
         r.target = Some(TargetAddr::Domain("example.com".into(), 443));
         r.reply = Some(ReplyCode::ConnectionRefused);
@@ -101,6 +107,7 @@ mod tests {
             "conn=1.7",
             "client=127.0.0.1:5000",
             "user=\"a b\"",
+            "auth=gssapi-integrity",
             "cmd=connect",
             "target=example.com:443",
             "resolved=-",

@@ -20,6 +20,9 @@ pub enum SessionError {
     NoAcceptableMethod,
     #[error("authentication failed for user {0:?}")]
     AuthFailed(String),
+    /// The GSSAPI method (RFC 1961) failed; the client got the abort.
+    #[error("GSSAPI: {0}")]
+    GssapiFailed(String),
     #[error("command {0} is not supported")]
     CommandNotSupported(crate::proto::Command),
     #[error("{0}")]
@@ -82,6 +85,7 @@ impl SessionError {
             | SessionError::HandshakeTimeout
             | SessionError::NoAcceptableMethod
             | SessionError::AuthFailed(_)
+            | SessionError::GssapiFailed(_)
             | SessionError::Stopped(_) => None,
         }
     }
@@ -95,6 +99,7 @@ impl SessionError {
             SessionError::HandshakeTimeout => "handshake-timeout",
             SessionError::NoAcceptableMethod => "no-acceptable-method",
             SessionError::AuthFailed(_) => "auth-failed",
+            SessionError::GssapiFailed(_) => "gssapi-failed",
             SessionError::CommandNotSupported(_) => "command-not-supported",
             SessionError::Resolve(ResolveError::Timeout { .. }) => "resolve-timeout",
             SessionError::Resolve(_) => "resolve-failed",

@@ -7,13 +7,16 @@
 //! commands are methods of [`Session`] (`connect.rs`, `bind.rs`,
 //! `udp.rs`).
 //!
-//! greeting -> method selection -> (RFC 1929 auth) -> request -> command
-//! (CONNECT: resolve, connect, reply, relay) -> access log line.
+//! greeting -> method selection -> (RFC 1929 auth, or RFC 1961 GSSAPI
+//! with its protection level) -> request -> command (CONNECT: resolve,
+//! connect, reply, relay) -> access log line. Under GSSAPI protection the
+//! request, the replies and the data are encapsulated (`gssapi.rs`).
 
 mod access;
 mod bind;
 mod connect;
 mod error;
+mod gssapi;
 pub mod quota;
 mod reader;
 mod udp;
@@ -31,32 +34,51 @@ pub use error::{connect_reply_code, SessionError};
 use reader::MessageReader;
 
 use crate::config::Verification;
+use crate::gssapi::{Protection, ProtectionLevel};
 use crate::metrics;
 use crate::policy::Requester;
 use crate::proto::{
     Codec, Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request, TargetAddr,
     UserPassRequest, UserPassStatus,
 };
+use crate::relay::Sealed;
 use crate::runtime::{Core, Stop, StopSignal, Ticket};
 
 /// Proof that method negotiation (and authentication, if required)
-/// succeeded. Only [`negotiate`] makes one (the field is private to this
+/// succeeded. Only [`negotiate`] makes one (the fields are private to this
 /// module), and [`Authenticated::read_request`] uses it up.
 pub struct Authenticated {
     user: Option<String>,
+    /// For the access log: `none`, `userpass`, `gssapi-<level>`.
+    auth: &'static str,
+    /// GSSAPI at integrity or confidentiality: every later message is
+    /// encapsulated.
+    protection: Option<Protection>,
 }
 
 impl Authenticated {
     /// Reads the request; the proof becomes the [`Requested`] state that
     /// replies need, whether the request decoded or not (a malformed one
-    /// gets the reply its error calls for).
+    /// gets the reply its error calls for). Under protection the request
+    /// comes encapsulated, and plaintext after it is early data.
     async fn read_request(
-        self,
+        mut self,
         reader: &mut MessageReader,
         client: &mut TcpStream,
-    ) -> (Requested, Result<Request, SessionError>) {
-        let request = reader.next::<Request>(client).await;
-        (Requested { user: self.user }, request)
+    ) -> (Requested, Result<(Request, Vec<u8>), SessionError>) {
+        let request = match &mut self.protection {
+            Some(p) => gssapi::read_request(p, client, reader).await,
+            None => reader
+                .next::<Request>(client)
+                .await
+                .map(|r| (r, Vec::new())),
+        };
+        let requested = Requested {
+            user: self.user,
+            auth: self.auth,
+            protection: self.protection,
+        };
+        (requested, request)
     }
 }
 
@@ -64,6 +86,8 @@ impl Authenticated {
 /// which the proxy may reply. Made only from an [`Authenticated`].
 struct Requested {
     user: Option<String>,
+    auth: &'static str,
+    protection: Option<Protection>,
 }
 
 /// One client past its request: what every command needs to reply, judge
@@ -73,6 +97,9 @@ struct Session<'a> {
     client: TcpStream,
     requested: Requested,
     record: &'a mut AccessRecord,
+    /// Client bytes past the request that are still encapsulated (GSSAPI
+    /// protection): the relay unwraps them first.
+    pending_sealed: Vec<u8>,
 }
 
 /// A session that is ready to relay a TCP tunnel (CONNECT, BIND).
@@ -84,6 +111,8 @@ pub struct Established {
     /// The tunnel's place in the per-user and per-client quotas, held
     /// until the relay ends.
     quota: Option<quota::QuotaLease>,
+    /// GSSAPI protection, for the sealed engine.
+    sealed: Option<Sealed>,
 }
 
 /// Serves one accepted client to the end and writes its access-log line.
@@ -120,6 +149,7 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, ticket: 
                 record.user = Some(user.clone());
                 metrics::add(&core.metrics().auth_failures, 1)
             }
+            SessionError::GssapiFailed(_) => metrics::add(&core.metrics().auth_failures, 1),
             _ => {}
         }
         tracing::debug!(conn = ticket.id(), client = %peer, "session ended: {e}");
@@ -154,13 +184,15 @@ async fn establish(
     // timeouts bound the session.
     ticket.handshake_done();
     record.user = requested.user.clone();
+    record.auth = Some(requested.auth);
     let mut session = Session {
         core,
         client,
         requested,
         record,
+        pending_sealed: Vec::new(),
     };
-    let request = match request {
+    let (request, early_plain) = match request {
         Ok(r) => r,
         Err(e) => {
             // A malformed request gets the reply its error calls for.
@@ -183,8 +215,16 @@ async fn establish(
         t.quota = Some(lease);
         Some(t)
     };
-    // Client bytes that came with the request go on to the target.
-    let early = reader.leftover().to_vec();
+    // Client bytes that came with the request go on to the target; under
+    // protection they are still wrapped, and only what the request's own
+    // message carried past it is plaintext.
+    let early = match session.requested.protection {
+        Some(_) => {
+            session.pending_sealed = reader.leftover().to_vec();
+            early_plain
+        }
+        None => reader.leftover().to_vec(),
+    };
     drop(reader);
     match request.command {
         Command::Connect => session.connect(request.target, early).await.map(with_quota),
@@ -205,7 +245,7 @@ async fn relay_tunnel(core: &Core, t: Established, record: &mut AccessRecord, st
         .throttle(record.user.as_deref(), record.client.ip().to_canonical());
     let r = core
         .relay
-        .run(t.client, t.target, &t.early, throttle, stop)
+        .run(t.client, t.target, &t.early, throttle, t.sealed, stop)
         .await;
     let m = core.metrics();
     metrics::add(&m.bandwidth_waits, r.throttled);
@@ -310,22 +350,51 @@ impl<'a> Session<'a> {
         let reply = Reply {
             code,
             bound: bound.clone(),
-        };
-        send(&mut self.client, &reply.to_bytes()).await
+        }
+        .to_bytes();
+        match &mut self.requested.protection {
+            Some(p) => {
+                let sealed = gssapi::seal(p, &reply)?;
+                send(&mut self.client, &sealed).await
+            }
+            None => send(&mut self.client, &reply).await,
+        }
     }
 
     /// The tunnel to relay once a command has its other stream.
     fn established(self, target: TcpStream, early: Vec<u8>) -> Established {
+        let pending = self.pending_sealed;
         Established {
             client: self.client,
             target,
             early,
             quota: None,
+            sealed: self.requested.protection.map(|protection| Sealed {
+                protection,
+                pending,
+            }),
         }
     }
 }
 
-/// Greeting, method selection and, when users are configured, RFC 1929.
+/// The methods this server accepts: GSSAPI and RFC 1929 where configured,
+/// else none at all.
+fn acceptable_methods(config: &crate::config::Config) -> Vec<Method> {
+    let mut methods = Vec::with_capacity(2);
+    if config.gssapi.is_some() {
+        methods.push(Method::GSSAPI);
+    }
+    if config.users.is_some() {
+        methods.push(Method::USER_PASS);
+    }
+    if methods.is_empty() {
+        methods.push(Method::NO_AUTH);
+    }
+    methods
+}
+
+/// Greeting, method selection (the first acceptable method in the
+/// client's order) and that method's sub-negotiation.
 async fn negotiate(
     core: &Core,
     client: &mut TcpStream,
@@ -338,18 +407,40 @@ async fn negotiate(
         }
         other => other?,
     };
-    let wanted = match &core.config.users {
-        Some(_) => Method::USER_PASS,
-        None => Method::NO_AUTH,
-    };
-    if !greeting.methods.contains(wanted) {
+    let Some(chosen) = greeting.first_of(&acceptable_methods(&core.config)) else {
         send(client, &MethodSelection(Method::NO_ACCEPTABLE).to_bytes()).await?;
         return Err(SessionError::NoAcceptableMethod);
-    }
-    send(client, &MethodSelection(wanted).to_bytes()).await?;
-    let Some(users) = &core.config.users else {
-        return Ok(Authenticated { user: None });
     };
+    send(client, &MethodSelection(chosen).to_bytes()).await?;
+    match (chosen, &core.config.gssapi, &core.config.users) {
+        (Method::GSSAPI, Some(acceptor), _) => {
+            let (principal, level, protection) =
+                gssapi::authenticate(acceptor, client, reader).await?;
+            Ok(Authenticated {
+                user: Some(principal),
+                auth: match level {
+                    ProtectionLevel::Clear => "gssapi-clear",
+                    ProtectionLevel::Integrity => "gssapi-integrity",
+                    _ => "gssapi-confidentiality",
+                },
+                protection,
+            })
+        }
+        (Method::USER_PASS, _, Some(users)) => user_pass(users, client, reader).await,
+        _ => Ok(Authenticated {
+            user: None,
+            auth: "none",
+            protection: None,
+        }),
+    }
+}
+
+/// RFC 1929: one username and password, checked against the users file.
+async fn user_pass(
+    users: &crate::config::UserDb,
+    client: &mut TcpStream,
+    reader: &mut MessageReader,
+) -> Result<Authenticated, SessionError> {
     let creds = match reader.next::<UserPassRequest>(client).await {
         Ok(c) => c,
         Err(e @ SessionError::Proto(_)) => {
@@ -373,7 +464,11 @@ async fn negotiate(
         return Err(SessionError::AuthFailed(user));
     }
     send(client, &UserPassStatus::SUCCESS.to_bytes()).await?;
-    Ok(Authenticated { user: Some(user) })
+    Ok(Authenticated {
+        user: Some(user),
+        auth: "userpass",
+        protection: None,
+    })
 }
 
 /// BND.ADDR/BND.PORT of a failure reply.

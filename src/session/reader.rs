@@ -2,10 +2,12 @@ use futures_lite::io::AsyncReadExt;
 use glommio::net::TcpStream;
 
 use super::SessionError;
-use crate::proto::{Codec, Decoded};
+use crate::proto::{Codec, Decoded, GssMessage};
 
-/// The longest handshake message: an RFC 1929 request (1 + 1 + 255 + 1 +
-/// 255 bytes). Greetings (257) and requests (262) are shorter.
+/// The longest SOCKS handshake message: an RFC 1929 request (1 + 1 + 255 +
+/// 1 + 255 bytes). Greetings (257) and requests (262) are shorter. The
+/// buffer starts at twice this and grows only for RFC 1961 messages
+/// (GSSAPI tokens, up to 4 + 65,535 bytes).
 const MAX_MESSAGE: usize = 513;
 
 /// Reads handshake messages off the client stream through the sans-io
@@ -35,11 +37,16 @@ impl MessageReader {
                 return Ok(value);
             }
             if self.end == self.buf.len() {
-                // Decoders bound every message to MAX_MESSAGE bytes, so
-                // moving the unread part to the front always makes room.
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
+                if self.end == self.buf.len() {
+                    // One message fills the buffer: decoders bound every
+                    // message (GssMessage::MAX_LEN at most), so this
+                    // doubling stops there.
+                    let len = (self.buf.len() * 2).min(2 * GssMessage::MAX_LEN);
+                    self.buf.resize(len, 0);
+                }
             }
             let n = client
                 .read(&mut self.buf[self.end..])

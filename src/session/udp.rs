@@ -25,7 +25,7 @@ impl Session<'_> {
             throttle: core.bandwidth.throttle(self.user(), client_ip),
         };
         let resolve_timeout = core.config.resolve_timeout;
-        let prepared =
+        let mut prepared =
             match udp::prepare(&core.udp, egress, &self.client, &requested, resolve_timeout) {
                 Ok(p) => p,
                 Err(e) => {
@@ -45,6 +45,10 @@ impl Session<'_> {
             None => relay_addr,
         };
         self.reply_success(advertised).await?;
+        // The reply went out wrapped; the datagrams use the context now.
+        if let Some(protection) = self.requested.protection.take() {
+            prepared.protect(protection);
+        }
         let Session { client, record, .. } = self;
         let m = core.metrics();
         metrics::set(&m.udp_associations, core.udp.live() as u64);
@@ -68,7 +72,7 @@ impl Session<'_> {
         record.down = report.bytes_down;
         record.engine = Some("udp");
         record.end = Some(format!(
-            "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_reserved={} dropped_foreign={} dropped_unsolicited={} dropped_denied={} dropped_bandwidth={} dropped_other={}",
+            "{end} datagrams_up={} datagrams_down={} dropped_frag={} dropped_reserved={} dropped_foreign={} dropped_unsolicited={} dropped_denied={} dropped_bandwidth={} dropped_unprotected={} dropped_other={}",
             report.datagrams_up,
             report.datagrams_down,
             report.dropped_fragmented,
@@ -77,6 +81,7 @@ impl Session<'_> {
             report.dropped_unsolicited,
             report.dropped_denied,
             report.dropped_bandwidth,
+            report.dropped_unprotected,
             report.dropped_other
         ));
         Ok(())

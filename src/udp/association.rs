@@ -12,6 +12,7 @@ use glommio::net::{TcpStream, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
+use crate::gssapi::Protection;
 use crate::policy::source::Outbound;
 use crate::policy::{Policy, Requester};
 use crate::proto::{Codec, Command, Decoded, ProtoError, TargetAddr, UdpHeader};
@@ -66,6 +67,9 @@ pub struct UdpReport {
     pub dropped_denied: u64,
     /// Over the user's or client's bandwidth limit.
     pub dropped_bandwidth: u64,
+    /// GSSAPI protection: not one encapsulated message, or one the
+    /// security context refuses.
+    pub dropped_unprotected: u64,
 }
 
 impl UdpReport {
@@ -78,6 +82,7 @@ impl UdpReport {
             + self.dropped_unsolicited
             + self.dropped_denied
             + self.dropped_bandwidth
+            + self.dropped_unprotected
     }
 }
 
@@ -139,6 +144,10 @@ struct Association<'a> {
     resolve_timeout: Duration,
     last_activity: Cell<Instant>,
     report: RefCell<UdpReport>,
+    /// GSSAPI at integrity or confidentiality: every datagram between the
+    /// client and the relay is one encapsulated message (RFC 1961 section
+    /// 5) around the RFC 1928 header and payload.
+    protection: Option<RefCell<Protection>>,
 }
 
 /// A non-blocking UDP socket of `addr`'s family, not yet bound (IPv6 ones
@@ -349,7 +358,22 @@ impl Association<'_> {
             }
             self.touch();
             self.client_addr.set(Some(from));
-            let datagram = &scratch[..n];
+            let opened;
+            let datagram = match &self.protection {
+                None => &scratch[..n],
+                Some(p) => match p.borrow_mut().open_message(&scratch[..n]) {
+                    Ok(Some((plain, used))) if used == n => {
+                        opened = plain;
+                        &opened[..]
+                    }
+                    // Not one whole message, or one the context refuses
+                    // (forged, damaged, replayed).
+                    _ => {
+                        self.count(|r| r.dropped_unprotected += 1);
+                        continue;
+                    }
+                },
+            };
             let (header, len) = match UdpHeader::decode(datagram) {
                 Ok(Decoded::Complete(h, len)) => (h, len),
                 Err(ProtoError::NonZeroReserved(_)) => {
@@ -424,11 +448,24 @@ impl Association<'_> {
                 .encode(&mut header);
                 let start = MAX_HEADER - header.len();
                 scratch[start..MAX_HEADER].copy_from_slice(&header);
-                match sys::udp_send_to(
-                    self.client.as_raw_fd(),
-                    &scratch[start..MAX_HEADER + n],
-                    client,
-                ) {
+                let sealed;
+                let datagram = match &self.protection {
+                    None => &scratch[start..MAX_HEADER + n],
+                    Some(p) => {
+                        let mut out = Vec::with_capacity(MAX_HEADER + n + 96);
+                        if p.borrow_mut()
+                            .seal(&scratch[start..MAX_HEADER + n], &mut out)
+                            .is_err()
+                        {
+                            // Too long to wrap into one message.
+                            self.count(|r| r.dropped_other += 1);
+                            continue;
+                        }
+                        sealed = out;
+                        &sealed[..]
+                    }
+                };
+                match sys::udp_send_to(self.client.as_raw_fd(), datagram, client) {
                     Ok(_) => self.count(|r| {
                         r.datagrams_down += 1;
                         r.bytes_down += n as u64;
@@ -487,6 +524,14 @@ impl Prepared<'_> {
     }
 }
 
+impl Prepared<'_> {
+    /// Wraps and unwraps every datagram to and from the client with the
+    /// GSSAPI context (after the reply that went out under it).
+    pub fn protect(&mut self, protection: Protection) {
+        self.assoc.protection = Some(RefCell::new(protection));
+    }
+}
+
 /// Opens the association's sockets on this core.
 pub fn prepare<'a>(
     table: &'a UdpTable,
@@ -527,6 +572,7 @@ pub fn prepare<'a>(
             resolve_timeout,
             last_activity: Cell::new(Instant::now()),
             report: RefCell::new(UdpReport::default()),
+            protection: None,
         },
         _slot: slot,
     })

@@ -2,6 +2,8 @@
 //! real targets on loopback, and the crate's own client.
 #![allow(dead_code)]
 
+pub mod kdc;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
