@@ -101,6 +101,27 @@ pub struct AuthArgs {
     /// Password for the proxy (RFC 1929); needs --user
     #[arg(long, requires = "user")]
     pub password: Option<String>,
+    /// Authenticate with GSSAPI (RFC 1961, the Kerberos ticket of
+    /// KRB5CCNAME) and ask for this protection: clear, integrity or
+    /// confidentiality. Only `throughput` relays protected data; the other
+    /// scenarios take `clear`
+    #[arg(long, value_name = "LEVEL", conflicts_with = "user")]
+    pub gssapi: Option<GssLevel>,
+    /// GSSAPI: the service of the proxy's principal (SERVICE/HOST)
+    #[arg(long, default_value = "rcmd", value_name = "SERVICE")]
+    pub gssapi_service: String,
+    /// GSSAPI: the host of the proxy's principal [default: the proxy's
+    /// address as given to --proxy, without the port]
+    #[arg(long, value_name = "HOST")]
+    pub gssapi_host: Option<String>,
+}
+
+/// The protection `--gssapi` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GssLevel {
+    Clear,
+    Integrity,
+    Confidentiality,
 }
 
 /// Cores, targets and timing, common to every scenario.

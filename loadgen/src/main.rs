@@ -40,19 +40,19 @@ fn run(cli: Cli) -> Result<(), LoadgenError> {
             finish(scenario::throughput::run(&path, &args)?, &out)
         }
         Command::Cps { path, args, out } => {
-            let path = PathChoice::from_args(&path)?;
+            let path = PathChoice::from_args(&path)?.without_protection("cps")?;
             finish(scenario::cps::run(&path, &args)?, &out)
         }
         Command::Latency { path, args, out } => {
-            let path = PathChoice::from_args(&path)?;
+            let path = PathChoice::from_args(&path)?.without_protection("latency")?;
             finish(scenario::latency::run(&path, &args)?, &out)
         }
         Command::Udp { path, args, out } => {
-            let path = PathChoice::from_args(&path)?;
+            let path = PathChoice::from_args(&path)?.without_protection("udp")?;
             finish(scenario::udp::run(&path, &args)?, &out)
         }
         Command::Idle { path, args, out } => {
-            let path = PathChoice::from_args(&path)?;
+            let path = PathChoice::from_args(&path)?.without_protection("idle")?;
             finish(scenario::idle::run(&path, &args)?, &out)
         }
         Command::Serve(args) => serve::run(&args),

@@ -12,7 +12,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use coresocks::client::{self, Credentials};
+use coresocks::client::{self, Credentials, GssapiOptions};
+use coresocks::gssapi::Protection;
 use coresocks::proto::{Command, TargetAddr};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
@@ -26,6 +27,8 @@ use crate::target::{HELLO_REPLY, MODE_HELLO};
 pub struct PathSpec {
     pub proxy: Option<SocketAddr>,
     pub creds: Option<Credentials>,
+    /// GSSAPI (RFC 1961) instead of RFC 1929.
+    pub gssapi: Option<GssapiOptions>,
     pub target: SocketAddr,
 }
 
@@ -34,6 +37,42 @@ impl PathSpec {
     pub fn first_hop(&self) -> SocketAddr {
         self.proxy.unwrap_or(self.target)
     }
+}
+
+/// The SOCKS5 negotiation and one request, with RFC 1929 or GSSAPI as the
+/// path says: the BND address, and the protection the data must go
+/// through (GSSAPI at integrity or confidentiality). The first GSSAPI
+/// step may ask the KDC for a ticket: it blocks the core, which only
+/// delays setup, never the measurement window.
+pub async fn negotiate<S>(
+    s: &mut S,
+    command: Command,
+    target: &TargetAddr,
+    path: &PathSpec,
+) -> Result<(TargetAddr, Option<Protection>), client::ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match &path.gssapi {
+        Some(opts) => client::handshake_gssapi(s, command, target, opts).await,
+        None => client::handshake(s, command, target, path.creds.as_ref())
+            .await
+            .map(|bound| (bound, None)),
+    }
+}
+
+/// [`negotiate`] on a blocking std stream.
+pub fn negotiate_blocking<S>(
+    s: &mut S,
+    command: Command,
+    target: &TargetAddr,
+    path: &PathSpec,
+) -> Result<(TargetAddr, Option<Protection>), client::ClientError>
+where
+    S: Read + Write,
+{
+    let mut s = futures_lite::io::AssertAsync::new(s);
+    futures_lite::future::block_on(negotiate(&mut s, command, target, path))
 }
 
 /// Resolves HOST:PORT once, at start-up (never on a core).
@@ -58,6 +97,19 @@ pub async fn open(
     stage: &std::cell::Cell<Stage>,
     linger_zero: bool,
 ) -> Result<TcpStream, Failure> {
+    match open_protected(path, stage, linger_zero).await? {
+        (s, None) => Ok(s),
+        // Only throughput relays protected data; the CLI refuses the rest.
+        (_, Some(_)) => Err(Failure::ProxyProtocol),
+    }
+}
+
+/// [`open`], keeping the GSSAPI protection the tunnel's data needs.
+pub async fn open_protected(
+    path: &PathSpec,
+    stage: &std::cell::Cell<Stage>,
+    linger_zero: bool,
+) -> Result<(TcpStream, Option<Protection>), Failure> {
     stage.set(Stage::Connect);
     let mut stream = TcpStream::connect(path.first_hop())
         .await
@@ -66,19 +118,21 @@ pub async fn open(
         set_linger_zero(&stream);
     }
     let _ = stream.set_nodelay(true);
+    let mut protection = None;
     if path.proxy.is_some() {
         stage.set(Stage::Handshake);
-        client::handshake(
+        protection = negotiate(
             &mut stream,
             Command::Connect,
             &TargetAddr::Ip(path.target),
-            path.creds.as_ref(),
+            path,
         )
         .await
-        .map_err(|e| Failure::from_client(&e))?;
+        .map_err(|e| Failure::from_client(&e))?
+        .1;
     }
     stage.set(Stage::Target);
-    Ok(stream)
+    Ok((stream, protection))
 }
 
 /// Runs `fut`, or gives `Failure::Timeout`-like results when `limit` passes
@@ -145,18 +199,24 @@ pub fn preflight(path: &PathSpec, timeout: Duration) -> Result<(), LoadgenError>
         s.set_nodelay(true)
     };
     setup(&stream).map_err(|e| io_fail(e, Stage::Connect))?;
+    let mut protection = None;
     if path.proxy.is_some() {
-        client::handshake_blocking(
+        protection = negotiate_blocking(
             &mut stream,
             Command::Connect,
             &TargetAddr::Ip(path.target),
-            path.creds.as_ref(),
+            path,
         )
         .map_err(|e| match e {
             client::ClientError::Io(io) => io_fail(io, Stage::Handshake),
             other => fail(Failure::from_client(&other), Stage::Handshake),
-        })?;
+        })?
+        .1;
     }
+    let mut stream: Box<dyn ReadWrite> = match protection {
+        Some(p) => Box::new(client::SealedStream::new(stream, p)),
+        None => Box::new(stream),
+    };
     stream
         .write_all(&[MODE_HELLO])
         .map_err(|e| io_fail(e, Stage::Target))?;
@@ -177,6 +237,10 @@ pub fn preflight(path: &PathSpec, timeout: Duration) -> Result<(), LoadgenError>
         Err(e) => Err(io_fail(e, Stage::Target)),
     }
 }
+
+/// A blocking stream, plain or sealed.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
 
 /// The payload of the UDP check datagram (the echo sends it back).
 const UDP_PROBE: &[u8] = b"loadgen udp check";
@@ -246,11 +310,11 @@ pub fn preflight_udp(path: &PathSpec, timeout: Duration) -> Result<(), LoadgenEr
             let sock = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0))
                 .map_err(|e| io_fail(e, Stage::Connect))?;
             let me = sock.local_addr().map_err(|e| io_fail(e, Stage::Connect))?;
-            let bound = client::handshake_blocking(
+            let (bound, _) = negotiate_blocking(
                 &mut control,
                 Command::UdpAssociate,
                 &TargetAddr::Ip(me),
-                path.creds.as_ref(),
+                path,
             )
             .map_err(|e| match e {
                 client::ClientError::Io(io) => io_fail(io, Stage::Handshake),

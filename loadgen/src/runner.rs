@@ -72,6 +72,7 @@ pub struct Plan {
     pub targets: Targets,
     pub proxy: Option<SocketAddr>,
     pub creds: Option<Credentials>,
+    pub gssapi: Option<coresocks::client::GssapiOptions>,
     pub warmup: Duration,
     pub duration: Duration,
     pub timeout: Duration,
@@ -252,6 +253,7 @@ where
     let path = PathSpec {
         proxy: plan.proxy,
         creds: plan.creds.clone(),
+        gssapi: plan.gssapi.clone(),
         target: target_addr,
     };
 

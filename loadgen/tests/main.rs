@@ -8,6 +8,7 @@ mod common;
 mod compare;
 mod cps;
 mod errors;
+mod gssapi;
 mod idle;
 mod latency;
 mod throughput;

@@ -9,9 +9,10 @@ pub mod udp;
 
 use std::net::SocketAddr;
 
-use coresocks::client::Credentials;
+use coresocks::client::{Credentials, GssapiOptions};
+use coresocks::gssapi::ProtectionLevel;
 
-use crate::cli::{AuthArgs, CompareScenario, PathArgs, RunArgs};
+use crate::cli::{AuthArgs, CompareScenario, GssLevel, PathArgs, RunArgs};
 use crate::cores::default_cores;
 use crate::error::{FailureCounts, LoadgenError};
 use crate::net::resolve;
@@ -26,6 +27,8 @@ pub struct PathChoice {
     pub name: String,
     pub proxy: Option<SocketAddr>,
     pub creds: Option<Credentials>,
+    /// GSSAPI instead of RFC 1929 (`--gssapi`).
+    pub gssapi: Option<GssapiOptions>,
     /// The proxy's process to sample (compare's --proxy-pid NAME=PID);
     /// a single run takes --proxy-pid from its run options instead.
     pub proxy_pid: Option<u32>,
@@ -37,6 +40,7 @@ impl PathChoice {
             name: "direct".into(),
             proxy: None,
             creds: None,
+            gssapi: None,
             proxy_pid: None,
         }
     }
@@ -46,8 +50,20 @@ impl PathChoice {
             name: name.to_owned(),
             proxy: Some(resolve("proxy", addr)?),
             creds: credentials(auth),
+            gssapi: gssapi_options(addr, auth),
             proxy_pid: None,
         })
+    }
+
+    /// Refuses GSSAPI protection that wraps data, for a scenario that
+    /// speaks to its target in the clear (all but throughput).
+    pub fn without_protection(self, scenario: &str) -> Result<PathChoice, LoadgenError> {
+        match &self.gssapi {
+            Some(g) if g.level.wraps() => Err(LoadgenError::Setup(format!(
+                "{scenario} does not relay GSSAPI-protected data: use --gssapi clear, or the throughput scenario"
+            ))),
+            _ => Ok(self),
+        }
     }
 
     pub fn from_args(args: &PathArgs) -> Result<PathChoice, LoadgenError> {
@@ -56,6 +72,27 @@ impl PathChoice {
             None => Ok(PathChoice::direct()),
         }
     }
+}
+
+/// `--gssapi`: the principal `SERVICE/HOST` to ask a ticket for, and the
+/// level. HOST is the proxy's address as the user wrote it.
+fn gssapi_options(addr: &str, auth: &AuthArgs) -> Option<GssapiOptions> {
+    let level = match auth.gssapi? {
+        GssLevel::Clear => ProtectionLevel::Clear,
+        GssLevel::Integrity => ProtectionLevel::Integrity,
+        GssLevel::Confidentiality => ProtectionLevel::Confidentiality,
+    };
+    let host = auth.gssapi_host.clone().unwrap_or_else(|| {
+        addr.rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_matches(['[', ']'])
+            .to_owned()
+    });
+    Some(GssapiOptions {
+        service: auth.gssapi_service.clone(),
+        level,
+        ..GssapiOptions::new(&host)
+    })
 }
 
 fn credentials(auth: &AuthArgs) -> Option<Credentials> {
@@ -119,6 +156,7 @@ impl RunSetup {
                 targets,
                 proxy: path.proxy,
                 creds: path.creds.clone(),
+                gssapi: path.gssapi.clone(),
                 warmup: run.warmup,
                 duration: run.duration,
                 timeout: run.timeout,
@@ -183,7 +221,7 @@ impl RunSetup {
                     "direct"
                 },
                 proxy: self.path.proxy.map(|p| p.to_string()),
-                auth: self.path.creds.is_some(),
+                auth: self.path.creds.is_some() || self.path.gssapi.is_some(),
                 target: out.target_addr.to_string(),
                 target_internal: matches!(self.plan.targets, Targets::Internal(_)),
             },

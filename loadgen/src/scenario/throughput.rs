@@ -7,12 +7,13 @@
 //! client counts what it reads inside the window. Both: both at once on each
 //! tunnel, the acknowledgements riding in the headers of the data units.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use coresocks::gssapi::{Protection, MAX_PLAIN_PER_MESSAGE};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde::Serialize;
@@ -189,12 +190,14 @@ async fn core(ctx: CoreCtx, args: Arc<ThroughputArgs>) -> Result<CoreOut, Loadge
     let mut tunnels = Vec::with_capacity(mine.len());
     for &i in &mine {
         let stage = Cell::new(Stage::Connect);
-        let opened = net::within(ctx.timeout, net::open(&ctx.path, &stage, false), || {
-            net::timeout_failure(stage.get())
-        })
+        let opened = net::within(
+            ctx.timeout,
+            net::open_protected(&ctx.path, &stage, false),
+            || net::timeout_failure(stage.get()),
+        )
         .await;
         match opened {
-            Ok(s) => tunnels.push((i, s)),
+            Ok((s, protection)) => tunnels.push((i, s, protection)),
             Err(f) => {
                 return Err(LoadgenError::Setup(format!(
                     "tunnel {} of {streams} could not be opened: {}",
@@ -209,11 +212,12 @@ async fn core(ctx: CoreCtx, args: Arc<ThroughputArgs>) -> Result<CoreOut, Loadge
     let buf: Rc<[u8]> = vec![0xa5_u8; args.write_size].into();
     let tasks: Vec<_> = tunnels
         .into_iter()
-        .map(|(i, s)| {
+        .map(|(i, s, protection)| {
             glommio::spawn_local(run_stream(
                 i,
                 ctx.index,
                 s,
+                protection.map(RefCell::new),
                 window,
                 args.direction,
                 buf.clone(),
@@ -253,6 +257,7 @@ async fn run_stream(
     index: usize,
     core: usize,
     stream: TcpStream,
+    seal: Option<RefCell<Protection>>,
     w: Window,
     direction: Direction,
     buf: Rc<[u8]>,
@@ -268,8 +273,8 @@ async fn run_stream(
         .as_secs_f64();
     let work = async {
         let (sent, read) = futures_lite::future::zip(
-            write_side(wr, direction, &buf, w, fd),
-            read_side(rd, direction, w, &seen, &live),
+            write_side(wr, direction, &buf, w, fd, seal.as_ref()),
+            read_side(rd, direction, w, &seen, &live, seal.as_ref()),
         )
         .await;
         sent.and(read)
@@ -306,6 +311,7 @@ async fn write_side(
     buf: &[u8],
     w: Window,
     fd: std::os::fd::RawFd,
+    seal: Option<&RefCell<Protection>>,
 ) -> Result<(), Failure> {
     let io = |e: std::io::Error| Failure::from_io(&e, Stage::Target);
     let mode = match direction {
@@ -313,14 +319,30 @@ async fn write_side(
         Direction::Down => MODE_SOURCE,
         Direction::Both => MODE_DUPLEX,
     };
-    wr.write_all(&[mode]).await.map_err(io)?;
+    // Under GSSAPI protection every write is whole encapsulated messages.
+    let mut sealed = Vec::new();
+    match seal {
+        Some(p) => {
+            wrap(&[mode], p, &mut sealed)?;
+            wr.write_all(&sealed).await.map_err(io)?;
+        }
+        None => wr.write_all(&[mode]).await.map_err(io)?,
+    }
     if direction == Direction::Down {
         sleep_until(w.t1).await;
     } else {
         // At least one write, however late this task runs: a run that
         // moved nothing up measures nothing.
         loop {
-            wr.write(buf).await.map_err(io)?;
+            match seal {
+                Some(p) => {
+                    wrap(buf, p, &mut sealed)?;
+                    wr.write_all(&sealed).await.map_err(io)?;
+                }
+                None => {
+                    wr.write(buf).await.map_err(io)?;
+                }
+            }
             net::fair_share().await;
             if Instant::now() >= w.t1 {
                 break;
@@ -332,12 +354,24 @@ async fn write_side(
     Ok(())
 }
 
+/// `plain` as encapsulated messages in `out` (GSSAPI protection).
+fn wrap(plain: &[u8], p: &RefCell<Protection>, out: &mut Vec<u8>) -> Result<(), Failure> {
+    out.clear();
+    for chunk in plain.chunks(MAX_PLAIN_PER_MESSAGE) {
+        p.borrow_mut()
+            .seal(chunk, out)
+            .map_err(|_| Failure::ProxyProtocol)?;
+    }
+    Ok(())
+}
+
 async fn read_side(
     mut rd: ReadHalf,
     direction: Direction,
     w: Window,
     seen: &Seen,
     live: &Live,
+    seal: Option<&RefCell<Protection>>,
 ) -> Result<(), Failure> {
     let size = if direction == Direction::Up {
         4096
@@ -347,6 +381,8 @@ async fn read_side(
     let mut buf = vec![0u8; size];
     let mut acks = AckParser::default();
     let mut units = UnitParser::default();
+    // Under GSSAPI protection: bytes of messages not yet whole.
+    let mut pending = Vec::new();
     loop {
         let n = rd
             .read(&mut buf)
@@ -356,6 +392,25 @@ async fn read_side(
             return Ok(());
         }
         let now = Instant::now();
+        let mut plain = Vec::new();
+        let data: &[u8] = match seal {
+            None => &buf[..n],
+            Some(p) => {
+                pending.extend_from_slice(&buf[..n]);
+                let mut at = 0;
+                while let Some((opened, used)) = p
+                    .borrow_mut()
+                    .open_message(&pending[at..])
+                    .map_err(|_| Failure::ProxyProtocol)?
+                {
+                    plain.extend_from_slice(&opened);
+                    at += used;
+                }
+                pending.drain(..at);
+                &plain
+            }
+        };
+        let n = data.len();
         let on_ack = |value: u64| {
             let total = value & !ACK_FINAL;
             live.add_primary(total.saturating_sub(seen.acked.get()));
@@ -369,14 +424,14 @@ async fn read_side(
             }
         };
         match direction {
-            Direction::Up => acks.feed(&buf[..n], on_ack),
+            Direction::Up => acks.feed(data, on_ack),
             Direction::Down | Direction::Both => {
                 if now >= w.t0 && now < w.t1 {
                     seen.down.set(seen.down.get() + n as u64);
                     live.add_secondary(n as u64);
                 }
                 if direction == Direction::Both {
-                    units.feed(&buf[..n], on_ack);
+                    units.feed(data, on_ack);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! fixed total rate R, through the proxy's UDP ASSOCIATE or directly.
 //!
 //! Through a proxy, each association has a TCP control connection that does
-//! `client::handshake(.., Command::UdpAssociate, ..)` and stays open for the
+//! `net::negotiate(.., Command::UdpAssociate, ..)` and stays open for the
 //! whole run (the association lives as long as it), and its own UDP socket;
 //! the reply's BND address is the relay, and every datagram to it carries
 //! the RFC 1928 header naming the echo target. Directly, each association is
@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use coresocks::client;
 use coresocks::proto::{Codec, Command, Decoded, TargetAddr, UdpHeader};
 use glommio::net::{TcpStream, UdpSocket};
 use hdrhistogram::Histogram;
@@ -268,11 +267,11 @@ async fn open_association(
         .and_then(|a| a.as_socket())
         .ok_or(Failure::Io)?;
     stage.set(Stage::Handshake);
-    let bound = client::handshake(
+    let (bound, _) = crate::net::negotiate(
         &mut control,
         Command::UdpAssociate,
         &TargetAddr::Ip(me),
-        path.creds.as_ref(),
+        path,
     )
     .await
     .map_err(|e| Failure::from_client(&e))?;
@@ -626,6 +625,7 @@ pub fn unframe(datagram: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coresocks::client;
 
     #[test]
     fn unframe_takes_whole_datagrams_only() {
