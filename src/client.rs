@@ -226,7 +226,8 @@ where
         MethodSelection(Method::NO_ACCEPTABLE) => return Err(ClientError::NoAcceptableMethod),
         MethodSelection(other) => return Err(ClientError::UnexpectedMethod(other.0)),
     }
-    let mut ctx = gssapi::initiator(&opts.service, &opts.host, opts.principal.as_deref())?;
+    let stream = command != Command::UdpAssociate;
+    let mut ctx = gssapi::initiator(&opts.service, &opts.host, opts.principal.as_deref(), stream)?;
     let mut token = ctx.step(None, None).map_err(gssapi::GssError::from)?;
     loop {
         if let Some(t) = token.take() {

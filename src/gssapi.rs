@@ -113,11 +113,15 @@ pub fn peer_name(ctx: &mut ServerCtx) -> Result<String, GssError> {
 
 /// The client's side: a context for the proxy's service principal, with
 /// the credentials of the default cache (KRB5CCNAME, as kinit left it) or,
-/// given `principal`, that principal's cache in the collection.
+/// given `principal`, that principal's cache in the collection. `stream`:
+/// the context protects a TCP stream, so replayed, reordered or dropped
+/// messages must fail (the replay and sequence flags); a UDP association
+/// leaves them off, since datagrams may be lost or reordered.
 pub fn initiator(
     service: &str,
     proxy_host: &str,
     principal: Option<&str>,
+    stream: bool,
 ) -> Result<ClientCtx, GssError> {
     let cred = match principal {
         Some(p) => {
@@ -130,10 +134,12 @@ pub fn initiator(
         format!("{service}@{proxy_host}").as_bytes(),
         Some(&GSS_NT_HOSTBASED_SERVICE),
     )?;
-    // Mutual authentication, and the per-message services RFC 1961 can
-    // use; no sequence flag, since UDP datagrams may be lost or reordered.
-    let flags =
+    // Mutual authentication, and the per-message services RFC 1961 uses.
+    let mut flags =
         CtxFlags::GSS_C_MUTUAL_FLAG | CtxFlags::GSS_C_INTEG_FLAG | CtxFlags::GSS_C_CONF_FLAG;
+    if stream {
+        flags |= CtxFlags::GSS_C_REPLAY_FLAG | CtxFlags::GSS_C_SEQUENCE_FLAG;
+    }
     Ok(ClientCtx::new(cred, target, flags, Some(&GSS_MECH_KRB5)))
 }
 

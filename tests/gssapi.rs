@@ -336,7 +336,8 @@ fn expired_and_replayed_tickets_are_refused() {
     // (the realm allows one second of skew).
     k.kinit("brief", "brief-password", Some("3s"));
     let mut ctx =
-        coresocks::gssapi::initiator("rcmd", "127.0.0.1", Some(&format!("brief@{REALM}"))).unwrap();
+        coresocks::gssapi::initiator("rcmd", "127.0.0.1", Some(&format!("brief@{REALM}")), true)
+            .unwrap();
     let token = ctx
         .step(None, None)
         .unwrap()
@@ -344,7 +345,7 @@ fn expired_and_replayed_tickets_are_refused() {
         .to_vec();
     let made = Instant::now();
     // A fresh token is accepted once, and refused when replayed.
-    let mut good = coresocks::gssapi::initiator("rcmd", "127.0.0.1", None).unwrap();
+    let mut good = coresocks::gssapi::initiator("rcmd", "127.0.0.1", None, true).unwrap();
     let good_token = good.step(None, None).unwrap().unwrap().to_vec();
     let mut first = proxy.raw();
     let mut msg = vec![0x05, 0x01, 0x01];
@@ -453,7 +454,7 @@ fn bad_messages_get_the_abort_and_the_next_client_is_served() {
     }
     // A protection level no RFC defines, after a good context.
     let mut s = proxy.raw();
-    let mut ctx = coresocks::gssapi::initiator("rcmd", "127.0.0.1", None).unwrap();
+    let mut ctx = coresocks::gssapi::initiator("rcmd", "127.0.0.1", None, true).unwrap();
     let token = ctx.step(None, None).unwrap().unwrap().to_vec();
     let mut msg = vec![0x05, 0x01, 0x01];
     GssMessage::new(GssMessageType::Context, token).encode(&mut msg);
