@@ -618,3 +618,37 @@ fn bind_replies_are_encapsulated() {
     peer.read_exact(&mut back).unwrap();
     assert_eq!(&back, b"to the peer");
 }
+
+#[test]
+fn the_principal_is_the_user_for_per_user_limits() {
+    let echo = echo_server("127.0.0.1:0");
+    // Quotas are per core (README, Limits): one core, one count.
+    let proxy = gss_proxy(&["--cores", "1", "--max-tunnels-per-user", "1"]);
+    let open = || {
+        let mut s = proxy.raw();
+        handshake_gssapi_blocking(
+            &mut s,
+            Cmd::Connect,
+            &echo.target(),
+            &opts(ProtectionLevel::Integrity, LevelEncoding::Wrapped),
+        )
+        .map(|(_, p)| (s, p))
+    };
+    let first = open().expect("alice's first tunnel");
+    let err = open().map(|_| ()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Rejected(coresocks::proto::ReplyCode::NotAllowed)
+        ),
+        "{err}"
+    );
+    proxy.wait_for_log(&[&format!("user=alice@{REALM}"), "reply=not-allowed"]);
+    drop(first);
+    // Her slot comes back when the first tunnel ends.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while open().is_err() {
+        assert!(Instant::now() < deadline, "the slot never came back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

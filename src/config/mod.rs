@@ -826,6 +826,33 @@ mod tests {
     }
 
     #[test]
+    fn gssapi_keys_come_from_the_file_and_need_a_keytab() {
+        let file = Settings::from_toml(
+            "gssapi-keytab = \"/etc/coresocks/coresocks.keytab\"\ngssapi-principal = \"rcmd/proxy@EXAMPLE.COM\"\ngssapi-protection = \"confidentiality\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.gssapi_keytab.as_deref(),
+            Some(Path::new("/etc/coresocks/coresocks.keytab"))
+        );
+        assert_eq!(
+            file.gssapi_principal.as_deref(),
+            Some("rcmd/proxy@EXAMPLE.COM")
+        );
+        assert_eq!(file.gssapi_protection, Some(GssProtection::Confidentiality));
+        assert!(Settings::from_toml("gssapi-protection = \"secret\"\n").is_err());
+        let orphan = Settings::from_toml("gssapi-protection = \"clear\"\n").unwrap();
+        let e = Config::from_settings(orphan).unwrap_err().to_string();
+        assert!(e.contains("need gssapi-keytab"), "{e}");
+        // The keytab is read at start: a missing one is one clear error.
+        let missing = Settings::from_toml("gssapi-keytab = \"/nonexistent.keytab\"\n").unwrap();
+        let e = Config::from_settings(missing).unwrap_err().to_string();
+        assert!(e.contains("cannot read keytab /nonexistent.keytab"), "{e}");
+        let c = Config::from_settings(Settings::default()).unwrap();
+        assert!(c.gssapi.is_none(), "no keytab, no GSSAPI");
+    }
+
+    #[test]
     fn defaults_listen_on_loopback_1080() {
         let c = Config::from_settings(Settings::default()).unwrap();
         assert_eq!(c.listen, vec!["127.0.0.1:1080".parse().unwrap()]);
