@@ -34,11 +34,23 @@ pub enum GssError {
     Protocol(String),
 }
 
+/// Set when the cores start: from then on [`Acceptor::load`] (a reload)
+/// may not point the library at another keytab.
+static ENVIRONMENT_FROZEN: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Called before threads that use GSS-API start.
+pub fn freeze_environment() {
+    ENVIRONMENT_FROZEN.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// The server's side: the keytab's credential for its principal, and the
 /// least protection it accepts.
 #[derive(Clone)]
 pub struct Acceptor {
     cred: Cred,
+    /// Where the keys are: the library reads this file at each context.
+    pub keytab: std::path::PathBuf,
     /// The service principal clients must ask for, as configured (empty:
     /// any principal in the keytab).
     pub principal: String,
@@ -66,7 +78,18 @@ impl Acceptor {
     ) -> Result<Acceptor, String> {
         std::fs::metadata(keytab)
             .map_err(|e| format!("cannot read keytab {}: {e}", keytab.display()))?;
-        std::env::set_var("KRB5_KTNAME", format!("FILE:{}", keytab.display()));
+        let wanted = format!("FILE:{}", keytab.display());
+        if std::env::var_os("KRB5_KTNAME").as_deref() != Some(wanted.as_ref()) {
+            // The environment is the process's: once cores run (and may be
+            // inside the library, reading it), it must not change.
+            if ENVIRONMENT_FROZEN.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(format!(
+                    "keytab {} is not the one the proxy started with: a new keytab path needs a restart (rotate keys in the same file instead)",
+                    keytab.display()
+                ));
+            }
+            std::env::set_var("KRB5_KTNAME", wanted);
+        }
         let name = match principal {
             Some(p) => Some(
                 Name::new(p.as_bytes(), Some(&GSS_NT_KRB5_PRINCIPAL))
@@ -83,6 +106,7 @@ impl Acceptor {
         })?;
         Ok(Acceptor {
             cred,
+            keytab: keytab.to_owned(),
             principal: principal.unwrap_or_default().to_owned(),
             minimum,
         })

@@ -1,16 +1,20 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use coresocks::config::{Cli, Config, Tool};
+use coresocks::config::{Cli, Config, Settings, Tool};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Tool::HashPassword) = cli.tool {
-        return hash_password();
+    match &cli.tool {
+        Some(Tool::HashPassword) => return hash_password(),
+        Some(Tool::CheckConfig { file }) => return check_config(file),
+        None => {}
     }
+    // SIGHUP reads the same file again under the same flags.
+    let (file, flags) = (cli.config.clone(), cli.settings.clone());
     let config = match Config::load(cli) {
         Ok(c) => c,
         Err(e) => {
@@ -18,12 +22,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _guards = match coresocks::logging::init(&config.log_level, &config.access_log) {
+    let (_guards, log) = match coresocks::logging::init(&config.log_level, &config.access_log) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("coresocks: cannot open the access log: {e}");
             return ExitCode::from(2);
         }
+    };
+    let reloader = coresocks::runtime::Reloader {
+        load: Box::new(move || {
+            let from_file = match &file {
+                Some(path) => Settings::from_file(path).map_err(|e| e.to_string())?,
+                None => Settings::default(),
+            };
+            Config::from_settings(flags.clone().over(from_file)).map_err(|e| e.to_string())
+        }),
+        log: Some(log),
     };
     if let Some(users) = &config.users {
         for w in &users.warnings {
@@ -55,13 +69,36 @@ fn main() -> ExitCode {
         "egress policy: {} rule(s), then private destinations denied (open them with --allow)",
         config.policy.rules().len()
     );
-    match coresocks::runtime::run(config) {
+    match coresocks::runtime::run(config, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Flush the asynchronous log writer before the last word.
             drop(_guards);
             eprintln!("coresocks: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `coresocks check-config FILE`: the file (and what it names) validated
+/// as a start would, nothing started.
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let checked = Settings::from_file(file).and_then(Config::from_settings);
+    match checked {
+        Ok(c) => {
+            println!(
+                "{}: ok ({} listener(s), {} rule(s), {} user(s){})",
+                file.display(),
+                c.listen.len(),
+                c.policy.rules().len(),
+                c.users.as_ref().map_or(0, |u| u.len()),
+                if c.gssapi.is_some() { ", GSSAPI" } else { "" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("coresocks: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -637,3 +637,26 @@ fn the_principal_is_the_user_for_per_user_limits() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn sighup_keeps_gssapi_and_a_new_keytab_path_needs_a_restart() {
+    let k = kdc();
+    let echo = echo_server("127.0.0.1:0");
+    let file = TempPath::new("gss-reload.toml");
+    let copy = TempPath::new("gss-reload.keytab");
+    std::fs::copy(&k.keytab, &copy.0).unwrap();
+    let settings = |keytab: &str| format!("gssapi-keytab = \"{keytab}\"\n");
+    std::fs::write(&file.0, settings(k.keytab_arg())).unwrap();
+    let proxy = Proxy::start(&["--config", file.arg()]);
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_for_log(&["SIGHUP: configuration 1 applied", "GSSAPI"]);
+    assert_gss_serves(&proxy, &echo);
+    std::fs::write(&file.0, settings(copy.arg())).unwrap();
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_for_log(&[
+        "SIGHUP:",
+        "needs a restart",
+        "keeping the running configuration",
+    ]);
+    assert_gss_serves(&proxy, &echo);
+}

@@ -17,5 +17,6 @@ mod netns;
 mod policy;
 mod quota;
 mod relay;
+mod reload;
 mod third_party;
 mod udp;

@@ -440,6 +440,13 @@ pub enum Tool {
     /// Read a password from standard input (one line) and print its
     /// Argon2id hash, for a users-file line `user:HASH`
     HashPassword,
+    /// Validate a config file (and the users file and keytab it names) as
+    /// a start or a SIGHUP reload would, without starting; exit status 0
+    /// when it is good, 2 with the reason when not
+    CheckConfig {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Where access-log lines go.
@@ -532,6 +539,46 @@ fn invalid(setting: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// The settings a running proxy cannot take from a reload, by the name
+    /// of their flag, where `new` differs from `self`: sockets, cores,
+    /// pools and rings are built once at start.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        macro_rules! same {
+            ($($field:ident => $name:literal),* $(,)?) => {
+                $(if format!("{:?}", self.$field) != format!("{:?}", new.$field) {
+                    changed.push($name);
+                })*
+            };
+        }
+        same!(
+            listen => "listen",
+            cores => "cores",
+            backlog => "backlog",
+            ipv6_only => "ipv6-only",
+            max_tunnels_per_core => "max-tunnels-per-core",
+            max_handshakes_per_core => "max-handshakes-per-core",
+            max_handshakes_per_client => "max-handshakes-per-client",
+            resolver_threads => "resolver-threads",
+            relay => "relay",
+            event_ring => "event-ring",
+            multishot_poll => "multishot-poll",
+            buffer_size => "buffer-size",
+            pipe_size => "pipe-size",
+            max_pipes_per_core => "max-pipes-per-core",
+            splice_threshold => "splice-threshold",
+            max_udp_associations_per_core => "max-udp-associations-per-core",
+            max_udp_targets => "max-udp-targets",
+            access_log => "access-log",
+            metrics => "metrics",
+        );
+        let keytab = |c: &Config| c.gssapi.as_ref().map(|g| g.keytab.clone());
+        if keytab(self) != keytab(new) {
+            changed.push("gssapi-keytab");
+        }
+        changed
+    }
+
     /// Reads the file named by `--config` (if any), overlays the flags and
     /// validates. File I/O here runs before any executor starts.
     pub fn load(cli: Cli) -> Result<Config, ConfigError> {

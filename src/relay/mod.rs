@@ -134,7 +134,8 @@ pub struct Relay {
     /// splice under a quarter of it moves it back. At most a copy buffer,
     /// since no read is larger.
     pub splice_threshold: u64,
-    pub idle_timeout: Duration,
+    /// Read when a tunnel starts; a reload changes it for new tunnels.
+    pub idle_timeout: std::cell::Cell<Duration>,
     /// The core's own ring that tunnels wait on; `None`: glommio's.
     pub events: Option<Rc<EventRing>>,
 }
@@ -148,7 +149,7 @@ impl Relay {
             buffers: BufferPool::new(config.buffer_size, 256),
             pipes: PipePool::new(config.pipe_size, max_pipes),
             splice_threshold: config.splice_threshold.min(config.buffer_size as u64),
-            idle_timeout: config.idle_timeout,
+            idle_timeout: std::cell::Cell::new(config.idle_timeout),
             events,
         }
     }
@@ -210,7 +211,7 @@ impl Relay {
                 watch: target_watch,
                 drained: false,
             },
-            idle: IdleClock::new(self.idle_timeout),
+            idle: IdleClock::new(self.idle_timeout.get()),
             stop,
         };
         if let Some(Sealed {

@@ -187,6 +187,13 @@ impl Bandwidth {
         }
     }
 
+    /// A reload's rates, for tunnels that start from now on: open tunnels
+    /// keep the buckets (and the rate) they started with.
+    pub fn set_rates(&self, per_user: Option<u64>, per_client: Option<u64>, cores: usize) {
+        *self.users.borrow_mut() = Table::new(per_user, cores);
+        *self.clients.borrow_mut() = Table::new(per_client, cores);
+    }
+
     /// The buckets a new tunnel of `user` (when authenticated) from
     /// `client` reads against; empty when no limit applies.
     pub fn throttle(&self, user: Option<&str>, client: IpAddr) -> Throttle {

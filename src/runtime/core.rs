@@ -1,5 +1,6 @@
 //! What one core owns, and its accept loop.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
@@ -25,7 +26,9 @@ use crate::udp::UdpTable;
 pub struct Core {
     pub id: usize,
     index: usize,
-    pub config: Arc<Config>,
+    /// This core's own copy of the configuration; SIGHUP swaps it. A
+    /// session takes a snapshot at its start and keeps it to its end.
+    config: RefCell<Arc<Config>>,
     all_metrics: AllMetrics,
     pub relay: Relay,
     pub udp: UdpTable,
@@ -85,9 +88,29 @@ impl Core {
                 all_metrics.len(),
             ),
             events,
-            config,
+            config: RefCell::new(config),
             all_metrics,
         }
+    }
+
+    /// The configuration new sessions start with.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// Takes a reloaded configuration (SIGHUP) for new sessions, and the
+    /// limits that live in this core's tables. Settings that need a
+    /// restart were checked unchanged before it got here.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        let cores = self.all_metrics.len();
+        self.quotas.set_limits(config.quotas, cores);
+        self.bandwidth.set_rates(
+            config.quotas.bandwidth_per_user,
+            config.quotas.bandwidth_per_client,
+            cores,
+        );
+        self.relay.idle_timeout.set(config.idle_timeout);
+        *self.config.borrow_mut() = config;
     }
 
     pub fn metrics(&self) -> &CoreMetrics {
@@ -115,7 +138,12 @@ async fn return_spare_buffers(core: Rc<Core>) {
 }
 
 /// Runs one core: accepts on its listeners until shutdown, then drains.
-pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<AtomicBool>) {
+pub async fn run_core(
+    core: Rc<Core>,
+    listeners: Vec<OwnedFd>,
+    shutdown: Arc<AtomicBool>,
+    slot: Arc<super::ConfigSlot>,
+) {
     // glommio's listener does not expose its fd; keep the numbers to stop
     // listening at shutdown (the listeners own the fds until dropped).
     let raw_fds: Vec<_> = listeners.iter().map(|fd| fd.as_raw_fd()).collect();
@@ -136,7 +164,13 @@ pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<Ato
         })
         .collect();
 
-    wait_for_shutdown(&shutdown).await;
+    let mut reloads = super::reload::Follower::new(slot);
+    wait_for_shutdown(&shutdown, || {
+        if let Some(config) = reloads.take() {
+            core.reconfigure(Arc::new(config));
+        }
+    })
+    .await;
     // Stop accepting: cancel the loops and close the listening sockets, so
     // new clients are refused by the kernel instead of queueing.
     for &fd in &raw_fds {
@@ -147,7 +181,7 @@ pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<Ato
         a.cancel().await;
     }
     trimmer.cancel().await;
-    let grace = core.config.shutdown_grace;
+    let grace = core.config().shutdown_grace;
     if core.live() > 0 {
         tracing::info!(
             core = core.id,
@@ -181,12 +215,14 @@ pub async fn run_core(core: Rc<Core>, listeners: Vec<OwnedFd>, shutdown: Arc<Ato
     }
 }
 
-/// Shutdown is a process-wide flag set by the signal thread; each core
+/// Shutdown is a process-wide flag set by the signal thread (and a reload
+/// a generation number); each core
 /// checks it on a timer, which keeps the data path free of cross-core
 /// wake-ups.
-async fn wait_for_shutdown(flag: &AtomicBool) {
+async fn wait_for_shutdown(flag: &AtomicBool, mut each_tick: impl FnMut()) {
     while !flag.load(Ordering::Relaxed) {
         glommio::timer::sleep(Duration::from_millis(50)).await;
+        each_tick();
     }
 }
 

@@ -6,6 +6,7 @@ mod admission;
 mod core;
 pub mod events;
 mod listener;
+pub mod reload;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,6 +18,7 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 pub use self::core::Core;
 pub use admission::{Admission, Budgets, ShedReason, Stop, StopSignal, Ticket};
 pub use listener::{open_listeners, ListenError};
+pub use reload::{ConfigSlot, Reloader};
 
 use crate::config::Config;
 use crate::metrics;
@@ -47,8 +49,8 @@ pub enum RuntimeError {
 }
 
 /// Starts every core and blocks until they have all finished (after a
-/// SIGINT/SIGTERM and the grace period).
-pub fn run(config: Config) -> Result<(), RuntimeError> {
+/// SIGINT/SIGTERM and the grace period). SIGHUP runs `reloader`.
+pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
     let allowed = crate::sys::allowed_cpus().map_err(|e| RuntimeError::Cores(e.to_string()))?;
     let cpus = config.cores.select(&allowed).map_err(RuntimeError::Cores)?;
 
@@ -87,9 +89,12 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
     }
 
     let shutdown = Arc::new(AtomicBool::new(false));
-    install_signal_thread(shutdown.clone())?;
-
     let config = Arc::new(config);
+    let slot = Arc::new(ConfigSlot::new(config.clone()));
+    // From here threads run that may be inside GSS-API.
+    crate::gssapi::freeze_environment();
+    install_signal_thread(shutdown.clone(), slot.clone(), reloader)?;
+
     let (started_tx, started_rx) = mpsc::channel::<()>();
     let mut handles = Vec::with_capacity(cpus.len());
     for (index, (&cpu, listeners)) in cpus.iter().zip(per_core).enumerate() {
@@ -97,6 +102,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
         let all_metrics = all_metrics.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
+        let slot = slot.clone();
         let started = started_tx.clone();
         let addrs = addrs.clone();
         let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
@@ -111,7 +117,7 @@ pub fn run(config: Config) -> Result<(), RuntimeError> {
                     self::core::describe(&addrs)
                 );
                 let _ = started.send(());
-                self::core::run_core(core, listeners, shutdown).await;
+                self::core::run_core(core, listeners, shutdown, slot).await;
             })
             .map_err(|e| RuntimeError::CoreStart {
                 cpu,
@@ -243,15 +249,32 @@ impl Limits {
 }
 
 /// SIGINT/SIGTERM: the first starts a graceful shutdown, a second exits at
-/// once.
-fn install_signal_thread(shutdown: Arc<AtomicBool>) -> Result<(), RuntimeError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(RuntimeError::Signals)?;
+/// once. SIGHUP reloads the configuration (and reopens the access log);
+/// SIGUSR1 only reopens the access log.
+fn install_signal_thread(
+    shutdown: Arc<AtomicBool>,
+    slot: Arc<ConfigSlot>,
+    reloader: Reloader,
+) -> Result<(), RuntimeError> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1])
+        .map_err(RuntimeError::Signals)?;
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    reloader.reload(&slot);
+                    continue;
+                }
+                if sig == SIGUSR1 {
+                    if let Some(Err(e)) = reloader.log.as_ref().map(|l| l.reopen_access_log()) {
+                        tracing::warn!("SIGUSR1: cannot reopen the access log: {e}");
+                    } else {
+                        tracing::info!("SIGUSR1: access log reopened");
+                    }
+                    continue;
+                }
                 if shutdown.swap(true, Ordering::Relaxed) {
                     tracing::warn!("second signal {sig}: exiting without waiting for tunnels");
                     std::process::exit(1);

@@ -46,7 +46,7 @@ impl Session<'_> {
                 Some(sa.ip().to_canonical())
             }
             TargetAddr::Domain(name, port) => {
-                let addrs = resolve::resolve(name, *port, self.core.config.resolve_timeout).await?;
+                let addrs = resolve::resolve(name, *port, self.config.resolve_timeout).await?;
                 let (addrs, _) = self.egress_filter(Command::Bind, target, addrs)?;
                 addrs.first().map(|a| a.ip().to_canonical())
             }
@@ -74,7 +74,7 @@ impl Session<'_> {
             Ok(incoming)
         };
         let timed_out = async {
-            glommio::timer::sleep(self.core.config.bind_timeout).await;
+            glommio::timer::sleep(self.config.bind_timeout).await;
             Err(SessionError::BindTimeout)
         };
         // A client that gives up closes its control connection; stop waiting.

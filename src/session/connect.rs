@@ -43,17 +43,17 @@ impl Session<'_> {
     /// Resolves the target and races connection attempts to its addresses
     /// (RFC 8305), all within one `--connect-timeout` for the request.
     async fn open_upstream(&mut self, target: &TargetAddr) -> Result<TcpStream, SessionError> {
-        let core = self.core;
+        let (core, config) = (self.core, self.config);
         let addrs = match target {
             TargetAddr::Ip(sa) => vec![*sa],
             TargetAddr::Domain(name, port) => {
-                resolve::resolve(name, *port, core.config.resolve_timeout).await?
+                resolve::resolve(name, *port, config.resolve_timeout).await?
             }
         };
         let (addrs, rule_sources) = self.egress_filter(Command::Connect, target, addrs)?;
         // Each address with its source; one of a family the pool lacks is
         // dropped, and with none left the request fails (0x01).
-        let outbound = &core.config.outbound;
+        let outbound = &config.outbound;
         let record = &mut *self.record;
         let sticky_key = record.user.as_deref().ok_or(record.client.ip());
         let mut attempts = Vec::with_capacity(addrs.len());
@@ -70,12 +70,12 @@ impl Session<'_> {
         };
         let race = Race::new(
             attempts,
-            core.config.connect_attempt_delay,
+            config.connect_attempt_delay,
             core.events.clone(),
             outbound.interface.clone(),
         );
         let deadline = async {
-            glommio::timer::sleep(core.config.connect_timeout).await;
+            glommio::timer::sleep(config.connect_timeout).await;
             Err((first, SessionError::ConnectTimeout(first)))
         };
         match future::or(race, deadline).await {

@@ -33,7 +33,7 @@ pub use access::AccessRecord;
 pub use error::{connect_reply_code, SessionError};
 use reader::MessageReader;
 
-use crate::config::Verification;
+use crate::config::{Config, Verification};
 use crate::gssapi::{Protection, ProtectionLevel};
 use crate::metrics;
 use crate::policy::Requester;
@@ -94,6 +94,9 @@ struct Requested {
 /// destinations against the egress policy, and record what happened.
 struct Session<'a> {
     core: &'a Core,
+    /// The configuration this session started with (a reload does not
+    /// change it midway).
+    config: &'a Config,
     client: TcpStream,
     requested: Requested,
     record: &'a mut AccessRecord,
@@ -122,8 +125,9 @@ pub struct Established {
 /// tunnel that lives for hours should carry only the relay's.
 pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, ticket: Ticket) {
     let mut record = AccessRecord::new(core.id, ticket.id(), peer);
+    let config = core.config();
     let client_fd = client.as_raw_fd();
-    let work = Box::pin(establish(&core, client, &ticket, &mut record));
+    let work = Box::pin(establish(&core, &config, client, &ticket, &mut record));
     // Shed (a stalled handshake) or cut (the end of the shutdown grace)
     // while still setting up. `or` prefers `work` when both are ready, so a
     // UDP association, which watches the same signal, ends with its counts.
@@ -157,26 +161,27 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, ticket: 
     if let Some(Stop::ShutdownCut) = ticket.stop.stopped() {
         metrics::add(&core.metrics().shutdown_cuts, 1);
     }
-    if core.config.access_log != crate::config::AccessLog::Off {
+    if config.access_log != crate::config::AccessLog::Off {
         tracing::info!(target: "access", "{}", record.line());
     }
 }
 
 /// Handshake and command, up to the point where a TCP tunnel is ready to
 /// relay (returned) or the session is over (UDP ASSOCIATE, errors).
-async fn establish(
-    core: &Core,
+async fn establish<'a>(
+    core: &'a Core,
+    config: &'a Config,
     mut client: TcpStream,
     ticket: &Ticket,
     record: &mut AccessRecord,
 ) -> Result<Option<Established>, SessionError> {
     let mut reader = MessageReader::new();
     let handshake = async {
-        let auth = negotiate(core, &mut client, &mut reader).await?;
+        let auth = negotiate(config, &mut client, &mut reader).await?;
         Ok::<_, SessionError>(auth.read_request(&mut reader, &mut client).await)
     };
     let deadline = async {
-        glommio::timer::sleep(core.config.handshake_timeout).await;
+        glommio::timer::sleep(config.handshake_timeout).await;
         Err(SessionError::HandshakeTimeout)
     };
     let (requested, request) = future::or(handshake, deadline).await?;
@@ -187,6 +192,7 @@ async fn establish(
     record.auth = Some(requested.auth);
     let mut session = Session {
         core,
+        config,
         client,
         requested,
         record,
@@ -292,7 +298,7 @@ impl<'a> Session<'a> {
             TargetAddr::Ip(_) => None,
         };
         let core = self.core;
-        let policy = &core.config.policy;
+        let policy = &self.config.policy;
         let who = self.requester(command);
         // The decision for the first allowed address (and its rule, if one
         // decided), and the first denial.
@@ -379,7 +385,7 @@ impl<'a> Session<'a> {
 
 /// The methods this server accepts: GSSAPI and RFC 1929 where configured,
 /// else none at all.
-fn acceptable_methods(config: &crate::config::Config) -> Vec<Method> {
+fn acceptable_methods(config: &Config) -> Vec<Method> {
     let mut methods = Vec::with_capacity(2);
     if config.gssapi.is_some() {
         methods.push(Method::GSSAPI);
@@ -396,7 +402,7 @@ fn acceptable_methods(config: &crate::config::Config) -> Vec<Method> {
 /// Greeting, method selection (the first acceptable method in the
 /// client's order) and that method's sub-negotiation.
 async fn negotiate(
-    core: &Core,
+    config: &Config,
     client: &mut TcpStream,
     reader: &mut MessageReader,
 ) -> Result<Authenticated, SessionError> {
@@ -407,12 +413,12 @@ async fn negotiate(
         }
         other => other?,
     };
-    let Some(chosen) = greeting.first_of(&acceptable_methods(&core.config)) else {
+    let Some(chosen) = greeting.first_of(&acceptable_methods(config)) else {
         send(client, &MethodSelection(Method::NO_ACCEPTABLE).to_bytes()).await?;
         return Err(SessionError::NoAcceptableMethod);
     };
     send(client, &MethodSelection(chosen).to_bytes()).await?;
-    match (chosen, &core.config.gssapi, &core.config.users) {
+    match (chosen, &config.gssapi, &config.users) {
         (Method::GSSAPI, Some(acceptor), _) => {
             let (principal, level, protection) =
                 gssapi::authenticate(acceptor, client, reader).await?;

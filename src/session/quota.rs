@@ -130,6 +130,18 @@ pub struct Quotas {
 }
 
 impl Quotas {
+    /// A reload's limits: the counts of open tunnels stay, so tunnels
+    /// opened before still count against the new limits.
+    pub fn set_limits(&self, config: QuotaConfig, cores: usize) {
+        let users = Table::<String>::new(config.tunnels_per_user, config.rate_per_user, cores);
+        let clients =
+            Table::<IpAddr>::new(config.tunnels_per_client, config.rate_per_client, cores);
+        let mut u = self.users.borrow_mut();
+        (u.max_open, u.rate) = (users.max_open, users.rate);
+        let mut c = self.clients.borrow_mut();
+        (c.max_open, c.rate) = (clients.max_open, clients.rate);
+    }
+
     pub fn new(config: QuotaConfig, cores: usize) -> Rc<Quotas> {
         Rc::new(Quotas {
             users: RefCell::new(Table::new(

@@ -15,16 +15,16 @@ impl Session<'_> {
         requested: TargetAddr,
         stop: &StopSignal,
     ) -> Result<(), SessionError> {
-        let core = self.core;
+        let (core, config) = (self.core, self.config);
         let client_ip = self.record.client.ip().to_canonical();
         let egress = udp::Egress {
-            policy: &core.config.policy,
-            outbound: &core.config.outbound,
+            policy: &config.policy,
+            outbound: &config.outbound,
             client: client_ip,
             user: self.user().map(str::to_owned),
             throttle: core.bandwidth.throttle(self.user(), client_ip),
         };
-        let resolve_timeout = core.config.resolve_timeout;
+        let resolve_timeout = config.resolve_timeout;
         let mut prepared =
             match udp::prepare(&core.udp, egress, &self.client, &requested, resolve_timeout) {
                 Ok(p) => p,
@@ -40,7 +40,7 @@ impl Session<'_> {
         self.record.resolved = Some(relay_addr);
         // Behind NAT or a load balancer the client must be told the address
         // it can reach; the port is the relay's own.
-        let advertised = match core.config.udp_advertise {
+        let advertised = match config.udp_advertise {
             Some(ip) => std::net::SocketAddr::new(ip, relay_addr.port()),
             None => relay_addr,
         };
@@ -55,7 +55,7 @@ impl Session<'_> {
         let (report, end) = udp::serve(
             prepared,
             client,
-            core.config.udp_idle_timeout,
+            config.udp_idle_timeout,
             stop,
             core.events.as_ref(),
         )

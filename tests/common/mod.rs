@@ -47,6 +47,17 @@ impl Proxy {
     }
 
     pub fn try_start_in(wrapper: &[&str], args: &[&str]) -> Result<Proxy, String> {
+        Proxy::launch(wrapper, args, true)
+    }
+
+    /// [`Proxy::start`] without the harness's own flags (debug log level,
+    /// loopback opened, the suite's relay engine): only what `args` and a
+    /// config file say, as a reload test needs.
+    pub fn start_plain(args: &[&str]) -> Proxy {
+        Proxy::launch(&[], args, false).unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
+    }
+
+    fn launch(wrapper: &[&str], args: &[&str], defaults: bool) -> Result<Proxy, String> {
         let bin = env!("CARGO_BIN_EXE_coresocks");
         let mut cmd = match wrapper.split_first() {
             Some((prog, rest)) => {
@@ -59,16 +70,16 @@ impl Proxy {
         if !args.iter().any(|a| *a == "--listen" || *a == "-l") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        if !args.contains(&"--log-level") {
+        if defaults && !args.contains(&"--log-level") {
             cmd.args(["--log-level", "debug"]);
         }
         // The suite's targets are on loopback, which the egress policy
         // denies by default: open it as a user would. A test that sets
         // --allow or --deny itself gets exactly the policy it asks for.
-        if !args.iter().any(|a| *a == "--allow" || *a == "--deny") {
+        if defaults && !args.iter().any(|a| *a == "--allow" || *a == "--deny") {
             cmd.args(["--allow", "127.0.0.0/8", "--allow", "::1"]);
         }
-        if let Ok(relay) = std::env::var("CORESOCKS_TEST_RELAY") {
+        if let (true, Ok(relay)) = (defaults, std::env::var("CORESOCKS_TEST_RELAY")) {
             if !args.contains(&"--relay") {
                 cmd.args(["--relay", &relay]);
             }
