@@ -4,6 +4,8 @@
 
 use crate::common::*;
 
+// Shared with the proxy's suite, which uses all of it.
+#[allow(dead_code)]
 #[path = "../../tests/common/kdc.rs"]
 mod kdc;
 
