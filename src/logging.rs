@@ -115,6 +115,8 @@ pub fn init(level: &str, access: &AccessLog) -> std::io::Result<(LogGuards, LogC
                 _ => NonBlockingBuilder::default().finish(std::io::stderr()),
             };
             guards.push(guard);
+            let dropped = writer.error_counter();
+            crate::metrics::count_access_drops(Box::new(move || dropped.dropped_lines() as u64));
             Some(
                 tracing_subscriber::fmt::layer()
                     .with_writer(writer)

@@ -61,6 +61,49 @@ pub struct CoreMetrics {
     pub bandwidth_waits: AtomicU64,
     /// UDP datagrams dropped for a bandwidth limit (also in `dropped`).
     pub udp_datagrams_over_bandwidth: AtomicU64,
+    /// Tunnels (and UDP associations) open now, by [`COMMANDS`].
+    pub open_by_command: [AtomicU64; 3],
+    /// Directions of open tunnels relaying with each engine now, by
+    /// [`ENGINES`] (`auto` moves a direction between copy and splice).
+    pub directions_by_engine: [AtomicU64; 3],
+    /// Accept to request read.
+    pub handshake_seconds: Histogram,
+    /// The connect race of a CONNECT, resolution included.
+    pub connect_seconds: Histogram,
+    /// How long finished TCP tunnels and UDP associations lived.
+    pub tunnel_seconds: Histogram,
+    /// Access-log lines the writer had to drop (it never blocks a core).
+    pub access_lines_dropped: AtomicU64,
+}
+
+/// Commands, as indexed in [`CoreMetrics::open_by_command`].
+pub const COMMANDS: [&str; 3] = ["connect", "bind", "udp-associate"];
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+/// Upper bounds (seconds) of the tunnel-lifetime histogram's buckets.
+pub const LIFETIME_BUCKETS: [f64; 12] = [
+    0.01, 0.1, 1.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0, 86400.0,
+];
+
+/// A Prometheus histogram with one writer (its core): counts per bucket
+/// (not cumulative; rendering adds them up), the sum in microseconds.
+#[derive(Default)]
+pub struct Histogram {
+    /// One more than the bounds: the last counts what exceeds them all.
+    buckets: [AtomicU64; 13],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration, bounds: &[f64; 12]) {
+        let s = d.as_secs_f64();
+        let i = bounds.iter().position(|&b| s <= b).unwrap_or(bounds.len());
+        add(&self.buckets[i], 1);
+        add(&self.sum_us, d.as_micros() as u64);
+    }
 }
 
 /// Sets a gauge that only the calling core writes.
@@ -155,19 +198,19 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
         (
             "auth_failures_total",
             "counter",
-            "Failed username/password authentications.",
+            "Failed authentications (RFC 1929 and GSSAPI).",
             &|m| m.auth_failures.load(Relaxed),
         ),
         (
             "bytes_client_to_target_total",
             "counter",
-            "Bytes relayed from clients to targets.",
+            "Bytes relayed from clients to targets (counted as they move).",
             &|m| m.bytes_client_to_target.load(Relaxed),
         ),
         (
             "bytes_target_to_client_total",
             "counter",
-            "Bytes relayed from targets to clients.",
+            "Bytes relayed from targets to clients (counted as they move).",
             &|m| m.bytes_target_to_client.load(Relaxed),
         ),
         (
@@ -197,13 +240,13 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
         (
             "udp_datagrams_client_to_target_total",
             "counter",
-            "UDP datagrams relayed from clients to targets (finished associations).",
+            "UDP datagrams relayed from clients to targets (counted as they move).",
             &|m| m.udp_datagrams_client_to_target.load(Relaxed),
         ),
         (
             "udp_datagrams_target_to_client_total",
             "counter",
-            "UDP datagrams relayed from targets to clients (finished associations).",
+            "UDP datagrams relayed from targets to clients (counted as they move).",
             &|m| m.udp_datagrams_target_to_client.load(Relaxed),
         ),
         (
@@ -249,7 +292,12 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
                 ));
             }
         }
-        family(name, "counter", help, &mut rows.into_iter());
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        family(name, kind, help, &mut rows.into_iter());
     };
     let codes: Vec<&str> = (0..9u8).map(|c| ReplyCode::from_byte(c).as_str()).collect();
     labelled(
@@ -282,13 +330,123 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
         &|m| &m.quota_refusals,
     );
     labelled(
+        "tunnels_open",
+        "TCP tunnels and UDP associations open now, by command.",
+        "command",
+        &COMMANDS,
+        &|m| &m.open_by_command,
+    );
+    labelled(
+        "tunnel_directions",
+        "Directions of open tunnels by the engine relaying them now (two per tunnel).",
+        "engine",
+        &ENGINES,
+        &|m| &m.directions_by_engine,
+    );
+    labelled(
         "requests_denied_total",
         "Requests refused with reply 0x02 by the egress policy: by a deny rule, or for a private destination no rule opened.",
         "reason",
         &crate::policy::DENIAL_REASONS,
         &|m| &m.denied,
     );
+    for (name, help, bounds, f) in [
+        (
+            "handshake_seconds",
+            "Time from accept to the request read: greeting, authentication, request.",
+            &LATENCY_BUCKETS,
+            (|m| &m.handshake_seconds) as fn(&CoreMetrics) -> &Histogram,
+        ),
+        (
+            "connect_seconds",
+            "Time a CONNECT took to reach its target, name resolution included.",
+            &LATENCY_BUCKETS,
+            |m| &m.connect_seconds,
+        ),
+        (
+            "tunnel_seconds",
+            "How long finished TCP tunnels and UDP associations lived.",
+            &LIFETIME_BUCKETS,
+            |m| &m.tunnel_seconds,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP coresocks_{name} {help}\n# TYPE coresocks_{name} histogram"
+        );
+        for (m, id) in all.iter().zip(core_ids) {
+            let h = f(m);
+            let mut cumulative = 0;
+            for (i, c) in h.buckets.iter().enumerate() {
+                cumulative += c.load(Relaxed);
+                let le = bounds.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+                let _ = writeln!(
+                    out,
+                    "coresocks_{name}_bucket{{core=\"{id}\",le=\"{le}\"}} {cumulative}"
+                );
+            }
+            let sum = h.sum_us.load(Relaxed) as f64 / 1e6;
+            let _ = writeln!(out, "coresocks_{name}_sum{{core=\"{id}\"}} {sum}");
+            let _ = writeln!(out, "coresocks_{name}_count{{core=\"{id}\"}} {cumulative}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP coresocks_access_lines_dropped_total Access-log lines dropped because the writer fell behind.\n# TYPE coresocks_access_lines_dropped_total counter\ncoresocks_access_lines_dropped_total {}",
+        dropped_access_lines()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP coresocks_build_info The running build.\n# TYPE coresocks_build_info gauge\ncoresocks_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    process_metrics(&mut out);
     out
+}
+
+/// How many access-log lines the non-blocking writer dropped; set by
+/// logging at start (the writer counts them itself).
+static ACCESS_DROPS: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> =
+    std::sync::OnceLock::new();
+
+pub fn count_access_drops(f: Box<dyn Fn() -> u64 + Send + Sync>) {
+    let _ = ACCESS_DROPS.set(f);
+}
+
+fn dropped_access_lines() -> u64 {
+    ACCESS_DROPS.get().map_or(0, |f| f())
+}
+
+/// The standard process metrics, from /proc/self at scrape time.
+fn process_metrics(out: &mut String) {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command (which may hold spaces), from field 3 on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+    let cpu = (field(14).unwrap_or(0) + field(15).unwrap_or(0)) as f64 / ticks;
+    let rss = field(24).unwrap_or(0) * page;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("btime ")
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+        })
+        .unwrap_or(0);
+    let start = boot as f64 + field(22).unwrap_or(0) as f64 / ticks;
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let _ = write!(
+        out,
+        "# HELP process_cpu_seconds_total User and system CPU time.\n# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu}\n\
+         # HELP process_resident_memory_bytes Resident memory.\n# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {rss}\n\
+         # HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
+         # HELP process_start_time_seconds Start time since the Unix epoch.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}\n"
+    );
 }
 
 /// Serves `GET /metrics` on a plain thread (never on a core).

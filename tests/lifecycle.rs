@@ -259,6 +259,61 @@ fn metrics_endpoint_counts_replies_and_bytes() {
     assert_eq!(sum("coresocks_tunnels_total", &[]), 1);
 }
 
+#[test]
+fn metrics_move_while_a_tunnel_runs() {
+    let echo = echo_server("127.0.0.1:0");
+    let (proxy, addr) = Proxy::start_with_metrics(&[]);
+    let mut s = proxy.connect(&echo.target()).unwrap();
+    let mib = pattern(1 << 20, 7);
+    let mut back = vec![0u8; mib.len()];
+    let scrape_sum = |name: &str, filters: &[&str]| metric_sum(&scrape(&addr), name, filters);
+    let mut seen = 0;
+    for round in 1..=2u64 {
+        s.write_all(&mib).unwrap();
+        s.read_exact(&mut back).unwrap();
+        // Counted as they move: the tunnel is still open.
+        let up = scrape_sum("coresocks_bytes_client_to_target_total", &[]);
+        let down = scrape_sum("coresocks_bytes_target_to_client_total", &[]);
+        assert_eq!(up, round << 20, "round {round}");
+        assert_eq!(down, round << 20, "round {round}");
+        assert!(up > seen);
+        seen = up;
+        assert_eq!(
+            scrape_sum("coresocks_tunnels_open", &["command=\"connect\""]),
+            1
+        );
+        assert_eq!(scrape_sum("coresocks_tunnel_directions", &[]), 2);
+    }
+    drop(s);
+    proxy.wait_for_log(&["end=closed"]);
+    let body = scrape(&addr);
+    let sum = |name: &str, filters: &[&str]| metric_sum(&body, name, filters);
+    assert_eq!(sum("coresocks_tunnels_open", &[]), 0);
+    assert_eq!(sum("coresocks_tunnel_directions", &[]), 0);
+    assert_eq!(sum("coresocks_bytes_client_to_target_total", &[]), 2 << 20);
+    assert_eq!(sum("coresocks_handshake_seconds_count", &[]), 1);
+    assert_eq!(sum("coresocks_connect_seconds_count", &[]), 1);
+    assert_eq!(sum("coresocks_tunnel_seconds_count", &[]), 1);
+    assert_eq!(
+        sum("coresocks_tunnel_seconds_bucket", &["le=\"+Inf\""]),
+        1,
+        "{body}"
+    );
+    assert_eq!(sum("coresocks_build_info", &[]), 1);
+    for name in [
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "process_start_time_seconds ",
+        "coresocks_access_lines_dropped_total 0",
+    ] {
+        assert!(
+            body.contains(&format!("\n{name}")),
+            "{name} missing:\n{body}"
+        );
+    }
+}
+
 /// Runs coresocks with an rlimit lowered (soft and hard) before exec.
 fn command_with_rlimit(resource: libc::__rlimit_resource_t, limit: u64) -> Command {
     use std::os::unix::process::CommandExt;

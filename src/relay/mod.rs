@@ -138,10 +138,56 @@ pub struct Relay {
     pub idle_timeout: std::cell::Cell<Duration>,
     /// The core's own ring that tunnels wait on; `None`: glommio's.
     pub events: Option<Rc<EventRing>>,
+    /// The core's counters, moved as bytes flow.
+    pub live: LiveCounters,
+}
+
+/// This core's byte counters and engine gauge, which tunnels move as they
+/// go (a scrape sees an hour-long download grow, not one spike at its
+/// end). One writer per core: a plain load and store each.
+pub struct LiveCounters {
+    all: crate::metrics::AllMetrics,
+    index: usize,
+}
+
+impl LiveCounters {
+    pub fn new(all: crate::metrics::AllMetrics, index: usize) -> LiveCounters {
+        LiveCounters { all, index }
+    }
+
+    fn metrics(&self) -> &crate::metrics::CoreMetrics {
+        &self.all[self.index]
+    }
+
+    pub(crate) fn moved(&self, way: throttle::Way, n: usize) {
+        let m = self.metrics();
+        let counter = match way {
+            throttle::Way::Up => &m.bytes_client_to_target,
+            throttle::Way::Down => &m.bytes_target_to_client,
+        };
+        crate::metrics::add(counter, n as u64);
+    }
+
+    /// A direction left engine `from` and/or joined `to`.
+    pub(crate) fn engine(&self, from: Option<usize>, to: Option<usize>) {
+        let g = &self.metrics().directions_by_engine;
+        if let Some(i) = from {
+            let v = g[i].load(std::sync::atomic::Ordering::Relaxed);
+            crate::metrics::set(&g[i], v.saturating_sub(1));
+        }
+        if let Some(i) = to {
+            crate::metrics::add(&g[i], 1);
+        }
+    }
 }
 
 impl Relay {
-    pub fn new(config: &Config, max_pipes: usize, events: Option<Rc<EventRing>>) -> Relay {
+    pub fn new(
+        config: &Config,
+        max_pipes: usize,
+        events: Option<Rc<EventRing>>,
+        live: LiveCounters,
+    ) -> Relay {
         Relay {
             mode: config.relay,
             // Keep enough free buffers for a burst of busy tunnels; beyond
@@ -151,6 +197,7 @@ impl Relay {
             splice_threshold: config.splice_threshold.min(config.buffer_size as u64),
             idle_timeout: std::cell::Cell::new(config.idle_timeout),
             events,
+            live,
         }
     }
 
@@ -190,6 +237,7 @@ impl Relay {
             }
             report.client_to_target = early.len() as u64;
             throttle.spend(throttle::Way::Up, early.len());
+            self.live.moved(throttle::Way::Up, early.len());
         }
         let watch = |s: &TcpStream| {
             self.events
@@ -221,8 +269,8 @@ impl Relay {
         {
             let shared = Rc::new(std::cell::RefCell::new(protection));
             let state = |seal, pending| sealed::SealedState::new(seal, shared.clone(), pending);
-            tunnel.up.seal(state(sealed::Seal::Unwrap, &pending));
-            tunnel.down.seal(state(sealed::Seal::Wrap, &[]));
+            tunnel.up.seal(state(sealed::Seal::Unwrap, &pending), self);
+            tunnel.down.seal(state(sealed::Seal::Wrap, &[]), self);
             report.engine = Engine::Sealed;
         }
         report.end = (&mut tunnel).await;

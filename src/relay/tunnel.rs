@@ -54,6 +54,17 @@ enum Engine {
     Sealed,
 }
 
+impl Engine {
+    /// Index into [`crate::metrics::ENGINES`].
+    fn metrics_index(self) -> usize {
+        match self {
+            Engine::Copy => 0,
+            Engine::Splice => 1,
+            Engine::Sealed => 2,
+        }
+    }
+}
+
 enum Step {
     Progress,
     Blocked,
@@ -93,6 +104,7 @@ impl Direction {
             RelayMode::Splice => (Engine::Splice, None),
             RelayMode::Auto => (Engine::Copy, Some(Auto::default())),
         };
+        relay.live.engine(None, Some(engine.metrics_index()));
         Direction {
             from,
             to,
@@ -119,8 +131,8 @@ impl Direction {
 
     /// This direction wraps or unwraps every message (a GSSAPI tunnel at
     /// integrity or confidentiality) instead of relaying bytes as they are.
-    pub(super) fn seal(&mut self, sealed: SealedState) {
-        self.engine = Engine::Sealed;
+    pub(super) fn seal(&mut self, sealed: SealedState, relay: &Relay) {
+        self.switch(Engine::Sealed, relay);
         self.auto = None;
         self.sealed = Some(sealed);
     }
@@ -149,6 +161,7 @@ impl Direction {
             match flushed.map_err(|e| (self.to, e))? {
                 Flush::Moved(n) => {
                     moved = true;
+                    relay.live.moved(self.way, n);
                     match self.engine {
                         Engine::Copy | Engine::Sealed => self.copied += n as u64,
                         Engine::Splice => self.spliced += n as u64,
@@ -171,7 +184,7 @@ impl Direction {
             // Nothing is held (the flush found nothing): the engine may
             // change here.
             if let Some(auto) = self.auto {
-                self.engine = auto.next;
+                self.switch(auto.next, relay);
             }
             let limit = match self.poll_allowance(cx) {
                 Poll::Ready(limit) => limit,
@@ -195,7 +208,7 @@ impl Direction {
                 Fill::Blocked => return idle(moved),
                 Fill::NoPipe => {
                     debug_assert!(self.splice.is_empty());
-                    self.engine = Engine::Copy;
+                    self.switch(Engine::Copy, relay);
                     if let Some(auto) = &mut self.auto {
                         auto.next = Engine::Copy;
                     }
@@ -234,6 +247,16 @@ impl Direction {
     pub(super) fn release(&mut self, relay: &Relay) {
         self.copy.release(&relay.buffers);
         self.splice.release(&relay.pipes);
+        relay.live.engine(Some(self.engine.metrics_index()), None);
+    }
+
+    /// Changes engine, keeping the per-engine gauge true.
+    fn switch(&mut self, engine: Engine, relay: &Relay) {
+        if engine != self.engine {
+            let (from, to) = (self.engine.metrics_index(), engine.metrics_index());
+            relay.live.engine(Some(from), Some(to));
+            self.engine = engine;
+        }
     }
 }
 

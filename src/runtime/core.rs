@@ -78,7 +78,12 @@ impl Core {
         Core {
             id,
             index,
-            relay: Relay::new(&config, limits.pipes_per_core, events.clone()),
+            relay: Relay::new(
+                &config,
+                limits.pipes_per_core,
+                events.clone(),
+                crate::relay::LiveCounters::new(all_metrics.clone(), index),
+            ),
             udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
             admission: Admission::new(limits.budgets),
             quotas: crate::session::quota::Quotas::new(config.quotas, all_metrics.len()),

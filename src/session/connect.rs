@@ -26,8 +26,14 @@ impl Session<'_> {
         target: TargetAddr,
         early: Vec<u8>,
     ) -> Result<Established, SessionError> {
+        let started = std::time::Instant::now();
         let upstream = match self.open_upstream(&target).await {
-            Ok(s) => s,
+            Ok(s) => {
+                let took = started.elapsed();
+                let h = &self.core.metrics().connect_seconds;
+                h.observe(took, &crate::metrics::LATENCY_BUCKETS);
+                s
+            }
             Err(e) => {
                 self.reply_error(&e).await;
                 return Err(e);

@@ -188,6 +188,9 @@ async fn establish<'a>(
     // What the client's pace decides is over; from here the proxy's own
     // timeouts bound the session.
     ticket.handshake_done();
+    core.metrics()
+        .handshake_seconds
+        .observe(record.started.elapsed(), &metrics::LATENCY_BUCKETS);
     record.user = requested.user.clone();
     record.auth = Some(requested.auth);
     let mut session = Session {
@@ -243,20 +246,56 @@ async fn establish<'a>(
     }
 }
 
+/// One open tunnel or association in `coresocks_tunnels_open`, for as
+/// long as it lives.
+pub(crate) struct OpenGauge<'a> {
+    gauge: Option<&'a std::sync::atomic::AtomicU64>,
+}
+
+impl<'a> OpenGauge<'a> {
+    pub(crate) fn new(core: &'a Core, command: Option<Command>) -> OpenGauge<'a> {
+        let gauge = command.map(|c| {
+            let i = match c {
+                Command::Connect => 0,
+                Command::Bind => 1,
+                Command::UdpAssociate => 2,
+            };
+            &core.metrics().open_by_command[i]
+        });
+        if let Some(g) = gauge {
+            metrics::add(g, 1);
+        }
+        OpenGauge { gauge }
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        if let Some(g) = self.gauge {
+            let v = g.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::set(g, v.saturating_sub(1));
+        }
+    }
+}
+
 /// Relays a TCP tunnel (CONNECT, BIND) and records how it went.
 async fn relay_tunnel(core: &Core, t: Established, record: &mut AccessRecord, stop: &StopSignal) {
     crate::sys::set_nodelay(t.client.as_raw_fd());
     let throttle = core
         .bandwidth
         .throttle(record.user.as_deref(), record.client.ip().to_canonical());
+    let open = OpenGauge::new(core, record.command);
+    let started = std::time::Instant::now();
     let r = core
         .relay
         .run(t.client, t.target, &t.early, throttle, t.sealed, stop)
         .await;
+    drop(open);
+    let lifetime = &core.metrics().tunnel_seconds;
+    lifetime.observe(started.elapsed(), &metrics::LIFETIME_BUCKETS);
+    // Bytes were counted as they moved (`relay::LiveCounters`).
     let m = core.metrics();
     metrics::add(&m.bandwidth_waits, r.throttled);
-    metrics::add(&m.bytes_client_to_target, r.client_to_target);
-    metrics::add(&m.bytes_target_to_client, r.target_to_client);
     metrics::add(&m.tunnels_by_engine[r.engine.metrics_index()], 1);
     metrics::add(&m.bytes_spliced, r.spliced);
     metrics::set(&m.pipes, core.relay.pipes.live() as u64);

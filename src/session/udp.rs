@@ -23,6 +23,7 @@ impl Session<'_> {
             client: client_ip,
             user: self.user().map(str::to_owned),
             throttle: core.bandwidth.throttle(self.user(), client_ip),
+            metrics: core.metrics(),
         };
         let resolve_timeout = config.resolve_timeout;
         let mut prepared =
@@ -52,6 +53,8 @@ impl Session<'_> {
         let Session { client, record, .. } = self;
         let m = core.metrics();
         metrics::set(&m.udp_associations, core.udp.live() as u64);
+        let open = super::OpenGauge::new(core, Some(crate::proto::Command::UdpAssociate));
+        let started = std::time::Instant::now();
         let (report, end) = udp::serve(
             prepared,
             client,
@@ -60,14 +63,14 @@ impl Session<'_> {
             core.events.as_ref(),
         )
         .await;
+        drop(open);
+        m.tunnel_seconds
+            .observe(started.elapsed(), &metrics::LIFETIME_BUCKETS);
         metrics::set(&m.udp_associations, core.udp.live() as u64);
-        metrics::add(&m.udp_datagrams_client_to_target, report.datagrams_up);
-        metrics::add(&m.udp_datagrams_target_to_client, report.datagrams_down);
+        // Datagrams and bytes were counted as they moved.
         metrics::add(&m.udp_datagrams_dropped, report.dropped());
         metrics::add(&m.udp_datagrams_denied, report.dropped_denied);
         metrics::add(&m.udp_datagrams_over_bandwidth, report.dropped_bandwidth);
-        metrics::add(&m.bytes_client_to_target, report.bytes_up);
-        metrics::add(&m.bytes_target_to_client, report.bytes_down);
         record.up = report.bytes_up;
         record.down = report.bytes_down;
         record.engine = Some("udp");

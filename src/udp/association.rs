@@ -95,6 +95,8 @@ pub struct Egress<'a> {
     pub user: Option<String>,
     /// The user's and client's bandwidth buckets.
     pub throttle: Throttle,
+    /// The core's counters, moved per datagram relayed.
+    pub metrics: &'a crate::metrics::CoreMetrics,
 }
 
 /// Which client address may use the association (RFC 1928 section 6).
@@ -288,6 +290,9 @@ impl Association<'_> {
             Ok(_) => self.count(|r| {
                 r.datagrams_up += 1;
                 r.bytes_up += payload.len() as u64;
+                let m = self.egress.metrics;
+                crate::metrics::add(&m.udp_datagrams_client_to_target, 1);
+                crate::metrics::add(&m.bytes_client_to_target, payload.len() as u64);
             }),
             Err(_) => self.count(|r| r.dropped_other += 1),
         }
@@ -469,6 +474,9 @@ impl Association<'_> {
                     Ok(_) => self.count(|r| {
                         r.datagrams_down += 1;
                         r.bytes_down += n as u64;
+                        let m = self.egress.metrics;
+                        crate::metrics::add(&m.udp_datagrams_target_to_client, 1);
+                        crate::metrics::add(&m.bytes_target_to_client, n as u64);
                     }),
                     Err(_) => self.count(|r| r.dropped_other += 1),
                 }
