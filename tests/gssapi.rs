@@ -211,11 +211,17 @@ fn http_server() -> Server {
     })
 }
 
-/// What curl 7.88 (Debian 12) says after the proxy selects GSSAPI: its
-/// SOCKS state machine forgets that it offered the method once it waits
-/// for the answer, so it never starts the context. A curl without that
-/// bug must fetch the page.
-const CURL_GSSAPI_BUG: &str = "SOCKS5 GSSAPI per-message authentication is not supported";
+/// What curl 7.88 (Debian 12) says after the proxy selects GSSAPI. Its
+/// SOCKS state machine forgets that it offered the method when the answer
+/// comes in a later call (the usual case), so it never starts the context;
+/// when the answer is there at once it completes the context and the
+/// protection level, then falls into its "undocumented mode" error
+/// instead of sending the request. A curl without those bugs must fetch
+/// the page.
+const CURL_GSSAPI_BUGS: [&str; 2] = [
+    "SOCKS5 GSSAPI per-message authentication is not supported",
+    "Undocumented SOCKS5 mode attempted to be used by server",
+];
 
 #[test]
 fn curl_with_gssapi_fetches_or_meets_its_known_bug_and_the_proxy_serves_on() {
@@ -235,7 +241,7 @@ fn curl_with_gssapi_fetches_or_meets_its_known_bug_and_the_proxy_serves_on() {
             proxy.wait_for_log(&[&format!("user=alice@{REALM}"), "auth=gssapi-clear"]);
         } else {
             assert!(
-                err.contains(CURL_GSSAPI_BUG),
+                CURL_GSSAPI_BUGS.iter().any(|bug| err.contains(bug)),
                 "curl (nec: {nec}) failed: {err}"
             );
             eprintln!("note: this curl cannot finish SOCKS5 GSSAPI (its own bug): {err}");
