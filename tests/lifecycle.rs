@@ -443,3 +443,34 @@ fn out_of_descriptors_backs_off_and_recovers() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn access_log_json_names_the_outbound_address_the_target_saw() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let target = Server::start("127.0.0.1:0", move |mut s| {
+        let _ = tx.lock().unwrap().send(s.peer_addr().unwrap());
+        let mut buf = [0u8; 4];
+        if s.read_exact(&mut buf).is_ok() {
+            let _ = s.write_all(&buf);
+        }
+    });
+    let proxy = Proxy::start(&["--access-log-format", "json"]);
+    let mut s = proxy.connect(&target.target()).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    s.read_exact(&mut back).unwrap();
+    drop(s);
+    let seen_by_target = rx.recv_timeout(IO_TIMEOUT).unwrap();
+    let line = proxy.wait_for_log(&[" access: {"]);
+    let json = line.split(" access: ").nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(v["out"], seen_by_target.to_string(), "{v}");
+    assert_eq!(v["cmd"], "connect");
+    assert_eq!(v["reply"], "succeeded");
+    assert_eq!(v["up"], 4);
+    assert_eq!(v["down"], 4);
+    assert_eq!(v["target"], target.addr.to_string());
+    assert!(v["user"].is_null());
+    proxy.assert_serves(&echo_server("127.0.0.1:0"));
+}

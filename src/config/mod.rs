@@ -261,6 +261,11 @@ pub struct Settings {
     #[arg(long, value_name = "DEST")]
     pub access_log: Option<String>,
 
+    /// Access-log lines as `logfmt` (key=value) or `json` (one object per
+    /// line) [default: logfmt]
+    #[arg(long, value_name = "FORMAT")]
+    pub access_log_format: Option<AccessLogFormat>,
+
     /// Serve Prometheus metrics over HTTP on this address [default: off]
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics: Option<SocketAddr>,
@@ -394,6 +399,7 @@ impl Settings {
                 max_udp_targets,
                 log_level,
                 access_log,
+                access_log_format,
                 metrics,
                 egress_source_pick,
                 egress_interface,
@@ -449,6 +455,16 @@ pub enum Tool {
     },
 }
 
+/// How an access-log line is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// `key=value` pairs, values quoted where they hold spaces.
+    Logfmt,
+    /// One JSON object per line, the same keys.
+    Json,
+}
+
 /// Where access-log lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccessLog {
@@ -491,6 +507,7 @@ pub struct Config {
     pub max_udp_targets: usize,
     pub log_level: String,
     pub access_log: AccessLog,
+    pub access_log_format: AccessLogFormat,
     pub metrics: Option<SocketAddr>,
     /// Who may reach which destination: `--deny`, `--allow`, `[[rule]]`.
     pub policy: Policy,
@@ -763,6 +780,7 @@ impl Config {
             max_udp_targets: at_least_one("max-udp-targets", s.max_udp_targets.unwrap_or(256))?,
             log_level,
             access_log,
+            access_log_format: s.access_log_format.unwrap_or(AccessLogFormat::Logfmt),
             metrics: s.metrics,
         })
     }

@@ -2,6 +2,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use crate::config::AccessLogFormat;
 use crate::proto::{Command, ReplyCode, TargetAddr};
 
 /// One access-log line, filled in as the session goes.
@@ -17,6 +18,9 @@ pub struct AccessRecord {
     pub command: Option<Command>,
     pub target: Option<TargetAddr>,
     pub resolved: Option<SocketAddr>,
+    /// The proxy's own address on the outbound side (what the target saw:
+    /// abuse reports name it); for UDP, the association's outbound socket.
+    pub outbound: Option<SocketAddr>,
     pub reply: Option<ReplyCode>,
     /// The egress rule that decided the request (`private` for the
     /// built-in default), when one did.
@@ -41,12 +45,21 @@ impl AccessRecord {
             command: None,
             target: None,
             resolved: None,
+            outbound: None,
             reply: None,
             rule: None,
             up: 0,
             down: 0,
             engine: None,
             end: None,
+        }
+    }
+
+    /// The line in `format`.
+    pub fn render(&self, format: AccessLogFormat) -> String {
+        match format {
+            AccessLogFormat::Logfmt => self.line(),
+            AccessLogFormat::Json => self.json(),
         }
     }
 
@@ -57,7 +70,7 @@ impl AccessRecord {
         let dash = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
         let _ = write!(
             s,
-            "conn={}.{} client={} user={} auth={} cmd={} target={} resolved={} reply={} rule={} up={} down={} duration_ms={} engine={} end={}",
+            "conn={}.{} client={} user={} auth={} cmd={} target={} resolved={} out={} reply={} rule={} up={} down={} duration_ms={} engine={} end={}",
             self.core,
             self.conn_id,
             self.client,
@@ -66,6 +79,7 @@ impl AccessRecord {
             dash(self.command.map(|c| c.as_str().to_owned())),
             dash(self.target.as_ref().map(|t| quote(&t.to_string()))),
             dash(self.resolved.map(|a| a.to_string())),
+            dash(self.outbound.map(|a| a.to_string())),
             dash(self.reply.map(|r| r.as_str().to_owned())),
             dash(self.rule.clone()),
             self.up,
@@ -75,6 +89,30 @@ impl AccessRecord {
             quote(self.end.as_deref().unwrap_or("-")),
         );
         s
+    }
+
+    /// One JSON object with logfmt's keys; absent values are null,
+    /// counts are numbers.
+    pub fn json(&self) -> String {
+        let text = |v: Option<String>| v.map_or(serde_json::Value::Null, serde_json::Value::from);
+        serde_json::json!({
+            "conn": format!("{}.{}", self.core, self.conn_id),
+            "client": self.client.to_string(),
+            "user": self.user.clone(),
+            "auth": self.auth,
+            "cmd": self.command.map(|c| c.as_str()),
+            "target": text(self.target.as_ref().map(|t| t.to_string())),
+            "resolved": text(self.resolved.map(|a| a.to_string())),
+            "out": text(self.outbound.map(|a| a.to_string())),
+            "reply": self.reply.map(|r| r.as_str()),
+            "rule": self.rule.clone(),
+            "up": self.up,
+            "down": self.down,
+            "duration_ms": self.started.elapsed().as_millis() as u64,
+            "engine": self.engine,
+            "end": self.end.clone(),
+        })
+        .to_string()
     }
 }
 
@@ -117,8 +155,39 @@ mod tests {
             "down=0",
             "engine=-",
             "end=connect-failed",
+            "out=-",
         ] {
             assert!(line.contains(want), "{want} not in {line}");
+        }
+    }
+
+    #[test]
+    fn json_has_the_same_keys_with_nulls_and_numbers() {
+        let mut r = AccessRecord::new(0, 3, "[::1]:5000".parse().unwrap());
+        r.user = Some("a \"quoted\" user".into());
+        r.command = Some(Command::Connect);
+        r.target = Some(TargetAddr::Domain("example.com".into(), 443));
+        r.outbound = Some("192.0.2.7:40000".parse().unwrap());
+        r.up = 12;
+        r.end = Some("closed".into());
+        let v: serde_json::Value = serde_json::from_str(&r.render(AccessLogFormat::Json)).unwrap();
+        assert_eq!(v["conn"], "0.3");
+        assert_eq!(v["client"], "[::1]:5000");
+        assert_eq!(v["user"], "a \"quoted\" user");
+        assert_eq!(v["cmd"], "connect");
+        assert_eq!(v["target"], "example.com:443");
+        assert_eq!(v["out"], "192.0.2.7:40000");
+        assert_eq!(v["up"], 12);
+        assert!(v["resolved"].is_null() && v["reply"].is_null() && v["auth"].is_null());
+        let line = r.render(AccessLogFormat::Logfmt);
+        assert!(line.contains("out=192.0.2.7:40000"), "{line}");
+        let keys: Vec<&str> = line
+            .split(' ')
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+            .filter(|k| !k.contains('"'))
+            .collect();
+        for k in keys {
+            assert!(v.get(k).is_some(), "json lacks {k}");
         }
     }
 }

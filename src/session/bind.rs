@@ -21,7 +21,10 @@ impl Session<'_> {
         early: Vec<u8>,
     ) -> Result<Established, SessionError> {
         match self.accept_incoming(&target).await {
-            Ok(incoming) => Ok(self.established(incoming, early)),
+            Ok(incoming) => {
+                self.record.outbound = incoming.local_addr().ok().map(Into::into);
+                Ok(self.established(incoming, early))
+            }
             Err(e) => {
                 self.reply_error(&e).await;
                 Err(e)

@@ -42,6 +42,7 @@ impl Session<'_> {
         let bound = upstream
             .local_addr()
             .map_err(|e| SessionError::ClientIo(e.into()))?;
+        self.record.outbound = Some(bound);
         self.reply_success(bound).await?;
         Ok(self.established(upstream, early))
     }

@@ -162,7 +162,7 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, ticket: 
         metrics::add(&core.metrics().shutdown_cuts, 1);
     }
     if config.access_log != crate::config::AccessLog::Off {
-        tracing::info!(target: "access", "{}", record.line());
+        tracing::info!(target: "access", "{}", record.render(config.access_log_format));
     }
 }
 

@@ -39,6 +39,7 @@ impl Session<'_> {
             .relay_addr()
             .map_err(|e| SessionError::UdpSetup(udp::SetupError::Socket(e)))?;
         self.record.resolved = Some(relay_addr);
+        self.record.outbound = prepared.outbound_addr();
         // Behind NAT or a load balancer the client must be told the address
         // it can reach; the port is the relay's own.
         let advertised = match config.udp_advertise {

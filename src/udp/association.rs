@@ -530,9 +530,13 @@ impl Prepared<'_> {
         let a: SocketAddr = self.assoc.client.local_addr()?;
         Ok(SocketAddr::new(a.ip().to_canonical(), a.port()))
     }
-}
 
-impl Prepared<'_> {
+    /// The outbound sockets' own address (what targets see), IPv4 first.
+    pub fn outbound_addr(&self) -> Option<SocketAddr> {
+        let out = self.assoc.out_v4.as_ref().or(self.assoc.out_v6.as_ref())?;
+        out.local_addr().ok()
+    }
+
     /// Wraps and unwraps every datagram to and from the client with the
     /// GSSAPI context (after the reply that went out under it).
     pub fn protect(&mut self, protection: Protection) {
