@@ -449,14 +449,21 @@ fn process_metrics(out: &mut String) {
     );
 }
 
-/// Serves `GET /metrics` on a plain thread (never on a core).
+/// Serves `GET /metrics` on a plain thread (never on a core), on
+/// `inherited` (an upgrade's) or a new socket. Returns the address and a
+/// copy of the socket, for the next upgrade.
 pub fn serve(
     addr: SocketAddr,
+    inherited: Option<std::os::fd::OwnedFd>,
     all: AllMetrics,
     core_ids: Vec<usize>,
-) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+) -> std::io::Result<(SocketAddr, std::os::fd::OwnedFd)> {
+    let listener = match inherited {
+        Some(fd) => TcpListener::from(fd),
+        None => TcpListener::bind(addr)?,
+    };
     let bound = listener.local_addr()?;
+    let copy = std::os::fd::OwnedFd::from(listener.try_clone()?);
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
@@ -479,5 +486,5 @@ pub fn serve(
                 );
             }
         })?;
-    Ok(bound)
+    Ok((bound, copy))
 }

@@ -20,3 +20,4 @@ mod relay;
 mod reload;
 mod third_party;
 mod udp;
+mod upgrade;

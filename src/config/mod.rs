@@ -261,6 +261,12 @@ pub struct Settings {
     #[arg(long, value_name = "DEST")]
     pub access_log: Option<String>,
 
+    /// Zero-downtime upgrade: a new process started with the same PATH
+    /// takes this one's listening sockets over (SCM_RIGHTS), and this one
+    /// stops accepting and drains; see README, "Upgrades" [default: none]
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_socket: Option<PathBuf>,
+
     /// Access-log lines as `logfmt` (key=value) or `json` (one object per
     /// line) [default: logfmt]
     #[arg(long, value_name = "FORMAT")]
@@ -399,6 +405,7 @@ impl Settings {
                 max_udp_targets,
                 log_level,
                 access_log,
+                upgrade_socket,
                 access_log_format,
                 metrics,
                 egress_source_pick,
@@ -508,6 +515,7 @@ pub struct Config {
     pub log_level: String,
     pub access_log: AccessLog,
     pub access_log_format: AccessLogFormat,
+    pub upgrade_socket: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     /// Who may reach which destination: `--deny`, `--allow`, `[[rule]]`.
     pub policy: Policy,
@@ -588,6 +596,7 @@ impl Config {
             max_udp_targets => "max-udp-targets",
             access_log => "access-log",
             metrics => "metrics",
+            upgrade_socket => "upgrade-socket",
         );
         let keytab = |c: &Config| c.gssapi.as_ref().map(|g| g.keytab.clone());
         if keytab(self) != keytab(new) {
@@ -781,6 +790,7 @@ impl Config {
             log_level,
             access_log,
             access_log_format: s.access_log_format.unwrap_or(AccessLogFormat::Logfmt),
+            upgrade_socket: s.upgrade_socket,
             metrics: s.metrics,
         })
     }

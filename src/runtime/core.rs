@@ -147,6 +147,7 @@ pub async fn run_core(
     core: Rc<Core>,
     listeners: Vec<OwnedFd>,
     shutdown: Arc<AtomicBool>,
+    handed_over: Arc<AtomicBool>,
     slot: Arc<super::ConfigSlot>,
 ) {
     // glommio's listener does not expose its fd; keep the numbers to stop
@@ -177,9 +178,12 @@ pub async fn run_core(
     })
     .await;
     // Stop accepting: cancel the loops and close the listening sockets, so
-    // new clients are refused by the kernel instead of queueing.
-    for &fd in &raw_fds {
-        crate::sys::stop_listening(fd);
+    // new clients are refused by the kernel instead of queueing. After an
+    // upgrade the sockets are the new process's too: only let go of them.
+    if !handed_over.load(Ordering::Relaxed) {
+        for &fd in &raw_fds {
+            crate::sys::stop_listening(fd);
+        }
     }
     // Each loop owns its listener: cancelling it closes the socket.
     for a in accepters {

@@ -64,10 +64,27 @@ pub fn open_listeners(
     cores: usize,
     backlog: u32,
     ipv6_only: bool,
+    mut inherited: Option<&mut super::upgrade::Inherited>,
 ) -> Result<Vec<(SocketAddr, Vec<OwnedFd>)>, ListenError> {
     let backlog = backlog.min(i32::MAX as u32) as i32;
     let mut out = Vec::with_capacity(addrs.len());
     for &addr in addrs {
+        // An upgrade: the old process's sockets for this address, and more
+        // of the same SO_REUSEPORT group if this process runs more cores.
+        // (With fewer, some core takes several.)
+        if let Some(mut fds) = inherited.as_mut().and_then(|i| i.take(addr)) {
+            while fds.len() < cores {
+                let socket =
+                    new_socket(addr, ipv6_only, true).map_err(|e| listen_error(addr, e))?;
+                socket
+                    .bind(&addr.into())
+                    .map_err(|e| listen_error(addr, e))?;
+                socket.listen(backlog).map_err(|e| listen_error(addr, e))?;
+                fds.push(OwnedFd::from(socket));
+            }
+            out.push((addr, fds));
+            continue;
+        }
         // SO_REUSEPORT would let us silently share a port with another
         // process of the same user; a probe bind without it fails instead.
         if addr.port() != 0 {

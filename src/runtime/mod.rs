@@ -7,6 +7,7 @@ mod core;
 pub mod events;
 mod listener;
 pub mod reload;
+pub mod upgrade;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -46,6 +47,11 @@ pub enum RuntimeError {
     CoreStart { cpu: usize, message: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("upgrade socket {path}: {source}")]
+    Upgrade {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Starts every core and blocks until they have all finished (after a
@@ -66,7 +72,47 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
         .ok();
     let limits = Limits::plan(&config, cpus.len(), nofile);
 
-    let bound = open_listeners(&config.listen, cpus.len(), config.backlog, config.ipv6_only)?;
+    let upgrade_error = |source| RuntimeError::Upgrade {
+        path: config.upgrade_socket.clone().unwrap_or_default(),
+        source,
+    };
+    let mut inherited = match &config.upgrade_socket {
+        Some(path) => upgrade::take_over(path).map_err(upgrade_error)?,
+        None => None,
+    };
+    if let (Some(path), Some(_)) = (&config.upgrade_socket, &inherited) {
+        tracing::info!(
+            "upgrade: taking over the listening sockets of the process at {}",
+            path.display()
+        );
+    }
+    let bound = open_listeners(
+        &config.listen,
+        cpus.len(),
+        config.backlog,
+        config.ipv6_only,
+        inherited.as_mut(),
+    )?;
+    if let Some(i) = &inherited {
+        for (addr, _) in &i.listeners {
+            tracing::warn!("upgrade: the old process listened on {addr}, which this configuration does not: its queued connections will be refused");
+        }
+    }
+    // Copies for the next upgrade (the cores own the originals).
+    let offered: Vec<(SocketAddr, Vec<std::os::fd::OwnedFd>)> = match &config.upgrade_socket {
+        Some(_) => bound
+            .iter()
+            .map(|(a, fds)| {
+                let copies = fds
+                    .iter()
+                    .map(|fd| fd.try_clone())
+                    .collect::<Result<_, _>>();
+                copies.map(|c| (*a, c))
+            })
+            .collect::<Result<_, _>>()
+            .map_err(upgrade_error)?,
+        None => Vec::new(),
+    };
     tracing::info!("{}", limits.summary);
     if let Some(w) = &limits.warning {
         tracing::warn!("{w}");
@@ -77,18 +123,22 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
         (0..cpus.len()).map(|_| Vec::new()).collect();
     for (_, fds) in bound {
         for (i, fd) in fds.into_iter().enumerate() {
-            per_core[i].push(fd);
+            per_core[i % cpus.len()].push(fd);
         }
     }
 
     let all_metrics = metrics::new(cpus.len());
+    let mut metrics_offer = None;
     if let Some(addr) = config.metrics {
-        let at = metrics::serve(addr, all_metrics.clone(), cpus.clone())
+        let inherited_fd = inherited.as_mut().and_then(|i| i.take_metrics(addr));
+        let (at, listener) = metrics::serve(addr, inherited_fd, all_metrics.clone(), cpus.clone())
             .map_err(|source| RuntimeError::Metrics { addr, source })?;
         tracing::info!("metrics on http://{at}/metrics");
+        metrics_offer = Some((at, listener));
     }
 
     let shutdown = Arc::new(AtomicBool::new(false));
+    let handed_over = Arc::new(AtomicBool::new(false));
     let config = Arc::new(config);
     let slot = Arc::new(ConfigSlot::new(config.clone()));
     // From here threads run that may be inside GSS-API.
@@ -102,6 +152,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
         let all_metrics = all_metrics.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
+        let handed_over = handed_over.clone();
         let slot = slot.clone();
         let started = started_tx.clone();
         let addrs = addrs.clone();
@@ -117,7 +168,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
                     self::core::describe(&addrs)
                 );
                 let _ = started.send(());
-                self::core::run_core(core, listeners, shutdown, slot).await;
+                self::core::run_core(core, listeners, shutdown, handed_over, slot).await;
             })
             .map_err(|e| RuntimeError::CoreStart {
                 cpu,
@@ -132,6 +183,25 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
         // A core failed to start: stop the others, then report why.
         shutdown.store(true, Ordering::Relaxed);
     } else {
+        if let Some(old) = inherited.take() {
+            match old.ready() {
+                Ok(()) => tracing::info!("upgrade: the old process stopped accepting and drains"),
+                Err(e) => tracing::warn!("upgrade: the old process did not confirm ({e}); both may accept until it exits"),
+            }
+        }
+        if let Some(path) = &config.upgrade_socket {
+            let offer = upgrade::Offer {
+                path: path.clone(),
+                listeners: offered,
+                metrics: metrics_offer,
+            };
+            if let Err(e) = offer.serve(handed_over.clone(), shutdown.clone()) {
+                tracing::warn!(
+                    "upgrade socket {}: {e}; upgrades will not find this process",
+                    path.display()
+                );
+            }
+        }
         tracing::info!(
             cores = cpus.len(),
             "coresocks ready on {} with {} core(s)",
