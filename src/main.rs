@@ -11,6 +11,7 @@ fn main() -> ExitCode {
     match &cli.tool {
         Some(Tool::HashPassword) => return hash_password(),
         Some(Tool::CheckConfig { file }) => return check_config(file),
+        Some(Tool::Man) => return man_page(),
         None => {}
     }
     // SIGHUP reads the same file again under the same flags.
@@ -75,6 +76,21 @@ fn main() -> ExitCode {
             // Flush the asynchronous log writer before the last word.
             drop(_guards);
             eprintln!("coresocks: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `coresocks man`: the man page, from the same clap definitions as
+/// `--help`, so the two cannot disagree.
+fn man_page() -> ExitCode {
+    use clap::CommandFactory;
+    let page = clap_mangen::Man::new(Cli::command());
+    let mut out = std::io::stdout().lock();
+    match page.render(&mut out) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coresocks: cannot write the man page: {e}");
             ExitCode::FAILURE
         }
     }

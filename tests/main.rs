@@ -10,6 +10,7 @@ mod auth;
 mod bind;
 mod connect;
 mod curl;
+mod deploy;
 mod errors;
 mod gssapi;
 mod lifecycle;

@@ -460,6 +460,9 @@ pub enum Tool {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Print the man page (roff), generated from these definitions:
+    /// `coresocks man > /usr/local/share/man/man1/coresocks.1`
+    Man,
 }
 
 /// How an access-log line is written.

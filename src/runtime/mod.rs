@@ -6,6 +6,7 @@ mod admission;
 mod core;
 pub mod events;
 mod listener;
+pub mod notify;
 pub mod reload;
 pub mod upgrade;
 
@@ -208,6 +209,11 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
             self::core::describe(&addrs),
             cpus.len()
         );
+        notify::notify(&format!(
+            "READY=1\nMAINPID={}\nSTATUS=serving on {}",
+            std::process::id(),
+            self::core::describe(&addrs)
+        ));
     }
     let mut first_error = None;
     for (cpu, handle) in handles {
@@ -334,7 +340,9 @@ fn install_signal_thread(
         .spawn(move || {
             for sig in signals.forever() {
                 if sig == SIGHUP {
+                    notify::reloading();
                     reloader.reload(&slot);
+                    notify::notify("READY=1");
                     continue;
                 }
                 if sig == SIGUSR1 {
@@ -345,6 +353,7 @@ fn install_signal_thread(
                     }
                     continue;
                 }
+                notify::notify("STOPPING=1");
                 if shutdown.swap(true, Ordering::Relaxed) {
                     tracing::warn!("second signal {sig}: exiting without waiting for tunnels");
                     std::process::exit(1);

@@ -155,6 +155,7 @@ impl Offer {
                         Ok(pid) => {
                             handed_over.store(true, Ordering::Relaxed);
                             shutdown.store(true, Ordering::Relaxed);
+                            super::notify::notify("STOPPING=1");
                             let _ = std::fs::remove_file(&self.path);
                             let _ = (&conn).write_all(b"DRAINING\n");
                             tracing::info!(

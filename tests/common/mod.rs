@@ -57,7 +57,22 @@ impl Proxy {
         Proxy::launch(&[], args, false).unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
     }
 
+    /// [`Proxy::start`] with extra environment variables for the child.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Proxy {
+        Proxy::launch_env(&[], args, true, env)
+            .unwrap_or_else(|log| panic!("proxy did not start:\n{log}"))
+    }
+
     fn launch(wrapper: &[&str], args: &[&str], defaults: bool) -> Result<Proxy, String> {
+        Proxy::launch_env(wrapper, args, defaults, &[])
+    }
+
+    fn launch_env(
+        wrapper: &[&str],
+        args: &[&str],
+        defaults: bool,
+        env: &[(&str, &str)],
+    ) -> Result<Proxy, String> {
         let bin = env!("CARGO_BIN_EXE_coresocks");
         let mut cmd = match wrapper.split_first() {
             Some((prog, rest)) => {
@@ -85,6 +100,7 @@ impl Proxy {
             }
         }
 
+        cmd.envs(env.iter().copied());
         cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -169,6 +185,10 @@ impl Proxy {
             .unwrap()
             .to_owned();
         (proxy, addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, sig: i32) {

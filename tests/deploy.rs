@@ -1,0 +1,123 @@
+//! Deployment: systemd's readiness protocol, the unit file, the man page.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+
+use crate::common::*;
+
+/// The notifications a proxy sends, as systemd would receive them.
+fn receive(sock: &UnixDatagram, n: usize) -> Vec<String> {
+    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    (0..n)
+        .map(|_| {
+            let mut buf = [0u8; 512];
+            let len = sock.recv(&mut buf).expect("a notification");
+            String::from_utf8_lossy(&buf[..len]).into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn sd_notify_reports_ready_reloading_and_stopping() {
+    let path = TempPath::new("notify.sock");
+    let sock = UnixDatagram::bind(&path.0).unwrap();
+    let mut proxy = Proxy::start_with_env(&[], &[("NOTIFY_SOCKET", path.arg())]);
+    let ready = &receive(&sock, 1)[0];
+    let pid = proxy.pid();
+    assert!(ready.starts_with("READY=1\n"), "{ready}");
+    assert!(ready.contains(&format!("MAINPID={pid}")), "{ready}");
+    assert!(
+        ready.contains(&format!("STATUS=serving on {}", proxy.addr)),
+        "{ready}"
+    );
+    proxy.signal(libc::SIGHUP);
+    let reload = receive(&sock, 2);
+    assert!(
+        reload[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reload:?}"
+    );
+    assert_eq!(reload[1], "READY=1");
+    proxy.signal(libc::SIGTERM);
+    assert_eq!(receive(&sock, 1)[0], "STOPPING=1");
+    assert_eq!(proxy.wait_exit(IO_TIMEOUT), Some(0));
+}
+
+#[test]
+fn the_man_page_comes_from_the_flags() {
+    let bin = env!("CARGO_BIN_EXE_coresocks");
+    let man = Command::new(bin).arg("man").output().unwrap();
+    assert!(man.status.success());
+    let page = String::from_utf8(man.stdout).unwrap();
+    assert!(page.contains(".TH coresocks 1"), "{page}");
+    let help = Command::new(bin).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    // Every long flag of --help is in the page (roff escapes the dashes).
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.trim_end_matches(','))
+        .collect();
+    assert!(flags.len() > 40, "{flags:?}");
+    for flag in flags {
+        let escaped = flag.replace('-', "\\-");
+        assert!(page.contains(&escaped), "{flag} is not in the man page");
+    }
+}
+
+#[test]
+fn the_systemd_unit_verifies_and_hardens() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/packaging/coresocks.service"
+    ))
+    .unwrap();
+    for key in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "User=coresocks",
+        "LimitNOFILE=",
+        "LimitMEMLOCK=",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "RuntimeDirectory=coresocks",
+    ] {
+        assert!(unit.contains(key), "the unit lacks {key}");
+    }
+    // The example config it points at is valid.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/coresocks.toml");
+    let bin = env!("CARGO_BIN_EXE_coresocks");
+    let check = Command::new(bin)
+        .args(["check-config", example])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let Ok(analyze) = Command::new("systemd-analyze").arg("--version").output() else {
+        eprintln!("note: no systemd-analyze here; the unit's keys were checked by name only");
+        return;
+    };
+    assert!(analyze.status.success());
+    // systemd-analyze checks the binary and the man page exist: point it
+    // at this build and at the page it generates.
+    let dir = std::env::temp_dir().join(format!("coresocks-unit-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("man/man1")).unwrap();
+    let page = Command::new(bin).arg("man").output().unwrap().stdout;
+    std::fs::write(dir.join("man/man1/coresocks.1"), page).unwrap();
+    let local = dir.join("coresocks.service");
+    std::fs::write(&local, unit.replace("/usr/local/bin/coresocks", bin)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&local)
+        .env("MANPATH", dir.join("man"))
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    let about_us: Vec<&str> = said.lines().filter(|l| l.contains("coresocks")).collect();
+    assert!(out.status.success() && about_us.is_empty(), "{said}");
+}
