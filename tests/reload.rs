@@ -225,3 +225,26 @@ fn check_config_validates_without_starting() {
         assert_eq!(err.lines().count(), 1, "one line: {err}");
     }
 }
+
+#[test]
+fn a_reload_can_cut_the_tunnels_of_removed_users() {
+    let echo = echo_server("127.0.0.1:0");
+    let users = TempPath::new("reload-cut-users");
+    std::fs::write(&users.0, "alice:wonderland\nbob:builder\n").unwrap();
+    std::fs::set_permissions(&users.0, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let proxy = Proxy::start(&["--users", users.arg(), "--reload-closes-removed-users"]);
+    let mut alice = proxy
+        .connect_as(&echo.target(), Some(&creds("alice", "wonderland")))
+        .unwrap();
+    let mut bob = proxy
+        .connect_as(&echo.target(), Some(&creds("bob", "builder")))
+        .unwrap();
+    echo_once(&mut alice, b"alice before");
+    echo_once(&mut bob, b"bob before");
+    std::fs::write(&users.0, "alice:wonderland\n").unwrap();
+    proxy.signal(libc::SIGHUP);
+    proxy.wait_for_log(&["configuration 1 applied", "1 user(s)"]);
+    proxy.wait_for_log(&["user=bob", "end=user-removed"]);
+    assert!(closed_without_data(&mut bob), "bob's tunnel is cut");
+    echo_once(&mut alice, b"alice keeps hers");
+}

@@ -137,6 +137,12 @@ pub struct Settings {
     #[arg(long, value_name = "LEVEL")]
     pub gssapi_protection: Option<GssProtection>,
 
+    /// On SIGHUP, cut (reset) the open tunnels of RFC 1929 users that the
+    /// new users file no longer holds, instead of letting them run to
+    /// their end [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub reload_closes_removed_users: Option<bool>,
+
     /// How long a client has to finish greeting, auth and request [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "de_duration")]
@@ -382,6 +388,7 @@ impl Settings {
                 gssapi_keytab,
                 gssapi_principal,
                 gssapi_protection,
+                reload_closes_removed_users,
                 handshake_timeout,
                 resolve_timeout,
                 connect_timeout,
@@ -493,6 +500,7 @@ pub struct Config {
     pub users: Option<UserDb>,
     /// GSSAPI (method 0x01) when a keytab is configured.
     pub gssapi: Option<crate::gssapi::Acceptor>,
+    pub reload_closes_removed_users: bool,
     pub handshake_timeout: Duration,
     pub resolve_timeout: Duration,
     pub connect_timeout: Duration,
@@ -746,6 +754,7 @@ impl Config {
             ipv6_only: s.ipv6_only.unwrap_or(false),
             users,
             gssapi,
+            reload_closes_removed_users: s.reload_closes_removed_users.unwrap_or(false),
             handshake_timeout: positive(
                 "handshake-timeout",
                 s.handshake_timeout,

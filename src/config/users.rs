@@ -233,6 +233,11 @@ impl UserDb {
         self.users.len()
     }
 
+    /// Whether `user` is in the file.
+    pub fn contains(&self, user: &[u8]) -> bool {
+        self.users.contains_key(user)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.users.is_empty()
     }

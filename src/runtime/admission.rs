@@ -27,6 +27,8 @@ pub enum Stop {
     Shed(ShedReason),
     /// The shutdown grace ran out.
     ShutdownCut,
+    /// A reload removed its RFC 1929 user (`--reload-closes-removed-users`).
+    UserRemoved,
 }
 
 impl Stop {
@@ -35,6 +37,7 @@ impl Stop {
         match self {
             Stop::Shed(_) => "handshake-shed",
             Stop::ShutdownCut => "shutdown-cut",
+            Stop::UserRemoved => "user-removed",
         }
     }
 }
@@ -139,6 +142,9 @@ pub struct Admission {
     per_client: RefCell<HashMap<IpAddr, usize>>,
     /// Shed connections whose tasks have not ended yet.
     shed_pending: Cell<usize>,
+    /// The RFC 1929 user of each authenticated connection, for a reload
+    /// that removes users.
+    users: RefCell<HashMap<u64, Box<[u8]>>>,
 }
 
 impl Admission {
@@ -150,7 +156,20 @@ impl Admission {
             handshakes: RefCell::new(BTreeMap::new()),
             per_client: RefCell::new(HashMap::new()),
             shed_pending: Cell::new(0),
+            users: RefCell::new(HashMap::new()),
         })
+    }
+
+    /// Stops every connection whose RFC 1929 user `keep` rejects.
+    pub fn stop_users(&self, keep: impl Fn(&[u8]) -> bool, stop: Stop) -> usize {
+        let live = self.live.borrow();
+        let mut stopped = 0;
+        for (id, user) in self.users.borrow().iter() {
+            if !keep(user) && live.get(id).is_some_and(|s| s.fire(stop)) {
+                stopped += 1;
+            }
+        }
+        stopped
     }
 
     pub fn budgets(&self) -> Budgets {
@@ -260,12 +279,21 @@ impl Ticket {
     pub fn handshake_done(&self) {
         self.admission.end_handshake(self.id);
     }
+
+    /// Records the RFC 1929 user this connection authenticated as.
+    pub fn set_user(&self, user: &[u8]) {
+        self.admission
+            .users
+            .borrow_mut()
+            .insert(self.id, user.into());
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.admission.end_handshake(self.id);
         self.admission.live.borrow_mut().remove(&self.id);
+        self.admission.users.borrow_mut().remove(&self.id);
         if let Some(Stop::Shed(_)) = self.stop.stop.get() {
             let pending = &self.admission.shed_pending;
             pending.set(pending.get() - 1);

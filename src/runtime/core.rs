@@ -115,6 +115,17 @@ impl Core {
             cores,
         );
         self.relay.idle_timeout.set(config.idle_timeout);
+        if let (true, Some(users)) = (config.reload_closes_removed_users, &config.users) {
+            let cut = self
+                .admission
+                .stop_users(|u| users.contains(u), super::Stop::UserRemoved);
+            if cut > 0 {
+                tracing::info!(
+                    core = self.id,
+                    "reload: cut {cut} tunnel(s) of removed users"
+                );
+            }
+        }
         *self.config.borrow_mut() = config;
     }
 

@@ -193,6 +193,9 @@ async fn establish<'a>(
         .observe(record.started.elapsed(), &metrics::LATENCY_BUCKETS);
     record.user = requested.user.clone();
     record.auth = Some(requested.auth);
+    if let ("userpass", Some(user)) = (requested.auth, &requested.user) {
+        ticket.set_user(user.as_bytes());
+    }
     let mut session = Session {
         core,
         config,
