@@ -1,47 +1,6 @@
 //! A real third-party client: curl through the proxy to a local HTTP server.
 
-use std::io::{Read, Write};
-use std::process::Command;
-
 use crate::common::*;
-
-/// Answers any HTTP request with a body naming the requested path.
-fn http_server(bind: &str) -> Server {
-    Server::start(bind, |mut s| {
-        let mut req = Vec::new();
-        let mut buf = [0u8; 4096];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => req.extend_from_slice(&buf[..n]),
-            }
-        }
-        let path = String::from_utf8_lossy(&req)
-            .split(' ')
-            .nth(1)
-            .unwrap_or("?")
-            .to_owned();
-        let body = format!("hello from {path}\n");
-        let _ = write!(
-            s,
-            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-    })
-}
-
-fn curl(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("curl")
-        .args(["--silent", "--show-error", "--max-time", "20"])
-        .args(args)
-        .output()
-        .expect("curl must be installed (apt-get install curl)");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn curl_socks5_with_local_resolution() {

@@ -7,19 +7,6 @@ use crate::common::*;
 use coresocks::client::{handshake_blocking, udp_datagram, udp_payload, ClientError};
 use coresocks::proto::{Codec, Command, ReplyCode, TargetAddr};
 
-/// A UDP echo server; returns its address.
-fn udp_echo(bind: &str) -> SocketAddr {
-    let sock = UdpSocket::bind(bind).unwrap();
-    let addr = sock.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = sock.recv_from(&mut buf) {
-            let _ = sock.send_to(&buf[..n], from);
-        }
-    });
-    addr
-}
-
 /// A control connection with its association: (control, relay address).
 fn associate(proxy: &Proxy, client_addr: SocketAddr) -> (TcpStream, SocketAddr) {
     let mut control = proxy.raw();

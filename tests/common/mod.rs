@@ -433,3 +433,56 @@ impl Drop for TempPath {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// Answers any HTTP request with a body naming the requested path
+/// (`hello from /path`).
+pub fn http_server(bind: &str) -> Server {
+    Server::start(bind, |mut s| {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => req.extend_from_slice(&buf[..n]),
+            }
+        }
+        let path = String::from_utf8_lossy(&req)
+            .split(' ')
+            .nth(1)
+            .unwrap_or("?")
+            .to_owned();
+        let body = format!("hello from {path}\n");
+        let _ = write!(
+            s,
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+    })
+}
+
+/// Runs curl quietly with `args`: (succeeded, stdout, stderr).
+pub fn curl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20"])
+        .args(args)
+        .output()
+        .expect("curl must be installed (apt-get install curl)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A UDP echo server; returns its address.
+pub fn udp_echo(bind: &str) -> SocketAddr {
+    let sock = std::net::UdpSocket::bind(bind).unwrap();
+    let addr = sock.local_addr().unwrap();
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let _ = sock.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
