@@ -121,3 +121,66 @@ fn the_systemd_unit_verifies_and_hardens() {
     let about_us: Vec<&str> = said.lines().filter(|l| l.contains("coresocks")).collect();
     assert!(out.status.success() && about_us.is_empty(), "{said}");
 }
+
+#[test]
+fn the_debian_package_holds_the_binary_unit_man_page_and_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let bin = env!("CARGO_BIN_EXE_coresocks");
+    let out = std::env::temp_dir().join(format!("coresocks-deb-{}", std::process::id()));
+    let built = Command::new(format!("{root}/packaging/build-deb.sh"))
+        .args(["--binary", bin, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let deb = String::from_utf8(built.stdout).unwrap().trim().to_owned();
+    let info = Command::new("dpkg-deb")
+        .args(["--info", &deb])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    for want in [
+        "Package: coresocks",
+        &format!("Version: {}", env!("CARGO_PKG_VERSION")),
+        "Depends: libc6, libgssapi-krb5-2",
+        "postinst",
+        "conffiles",
+    ] {
+        assert!(info.contains(want), "{want} not in:\n{info}");
+    }
+    let tree = out.join("tree");
+    let x = Command::new("dpkg-deb")
+        .args(["-x", &deb])
+        .arg(&tree)
+        .status()
+        .unwrap();
+    assert!(x.success());
+    // The packaged binary runs, and its unit, page and config are in place.
+    let version = Command::new(tree.join("usr/bin/coresocks"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("coresocks {}", env!("CARGO_PKG_VERSION"))
+    );
+    let unit = std::fs::read_to_string(tree.join("lib/systemd/system/coresocks.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/coresocks --config /etc/coresocks/coresocks.toml"));
+    let page = Command::new("gzip")
+        .arg("-dc")
+        .arg(tree.join("usr/share/man/man1/coresocks.1.gz"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&page.stdout).contains(".TH coresocks 1"));
+    let check = Command::new(bin)
+        .arg("check-config")
+        .arg(tree.join("etc/coresocks/coresocks.toml"))
+        .status()
+        .unwrap();
+    assert!(check.success());
+    let _ = std::fs::remove_dir_all(&out);
+}
