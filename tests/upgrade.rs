@@ -186,3 +186,26 @@ fn without_a_running_process_the_socket_is_simply_created() {
     talker.join().unwrap();
     proxy.assert_serves(&echo);
 }
+
+#[test]
+fn a_new_process_that_dies_before_ready_leaves_the_old_one_serving() {
+    let echo = echo_server("127.0.0.1:0");
+    let sock = TempPath::new("upgrade-dies.sock");
+    let old = Proxy::start(&["--upgrade-socket", sock.arg()]);
+    let addr = old.addr.to_string();
+    // A taker that asks for the sockets, gets them, and goes away.
+    {
+        let mut taker = std::os::unix::net::UnixStream::connect(&sock.0).unwrap();
+        taker.write_all(b"TAKEOVER 1\n").unwrap();
+        let mut got = [0u8; 4096];
+        let n = taker.read(&mut got).unwrap();
+        let text = String::from_utf8_lossy(&got[..n]);
+        assert!(text.starts_with("coresocks-upgrade 1\nlisten "), "{text}");
+    }
+    old.wait_for_log(&["upgrade: takeover failed", "still serving"]);
+    old.assert_serves(&echo);
+    // The socket still works for a real upgrade afterwards.
+    let new = Proxy::start(&["--upgrade-socket", sock.arg(), "--listen", &addr]);
+    old.wait_for_log(&["took over the listeners"]);
+    new.assert_serves(&echo);
+}
