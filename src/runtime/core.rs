@@ -93,7 +93,9 @@ impl Core {
                 all_metrics.len(),
             ),
             events,
-            config: RefCell::new(config),
+            // A copy of its own: sessions clone this Arc at every accept,
+            // and a count shared by all cores would bounce between them.
+            config: RefCell::new(Arc::new(Config::clone(&config))),
             all_metrics,
         }
     }
