@@ -82,8 +82,9 @@ pub(super) struct Direction {
     no_splice_until: u64,
     copy: CopyState,
     splice: SpliceState,
-    /// Set, with `engine` Sealed, for a GSSAPI tunnel that wraps its data.
-    sealed: Option<SealedState>,
+    /// Set, with `engine` Sealed, for a GSSAPI tunnel that wraps its data
+    /// (boxed: the other tunnels carry one word for it, not its buffers).
+    sealed: Option<Box<SealedState>>,
     eof: bool,
     done: bool,
     /// Bandwidth buckets this direction reads against (often none), and
@@ -134,7 +135,7 @@ impl Direction {
     pub(super) fn seal(&mut self, sealed: SealedState, relay: &Relay) {
         self.switch(Engine::Sealed, relay);
         self.auto = None;
-        self.sealed = Some(sealed);
+        self.sealed = Some(Box::new(sealed));
     }
 
     /// Moves bytes from `src` to `dst` until blocked or finished. Errors are
