@@ -82,10 +82,22 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
         }
         Err(e) => return Err(e),
     };
-    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-    (&conn).write_all(format!("TAKEOVER {}\n", std::process::id()).as_bytes())?;
+    // Whatever goes wrong from here, the one thing to say is that PATH did
+    // not answer as a running coresocks does.
+    let stranger = |e: std::io::Error| {
+        std::io::Error::other(format!(
+            "{} is not a coresocks upgrade socket, or its process went away ({e})",
+            path.display()
+        ))
+    };
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(stranger)?;
+    (&conn)
+        .write_all(format!("TAKEOVER {}\n", std::process::id()).as_bytes())
+        .map_err(stranger)?;
     let mut buf = vec![0u8; 64 * 1024];
-    let (n, fds) = crate::sys::recv_fds(conn.as_raw_fd(), &mut buf, crate::sys::MAX_FDS)?;
+    let (n, fds) =
+        crate::sys::recv_fds(conn.as_raw_fd(), &mut buf, crate::sys::MAX_FDS).map_err(stranger)?;
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     let mut lines = text.lines();
     if lines.next() != Some(HELLO) {
