@@ -330,15 +330,6 @@ impl<S: std::io::Read + std::io::Write> SealedStream<S> {
             pos: 0,
         }
     }
-
-    /// The stream underneath (for shutdown and socket options).
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    pub fn protection(&mut self) -> &mut Protection {
-        &mut self.protection
-    }
 }
 
 fn invalid_data(e: impl std::fmt::Display) -> std::io::Error {

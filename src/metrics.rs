@@ -112,6 +112,12 @@ pub fn set(gauge: &AtomicU64, v: u64) {
     gauge.store(v, Relaxed);
 }
 
+/// Takes one from a gauge that only the calling core writes (never below 0).
+#[inline]
+pub fn sub_one(gauge: &AtomicU64) {
+    gauge.store(gauge.load(Relaxed).saturating_sub(1), Relaxed);
+}
+
 /// Adds to a counter that only the calling core writes.
 #[inline]
 pub fn add(counter: &AtomicU64, n: u64) {

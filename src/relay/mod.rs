@@ -172,8 +172,7 @@ impl LiveCounters {
     pub(crate) fn engine(&self, from: Option<usize>, to: Option<usize>) {
         let g = &self.metrics().directions_by_engine;
         if let Some(i) = from {
-            let v = g[i].load(std::sync::atomic::Ordering::Relaxed);
-            crate::metrics::set(&g[i], v.saturating_sub(1));
+            crate::metrics::sub_one(&g[i]);
         }
         if let Some(i) = to {
             crate::metrics::add(&g[i], 1);

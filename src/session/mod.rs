@@ -275,8 +275,7 @@ impl<'a> OpenGauge<'a> {
 impl Drop for OpenGauge<'_> {
     fn drop(&mut self) {
         if let Some(g) = self.gauge {
-            let v = g.load(std::sync::atomic::Ordering::Relaxed);
-            metrics::set(g, v.saturating_sub(1));
+            metrics::sub_one(g);
         }
     }
 }
