@@ -84,6 +84,7 @@ pub fn connecting_socket(
     addr: std::net::SocketAddr,
     source: Option<std::net::IpAddr>,
     interface: Option<&str>,
+    tuning: &crate::config::SocketTuning,
 ) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
@@ -92,6 +93,8 @@ pub fn connecting_socket(
         Some(Protocol::TCP),
     )?;
     set_recverr(std::os::fd::AsFd::as_fd(&socket), addr, true)?;
+    // Before the SYN: the window scale follows the receive buffer.
+    tune_stream(std::os::fd::AsFd::as_fd(&socket), tuning)?;
     bind_device(&socket, interface)?;
     if let Some(ip) = source {
         // An IPv4 source for an IPv6 socket: a mapped destination.
@@ -302,6 +305,163 @@ pub fn set_linger_zero(fd: RawFd) {
     let _ = with_sock(fd, |s| s.set_linger(Some(Duration::ZERO)));
 }
 
+/// The kernel's count of segments this TCP socket retransmitted in its
+/// life (`tcpi_total_retrans` of TCP_INFO).
+pub fn tcp_total_retransmits(socket: impl std::os::fd::AsFd) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain old data, so all-zero bytes are a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the fd is borrowed for the call, and the kernel writes at most
+    // `len` bytes into `info`, which is that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket.as_fd()),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_total_retrans)
+}
+
+/// SO_ATTACH_REUSEPORT_CBPF and SO_PREFER_BUSY_POLL (asm-generic values;
+/// the libc crate lacks them for Linux).
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+
+fn setsockopt_int(
+    socket: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: passes a pointer to a local int and its size; the fd is
+    // borrowed for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Options of a listener that its accepted sockets inherit, or that act on
+/// accept: socket buffer sizes, busy polling, TCP_DEFER_ACCEPT and
+/// TCP_FASTOPEN (set before listen(2)).
+pub fn tune_listener(socket: BorrowedFd<'_>, t: &crate::config::SocketTuning) -> io::Result<()> {
+    tune_stream(socket, t)?;
+    if let Some(d) = t.defer_accept {
+        let secs = libc::c_int::try_from(d.as_secs()).unwrap_or(libc::c_int::MAX);
+        setsockopt_int(socket, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs)?;
+    }
+    if let Some(q) = t.fastopen_queue {
+        let q = libc::c_int::try_from(q).unwrap_or(libc::c_int::MAX);
+        setsockopt_int(socket, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, q)?;
+    }
+    Ok(())
+}
+
+/// Buffer sizes and busy polling of a connected (or connecting) socket.
+pub fn tune_stream(socket: BorrowedFd<'_>, t: &crate::config::SocketTuning) -> io::Result<()> {
+    let s = SockRef::from(&socket);
+    if let Some(n) = t.receive_buffer {
+        s.set_recv_buffer_size(n)?;
+    }
+    if let Some(n) = t.send_buffer {
+        s.set_send_buffer_size(n)?;
+    }
+    if let Some(b) = t.busy_poll {
+        s.set_busy_poll(b.usecs)?;
+        if b.prefer {
+            setsockopt_int(socket, libc::SOL_SOCKET, SO_PREFER_BUSY_POLL, 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// SO_INCOMING_CPU: this listener of a SO_REUSEPORT group is the one for
+/// connections whose packets CPU `cpu` processes (Linux 6.2 and later
+/// honour it in the group's choice).
+pub fn set_incoming_cpu(socket: BorrowedFd<'_>, cpu: usize) -> io::Result<()> {
+    SockRef::from(&socket).set_cpu_affinity(cpu)
+}
+
+/// The classic BPF program that picks a listener of a SO_REUSEPORT group by
+/// the CPU that processed the packet: the listener at position i (in the
+/// order they called listen(2)) for CPU `cpus[i]`, and `cpu % n` for CPUs
+/// not in the list.
+pub fn reuseport_cpu_program(cpus: &[usize]) -> Vec<libc::sock_filter> {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let mut prog = vec![op(
+        libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+        0,
+        0,
+        (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+    )];
+    for (i, &cpu) in cpus.iter().enumerate() {
+        // A == cpu: return i; else skip that return.
+        prog.push(op(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            0,
+            1,
+            cpu as u32,
+        ));
+        prog.push(op(libc::BPF_RET | libc::BPF_K, 0, 0, i as u32));
+    }
+    prog.push(op(
+        libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+        0,
+        0,
+        cpus.len().max(1) as u32,
+    ));
+    prog.push(op(libc::BPF_RET | libc::BPF_A, 0, 0, 0));
+    prog
+}
+
+/// Attaches `program` to the SO_REUSEPORT group of `socket`.
+pub fn attach_reuseport_program(
+    socket: BorrowedFd<'_>,
+    program: &[libc::sock_filter],
+) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: u16::try_from(program.len()).map_err(|_| io::Error::other("BPF program too long"))?,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: fprog points at `program`, which outlives the call; the
+    // kernel copies the instructions.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// TCP_NODELAY: a relay must not add Nagle delay to small messages.
 pub fn set_nodelay(fd: RawFd) {
     let _ = with_sock(fd, |s| s.set_tcp_nodelay(true));
@@ -499,6 +659,85 @@ pub fn read_password_line() -> io::Result<String> {
 mod tests {
     use super::*;
 
+    /// Pins the calling thread to one CPU.
+    fn pin_to(cpu: usize) {
+        // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+                0
+            );
+        }
+    }
+
+    /// On loopback the SYN is processed by the CPU that sent it, so a
+    /// client pinned to CPU c must land on the listener steered to c: with
+    /// SO_INCOMING_CPU and with the reuseport BPF program, for every CPU,
+    /// listed in reverse so that a program that ignores the CPU fails.
+    #[test]
+    fn steering_puts_each_connection_on_the_listener_of_its_cpu() {
+        use std::net::{SocketAddr, TcpStream};
+        let cpus = allowed_cpus().unwrap();
+        if cpus.len() < 2 {
+            eprintln!("skipped: steering needs two CPUs");
+            return;
+        }
+        let steered: Vec<usize> = cpus.iter().rev().copied().collect();
+        for mode in ["incoming-cpu", "cpu-bpf"] {
+            let mut listeners = Vec::new();
+            let mut addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+            for &cpu in &steered {
+                let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                    .unwrap();
+                s.set_reuse_port(true).unwrap();
+                s.bind(&addr.into()).unwrap();
+                s.listen(16).unwrap();
+                addr = s.local_addr().unwrap().as_socket().unwrap();
+                if mode == "incoming-cpu" {
+                    set_incoming_cpu(std::os::fd::AsFd::as_fd(&s), cpu).unwrap();
+                }
+                s.set_nonblocking(true).unwrap();
+                listeners.push(s);
+            }
+            if mode == "cpu-bpf" {
+                let program = reuseport_cpu_program(&steered);
+                attach_reuseport_program(std::os::fd::AsFd::as_fd(&listeners[0]), &program)
+                    .unwrap();
+            }
+            for (want, &cpu) in steered.iter().enumerate() {
+                let client = std::thread::spawn(move || {
+                    pin_to(cpu);
+                    TcpStream::connect(addr).unwrap()
+                })
+                .join()
+                .unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                let got: Vec<usize> = listeners
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, l)| l.accept().is_ok())
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(got, [want], "{mode}: a client on CPU {cpu}");
+                drop(client);
+            }
+        }
+    }
+
+    #[test]
+    fn the_cpu_program_maps_listed_cpus_then_falls_back_to_the_cpu_number() {
+        let p = reuseport_cpu_program(&[4, 7]);
+        // LD cpu; (JEQ c, RET i) per CPU; MOD n; RET A.
+        assert_eq!(p.len(), 1 + 2 * 2 + 2);
+        assert_eq!(p[1].k, 4);
+        assert_eq!(p[2].k, 0);
+        assert_eq!(p[3].k, 7);
+        assert_eq!(p[4].k, 1);
+        assert_eq!(p[5].k, 2);
+    }
+
     fn entry(origin: u8, kind: u8, code: u8, errno: i32) -> libc::sock_extended_err {
         libc::sock_extended_err {
             ee_errno: errno as u32,
@@ -551,7 +790,12 @@ mod tests {
 
     #[test]
     fn an_empty_error_queue_is_none() {
-        let socket = connecting_socket("127.0.0.1:9".parse().unwrap(), None, None);
+        let socket = connecting_socket(
+            "127.0.0.1:9".parse().unwrap(),
+            None,
+            None,
+            &Default::default(),
+        );
         // Port 9 on loopback: refused by RST or still in progress; neither
         // queues an ICMP error.
         if let Ok(socket) = socket {

@@ -19,6 +19,8 @@ mod policy;
 mod quota;
 mod relay;
 mod reload;
+mod sockets;
 mod third_party;
+mod tuning;
 mod udp;
 mod upgrade;

@@ -77,6 +77,19 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run one scenario against several proxies (and direct), interleaved over rounds
     Compare(CompareArgs),
+    /// Show what differs between two result files (JSON of a run or of a
+    /// compare): the machine, the settings, and the change in each figure
+    Diff(DiffArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DiffArgs {
+    /// The result before (the reference)
+    #[arg(value_name = "A.json")]
+    pub before: PathBuf,
+    /// The result after
+    #[arg(value_name = "B.json")]
+    pub after: PathBuf,
 }
 
 /// How loadgen reaches the target: through a SOCKS5 proxy, or direct.
@@ -155,13 +168,27 @@ pub struct RunArgs {
     /// CPU seconds from /proc/PID/stat, VmRSS from /proc/PID/status
     #[arg(long, value_name = "PID")]
     pub proxy_pid: Option<u32>,
+    /// No progress line on stderr (by default one per second: rewritten in
+    /// place on a terminal, a line each otherwise)
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct OutputArgs {
-    /// Also write the result as JSON to FILE (schema in loadgen/README.md)
+    /// Also write the result as JSON to FILE (schema in loadgen/README.md;
+    /// compare: every run and the medians)
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Write the latency distributions to DIR as HdrHistogram files: an
+    /// interval log (.hlog, one histogram per second and measure) and a
+    /// percentile distribution (.hgrm) per measure
+    #[arg(long, value_name = "DIR")]
+    pub histograms: Option<PathBuf>,
+    /// Write SVG plots to DIR: the latency percentile spectrum, and the rate
+    /// and p99 over time (compare: every path overlaid)
+    #[arg(long, value_name = "DIR")]
+    pub plots: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -188,6 +215,12 @@ pub struct ThroughputArgs {
     /// Bytes per write call (e.g. 262144, 256k, 1m)
     #[arg(long, default_value = "256k", value_parser = parse_size)]
     pub write_size: usize,
+    /// Pace the load to this many bits per second over all streams (e.g.
+    /// 500m, 2g, 1.5g; half each way with --direction both) instead of as
+    /// fast as the path goes. Up paces the writes; down paces the reads,
+    /// so TCP's window slows the sender
+    #[arg(long, value_name = "BITS/S", value_parser = parse_rate)]
+    pub rate: Option<f64>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -304,9 +337,8 @@ pub struct CompareArgs {
     /// Pause between runs (lets TIME_WAIT and caches settle)
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub gap: Duration,
-    /// Also write every run and the medians as JSON to FILE
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: OutputArgs,
     #[command(subcommand)]
     pub scenario: CompareScenario,
 }
@@ -338,6 +370,27 @@ impl CompareScenario {
 }
 
 /// "5", "1.5s", "250ms", "2m", "100us": a bare number is seconds.
+/// Bits per second: a number with an optional k, m or g (powers of 1000).
+pub fn parse_rate(text: &str) -> Result<f64, String> {
+    let t = text.trim().to_ascii_lowercase();
+    let t = t
+        .strip_suffix("bit")
+        .or_else(|| t.strip_suffix("bps"))
+        .unwrap_or(&t);
+    let (number, scale) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 1e3),
+        Some('m') => (&t[..t.len() - 1], 1e6),
+        Some('g') => (&t[..t.len() - 1], 1e9),
+        _ => (t, 1.0),
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v * scale <= 1e13 => Ok(v * scale),
+        _ => Err(format!(
+            "{text:?} is not a rate in bits per second like 800m, 2g or 1.5g"
+        )),
+    }
+}
+
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -420,6 +473,17 @@ fn parse_named_proxy(text: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("500m"), Ok(5e8));
+        assert_eq!(parse_rate("1.5g"), Ok(1.5e9));
+        assert_eq!(parse_rate("2Gbit"), Ok(2e9));
+        assert_eq!(parse_rate("64000"), Ok(64e3));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("-1g").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -11,8 +11,10 @@ use serde::Serialize;
 
 use crate::cli::{CompareArgs, CompareScenario};
 use crate::error::LoadgenError;
-use crate::report::{write_json, Machine, Metric};
+use crate::output::{announce, hdr, plot, write_json};
+use crate::result::{Machine, Metric, Report};
 use crate::scenario::{self, PathChoice};
+use crate::stats::{self, Recorder};
 
 #[derive(Debug, Serialize)]
 struct CompareReport {
@@ -26,10 +28,18 @@ struct CompareReport {
     machine: Machine,
     /// The metric the ratio columns of the table use.
     headline: &'static str,
+    /// Every metric of the table, and which way is better (for `diff`).
+    metrics: Vec<MetricName>,
     /// Every run, in the order it ran.
     runs: Vec<RunRecord>,
     summary: Vec<Summary>,
     markdown: String,
+}
+
+#[derive(Debug, Serialize)]
+struct MetricName {
+    name: &'static str,
+    higher_is_better: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -112,6 +122,9 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
     let mut runs: Vec<RunRecord> = Vec::new();
     let mut parameters = serde_json::Value::Null;
     let mut metric_names: Vec<(&'static str, bool)> = Vec::new();
+    // Whole reports, only for the histogram and plot outputs.
+    let keep = args.out.histograms.is_some() || args.out.plots.is_some();
+    let mut kept: Vec<(u32, Report)> = Vec::new();
     let total = args.rounds as usize * paths.len();
     for round in 1..=args.rounds {
         for path in &paths {
@@ -125,7 +138,7 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
                 path.name
             );
             let report = scenario::run(&args.scenario, path)?;
-            let metrics = report.metrics();
+            let metrics = report.headline_metrics();
             if runs.is_empty() {
                 parameters = report.parameters.clone();
             }
@@ -144,8 +157,12 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
                 metrics: metrics.iter().map(|m| (m.name, m.value)).collect(),
                 errors: report.errors.total,
             });
+            if keep {
+                kept.push((round, report));
+            }
         }
     }
+    save_distributions(args, &paths, &kept)?;
 
     let medians: Vec<(String, BTreeMap<&'static str, f64>)> = paths
         .iter()
@@ -200,7 +217,7 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
         first_proxy.as_deref(),
     );
     print!("{markdown}");
-    if let Some(path) = &args.json {
+    if let Some(path) = &args.out.json {
         let report = CompareReport {
             schema: "loadgen-compare-v1",
             scenario: scenario_name(&args.scenario),
@@ -209,11 +226,119 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
             parameters,
             machine: Machine::current(),
             headline,
+            metrics: metric_names
+                .iter()
+                .map(|&(name, higher_is_better)| MetricName {
+                    name,
+                    higher_is_better,
+                })
+                .collect(),
             runs,
             summary,
             markdown,
         };
         write_json(&report, path)?;
+    }
+    Ok(())
+}
+
+/// `--histograms`: each run's HdrHistogram files (`<path>-round<r>.*`) and
+/// each path's distribution over all its rounds (`<path>-<measure>.hgrm`).
+/// `--plots`: one spectrum with every path's rounds merged, and one
+/// timeline with every path's first round.
+fn save_distributions(
+    args: &CompareArgs,
+    paths: &[PathChoice],
+    kept: &[(u32, Report)],
+) -> Result<(), LoadgenError> {
+    let merged: Vec<(String, Vec<(&'static str, Recorder)>)> = paths
+        .iter()
+        .map(|p| {
+            let mut measures: Vec<(&'static str, Option<Recorder>)> = Vec::new();
+            for (_, r) in kept.iter().filter(|(_, r)| r.path.name == p.name) {
+                for (name, rec) in &r.latencies {
+                    match measures.iter_mut().find(|(n, _)| n == name) {
+                        Some((_, into)) => stats::merge_into(into, rec),
+                        None => measures.push((name, Some(rec.clone()))),
+                    }
+                }
+            }
+            let measures = measures
+                .into_iter()
+                .filter_map(|(n, r)| r.map(|r| (n, r)))
+                .collect();
+            (p.name.clone(), measures)
+        })
+        .collect();
+    let nothing = merged.iter().all(|(_, m)| m.is_empty());
+    if let Some(dir) = &args.out.histograms {
+        let mut files = Vec::new();
+        for (round, r) in kept {
+            let prefix = format!("{}-round{round}", r.path.name);
+            files.extend(hdr::write(dir, &prefix, r.started_unix_s, &r.latencies)?);
+        }
+        for (name, measures) in &merged {
+            for (measure, rec) in measures {
+                let path = dir.join(format!("{name}-{measure}.hgrm"));
+                std::fs::write(&path, hdr::percentile_distribution(&rec.total))
+                    .map_err(|e| hdr::output_error(&path, e))?;
+                files.push(path);
+            }
+        }
+        announce("histograms", &files, nothing);
+    }
+    if let Some(dir) = &args.out.plots {
+        hdr::create_dir(dir)?;
+        let scenario = scenario_name(&args.scenario);
+        let mut files = Vec::new();
+        let many = merged.iter().any(|(_, m)| m.len() > 1);
+        let spectrum: Vec<plot::SpectrumLine> = merged
+            .iter()
+            .flat_map(|(name, measures)| {
+                measures
+                    .iter()
+                    .map(move |(measure, rec)| plot::SpectrumLine {
+                        label: if many {
+                            format!("{name} {measure}")
+                        } else {
+                            name.clone()
+                        },
+                        histogram: &rec.total,
+                    })
+            })
+            .collect();
+        if !spectrum.is_empty() {
+            let path = dir.join(format!("compare-{scenario}-percentiles.svg"));
+            let title = format!(
+                "{scenario}: latency by percentile ({} rounds merged)",
+                args.rounds
+            );
+            plot::spectrum(&path, &title, &spectrum)?;
+            files.push(path);
+        }
+        let firsts: Vec<&Report> = paths
+            .iter()
+            .filter_map(|p| {
+                kept.iter()
+                    .find(|(_, r)| r.path.name == p.name)
+                    .map(|(_, r)| r)
+            })
+            .collect();
+        if let Some(first) = firsts.first() {
+            let lines: Vec<plot::TimelineLine> = firsts
+                .iter()
+                .map(|r| plot::TimelineLine {
+                    label: r.path.name.clone(),
+                    points: &r.series,
+                })
+                .collect();
+            let path = dir.join(format!("compare-{scenario}-timeline.svg"));
+            let measure = first.latencies.first().map(|(m, _)| *m);
+            let title = format!("{scenario}: over time (round 1)");
+            plot::timeline(&path, &title, first.series_unit, measure, &lines)?;
+            files.push(path);
+        }
+        announce("plots", &files, false);
     }
     Ok(())
 }

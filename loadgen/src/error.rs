@@ -195,6 +195,8 @@ pub enum LoadgenError {
     Setup(String),
     #[error("cannot write {path}: {source}")]
     Output { path: String, source: io::Error },
+    #[error("cannot read {path}: {reason}")]
+    Input { path: String, reason: String },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
     #[error("an executor stopped unexpectedly: {0}")]

@@ -5,13 +5,16 @@ mod compare;
 mod cores;
 mod error;
 mod net;
+mod output;
 mod procstat;
-mod report;
+mod result;
 mod runner;
 mod scenario;
 mod serve;
 mod stats;
+mod stream;
 mod target;
+mod wire;
 
 use std::process::ExitCode;
 
@@ -19,7 +22,7 @@ use clap::Parser;
 
 use crate::cli::{Cli, Command, OutputArgs};
 use crate::error::LoadgenError;
-use crate::report::Report;
+use crate::result::Report;
 use crate::scenario::PathChoice;
 
 fn main() -> ExitCode {
@@ -57,13 +60,11 @@ fn run(cli: Cli) -> Result<(), LoadgenError> {
         }
         Command::Serve(args) => serve::run(&args),
         Command::Compare(args) => compare::run(&args),
+        Command::Diff(args) => output::diff::run(&args),
     }
 }
 
 fn finish(report: Report, out: &OutputArgs) -> Result<(), LoadgenError> {
-    print!("{}", report.table());
-    if let Some(path) = &out.json {
-        report.write_json(path)?;
-    }
-    Ok(())
+    print!("{}", output::table::table(&report));
+    output::save_run(&report, out)
 }

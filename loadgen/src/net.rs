@@ -2,14 +2,9 @@
 //! direct connection, the check made before any load, and the small socket
 //! helpers the scenarios share.
 
-use std::cell::RefCell;
 use std::future::Future;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use coresocks::client::{self, Credentials, GssapiOptions};
@@ -17,10 +12,9 @@ use coresocks::gssapi::Protection;
 use coresocks::proto::{Command, TargetAddr};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
-use socket2::SockRef;
 
 use crate::error::{describe, Failure, LoadgenError, Stage};
-use crate::target::{HELLO_REPLY, MODE_HELLO};
+use crate::wire::{HELLO_REPLY, MODE_HELLO};
 
 /// How to reach the target: through a SOCKS5 proxy or directly.
 #[derive(Debug, Clone)]
@@ -115,7 +109,7 @@ pub async fn open_protected(
         .await
         .map_err(|e| Failure::from_io(&io::Error::from(e), Stage::Connect))?;
     if linger_zero {
-        set_linger_zero(&stream);
+        crate::stream::set_linger_zero(&stream);
     }
     let _ = stream.set_nodelay(true);
     let mut protection = None;
@@ -154,22 +148,6 @@ pub fn timeout_failure(stage: Stage) -> Failure {
     match stage {
         Stage::Connect => Failure::ConnectTimeout,
         Stage::Handshake | Stage::Target => Failure::Timeout,
-    }
-}
-
-/// Lets the other futures of this task and the other tasks of this core
-/// run. A loop whose reads or writes complete at once (glommio tries the
-/// syscall before waiting) would otherwise never return to the executor and
-/// starve the rest of the core, including the other half of a duplex tunnel.
-pub async fn fair_share() {
-    futures_lite::future::yield_now().await;
-}
-
-/// Sleeps until `at` (returns at once when it has passed).
-pub async fn sleep_until(at: Instant) {
-    let now = Instant::now();
-    if at > now {
-        glommio::timer::sleep(at - now).await;
     }
 }
 
@@ -390,106 +368,4 @@ pub fn preflight_udp(path: &PathSpec, timeout: Duration) -> Result<(), LoadgenEr
         "no UDP echo from {}{via} within {timeout:?}{cause} (loadgen serve echoes UDP on its TCP port number; is UDP allowed on the way?)",
         path.target
     )))
-}
-
-/// Whether the peer of a connected TCP socket has closed it (a FIN or a
-/// RST is waiting), without reading any data: a 1-byte MSG_PEEK that does
-/// not block. `None` while the connection looks alive.
-pub fn peer_closed(fd: RawFd) -> Option<Failure> {
-    let mut b = 0u8;
-    // SAFETY: peeks at most one byte into a local, on a socket the caller
-    // holds open.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut b as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => Some(Failure::ClosedEarly),
-        n if n > 0 => None,
-        _ => {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
-                _ => Some(Failure::from_io(&e, Stage::Target)),
-            }
-        }
-    }
-}
-
-/// Half-closes the write side (sends FIN) of a socket we own.
-pub fn shutdown_write(fd: RawFd) {
-    // SAFETY: callers pass the fd of a socket they still hold open.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let _ = SockRef::from(&borrowed).shutdown(Shutdown::Write);
-}
-
-/// Makes close() send RST: no TIME_WAIT on our side (see README).
-pub fn set_linger_zero(stream: &TcpStream) {
-    coresocks::sys::set_linger_zero(stream.as_raw_fd());
-}
-
-/// Splits a stream so one task (or two futures) can read while writing.
-/// glommio keeps separate read and write readiness sources per stream, so
-/// both halves can wait at once. The RefCell is only borrowed inside a poll,
-/// never across an await: no lock on the data path.
-pub fn split(stream: TcpStream) -> (ReadHalf, WriteHalf) {
-    let shared = Rc::new(RefCell::new(stream));
-    (ReadHalf(shared.clone()), WriteHalf(shared))
-}
-
-pub struct ReadHalf(Rc<RefCell<TcpStream>>);
-pub struct WriteHalf(Rc<RefCell<TcpStream>>);
-
-impl WriteHalf {
-    pub fn fd(&self) -> RawFd {
-        self.0.borrow().as_raw_fd()
-    }
-}
-
-fn busy() -> io::Error {
-    io::Error::other("stream half polled while the other half was being polled")
-}
-
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.0.try_borrow_mut() {
-            Ok(mut s) => Pin::new(&mut *s).poll_read(cx, buf),
-            Err(_) => Poll::Ready(Err(busy())),
-        }
-    }
-}
-
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.0.try_borrow_mut() {
-            Ok(mut s) => Pin::new(&mut *s).poll_write(cx, buf),
-            Err(_) => Poll::Ready(Err(busy())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.0.try_borrow_mut() {
-            Ok(mut s) => Pin::new(&mut *s).poll_flush(cx),
-            Err(_) => Poll::Ready(Err(busy())),
-        }
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.0.try_borrow_mut() {
-            Ok(mut s) => Pin::new(&mut *s).poll_close(cx),
-            Err(_) => Poll::Ready(Err(busy())),
-        }
-    }
 }

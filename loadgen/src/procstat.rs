@@ -1,7 +1,9 @@
-//! `--proxy-pid`: the proxy's CPU time and resident memory, read from
-//! /proc/PID/stat (utime + stime, in clock ticks) and /proc/PID/status
-//! (VmRSS) at two instants the runner picks (the ends of the measurement
-//! window, or around the opening of idle tunnels).
+//! CPU and memory from /proc, sampled at two instants the runner picks:
+//! `--proxy-pid`'s CPU time and resident memory (/proc/PID/stat utime +
+//! stime, in clock ticks, and /proc/PID/status VmRSS; at the ends of the
+//! measurement window, or around the opening of idle tunnels); loadgen's own
+//! CPU; and the system's softirq CPU (/proc/stat) and TCP retransmissions
+//! (/proc/net/snmp, this network namespace) over the window.
 
 use std::time::Instant;
 
@@ -82,6 +84,118 @@ fn parse_rss(status: &str) -> Option<u64> {
     Some(value * unit)
 }
 
+/// One reading of the system: softirq ticks per CPU, and the TCP segment
+/// counters of this network namespace.
+#[derive(Debug, Clone)]
+pub struct SystemSample {
+    pub at: Instant,
+    /// (cpu id, softirq ticks) for each CPU line of /proc/stat.
+    pub softirq: Vec<(usize, u64)>,
+    pub tcp_out_segs: Option<u64>,
+    pub tcp_retrans_segs: Option<u64>,
+}
+
+pub fn sample_system() -> Result<SystemSample, String> {
+    let at = Instant::now();
+    let stat = std::fs::read_to_string("/proc/stat")
+        .map_err(|e| format!("cannot read /proc/stat: {e}"))?;
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    Ok(SystemSample {
+        at,
+        softirq: parse_softirq(&stat),
+        tcp_out_segs: snmp_counter(&snmp, "Tcp:", "OutSegs"),
+        tcp_retrans_segs: snmp_counter(&snmp, "Tcp:", "RetransSegs"),
+    })
+}
+
+/// The softirq column (the 7th number) of each `cpuN` line.
+fn parse_softirq(stat: &str) -> Vec<(usize, u64)> {
+    stat.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let cpu: usize = f.next()?.strip_prefix("cpu")?.parse().ok()?;
+            let softirq = f.nth(6)?.parse().ok()?;
+            Some((cpu, softirq))
+        })
+        .collect()
+}
+
+/// A counter of /proc/net/snmp: a header line and a value line that start
+/// with the same `section`.
+pub fn snmp_counter(snmp: &str, section: &str, name: &str) -> Option<u64> {
+    let mut lines = snmp.lines().filter(|l| l.starts_with(section));
+    let header = lines.next()?;
+    let values = lines.next()?;
+    let at = header.split_whitespace().position(|h| h == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
+/// What the system did over the window (`system` in JSON).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SystemCost {
+    pub seconds: f64,
+    /// Softirq CPU time on every CPU together (network receive and transmit
+    /// processing runs there, for the proxy, loadgen and the targets alike).
+    pub softirq_cpu_s: f64,
+    /// The same per CPU: (cpu id, seconds).
+    pub softirq_cpu_s_by_cpu: Vec<(usize, f64)>,
+    /// TCP segments sent and retransmitted in this network namespace
+    /// (every socket, not only loadgen's); null when unreadable.
+    pub tcp_segments_out: Option<u64>,
+    pub tcp_retransmits: Option<u64>,
+}
+
+impl SystemCost {
+    pub fn between(a: &SystemSample, b: &SystemSample) -> SystemCost {
+        let hz = clock_ticks();
+        let by_cpu: Vec<(usize, f64)> = b
+            .softirq
+            .iter()
+            .map(|&(cpu, after)| {
+                let before = a
+                    .softirq
+                    .iter()
+                    .find(|(c, _)| *c == cpu)
+                    .map_or(after, |x| x.1);
+                (cpu, after.saturating_sub(before) as f64 / hz)
+            })
+            .collect();
+        let delta = |x: Option<u64>, y: Option<u64>| Some(y?.saturating_sub(x?));
+        SystemCost {
+            seconds: b.at.saturating_duration_since(a.at).as_secs_f64(),
+            softirq_cpu_s: by_cpu.iter().map(|x| x.1).sum(),
+            softirq_cpu_s_by_cpu: by_cpu,
+            tcp_segments_out: delta(a.tcp_out_segs, b.tcp_out_segs),
+            tcp_retransmits: delta(a.tcp_retrans_segs, b.tcp_retrans_segs),
+        }
+    }
+}
+
+/// loadgen's own CPU over the window (`loadgen_process` in JSON): a
+/// loadgen at a full core on any CPU measures itself, not the proxy.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LoadgenProcess {
+    pub seconds: f64,
+    pub cpu_s: f64,
+    pub cpu_user_s: f64,
+    pub cpu_system_s: f64,
+    /// cpu_s / seconds, over all of loadgen's cores and its targets.
+    pub cpu_cores: f64,
+}
+
+impl LoadgenProcess {
+    pub fn between(a: &ProcSample, b: &ProcSample) -> LoadgenProcess {
+        let p = ProxyProcess::between(0, "window", a, b);
+        LoadgenProcess {
+            seconds: p.seconds,
+            cpu_s: p.cpu_s,
+            cpu_user_s: p.cpu_user_s,
+            cpu_system_s: p.cpu_system_s,
+            cpu_cores: p.cpu_cores,
+        }
+    }
+}
+
 /// What the report says about the proxy process (`proxy_process` in JSON).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ProxyProcess {
@@ -153,6 +267,19 @@ impl ProxyProcess {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn softirq_and_snmp_counters() {
+        let stat = "cpu  1 2 3 4 5 6 700 8 9 10\ncpu0 1 2 3 4 5 6 300 8 9 10\ncpu1 1 2 3 4 5 6 400 8 9 10\nintr 5\n";
+        assert_eq!(parse_softirq(stat), [(0, 300), (1, 400)]);
+        let snmp =
+            "Ip: Forwarding X\nIp: 1 2\nTcp: RtoAlgorithm OutSegs RetransSegs\nTcp: 1 5000 12\n";
+        assert_eq!(snmp_counter(snmp, "Tcp:", "RetransSegs"), Some(12));
+        assert_eq!(snmp_counter(snmp, "Tcp:", "OutSegs"), Some(5000));
+        assert_eq!(snmp_counter(snmp, "Tcp:", "Nope"), None);
+        let live = sample_system().unwrap();
+        assert!(!live.softirq.is_empty());
+    }
 
     #[test]
     fn parses_stat_with_odd_names() {

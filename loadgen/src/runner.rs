@@ -27,7 +27,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::error::LoadgenError;
 use crate::net::{preflight, preflight_udp, PathSpec};
-use crate::procstat::{self, ProcSample};
+use crate::procstat::{self, ProcSample, SystemSample};
 use crate::stats::{LiveCounters, Sample};
 use crate::target::{bind_targets, TargetCore, TargetHooks, TargetStats};
 
@@ -83,6 +83,9 @@ pub struct Plan {
     /// Also check, before the load, that a datagram gets through the path
     /// to the UDP echo and back.
     pub udp_check: bool,
+    /// A progress line per second on stderr (rewritten in place on a
+    /// terminal); off with --quiet.
+    pub progress: bool,
 }
 
 /// The load's timeline, the same on every core.
@@ -195,6 +198,8 @@ pub struct RunOutput<R> {
     pub started_unix_s: f64,
     /// The two samples of `--proxy-pid`, or why they could not be taken.
     pub proxy_samples: Option<Result<(ProcSample, ProcSample), String>>,
+    /// loadgen's own process and the system at the ends of the window.
+    pub window_samples: Option<[(ProcSample, SystemSample); 2]>,
 }
 
 struct ExecOutput<R> {
@@ -358,9 +363,9 @@ where
     control.stop.store(true, Ordering::Release);
     let mut per_core = Vec::with_capacity(n_load);
     let mut target_stats: Option<TargetStats> = None;
-    let (samples, proxy_samples, mut first_error) = match outcome {
-        Ok(driven) => (driven.samples, driven.proxy, None),
-        Err(e) => (Vec::new(), None, Some(e)),
+    let (samples, proxy_samples, window_samples, mut first_error) = match outcome {
+        Ok(driven) => (driven.samples, driven.proxy, driven.window, None),
+        Err(e) => (Vec::new(), None, None, Some(e)),
     };
     for handle in handles {
         match handle.join() {
@@ -397,6 +402,7 @@ where
         target_cpus,
         started_unix_s,
         proxy_samples,
+        window_samples,
     })
 }
 
@@ -404,6 +410,15 @@ where
 struct Driven {
     samples: Vec<Sample>,
     proxy: Option<Result<(ProcSample, ProcSample), String>>,
+    window: Option<[(ProcSample, SystemSample); 2]>,
+}
+
+/// loadgen's own process and the system, read together.
+fn sample_self() -> Option<(ProcSample, SystemSample)> {
+    Some((
+        procstat::sample(std::process::id()).ok()?,
+        procstat::sample_system().ok()?,
+    ))
 }
 
 /// The two samples of the proxy's process, taken as the load goes.
@@ -509,7 +524,11 @@ fn drive(
         (Some(_), Sampling::Tunnels { settle }) => vec![(start + settle, true)],
     };
 
-    let live_line = std::io::stderr().is_terminal();
+    // loadgen and the system, at the two ends of the window.
+    let window_at = [start + plan.warmup, start + plan.warmup + plan.duration];
+    let mut window: Vec<Option<(ProcSample, SystemSample)>> = Vec::with_capacity(2);
+    let progress = plan.progress;
+    let live_line = progress && std::io::stderr().is_terminal();
     let mut samples = Vec::new();
     let mut last = [0u64; 3];
     let mut last_t = start;
@@ -526,6 +545,9 @@ fn drive(
                 s.take(second);
                 pending.remove(0);
             }
+        }
+        while window.len() < 2 && (Instant::now() >= window_at[window.len()] || finished) {
+            window.push(sample_self());
         }
         let now = Instant::now();
         if now >= next_tick || finished {
@@ -549,7 +571,11 @@ fn drive(
                     errors: totals[2] - last[2],
                 };
                 if live_line {
-                    print_live(plan.live, &sample, totals[2]);
+                    eprint!("\r\x1b[2K{}", live_text(plan.live, &sample, totals[2]));
+                    let _ = std::io::stderr().flush();
+                } else if progress {
+                    // Not a terminal (a log, CI, a pipe): one line each.
+                    eprintln!("loadgen: {}", live_text(plan.live, &sample, totals[2]));
                 }
                 samples.push(sample);
                 last = totals;
@@ -560,9 +586,12 @@ fn drive(
         if finished {
             break;
         }
-        let wake = pending
+        let mut wake = pending
             .first()
             .map_or(next_tick, |&(at, _)| at.min(next_tick));
+        if let Some(at) = window_at.get(window.len()) {
+            wake = wake.min(*at);
+        }
         let wait = wake
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(20));
@@ -572,13 +601,18 @@ fn drive(
         eprint!("\r\x1b[2K");
         let _ = std::io::stderr().flush();
     }
+    let window = match (window.first(), window.get(1)) {
+        (Some(Some(a)), Some(Some(b))) => Some([a.clone(), b.clone()]),
+        _ => None,
+    };
     Ok(Driven {
         samples,
         proxy: sampler.map(ProxySampler::result),
+        window,
     })
 }
 
-fn print_live(kind: LiveKind, s: &Sample, errors_total: u64) {
+fn live_text(kind: LiveKind, s: &Sample, errors_total: u64) -> String {
     let per_s = |n: u64| if s.dt_s > 0.0 { n as f64 / s.dt_s } else { 0.0 };
     let rate = match kind {
         LiveKind::Throughput => {
@@ -590,9 +624,5 @@ fn print_live(kind: LiveKind, s: &Sample, errors_total: u64) {
         LiveKind::Tunnels => String::from("holding tunnels"),
     };
     let phase = if s.warmup { " warmup" } else { "" };
-    eprint!(
-        "\r\x1b[2K[{:5.1}s{phase}] {rate}  errors {errors_total}",
-        s.t_s
-    );
-    let _ = std::io::stderr().flush();
+    format!("[{:5.1}s{phase}] {rate}  errors {errors_total}", s.t_s)
 }

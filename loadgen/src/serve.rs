@@ -12,7 +12,7 @@ use crate::cli::ServeArgs;
 use crate::cores::default_cores;
 use crate::error::LoadgenError;
 use crate::net::resolve;
-use crate::report::write_json;
+use crate::output::write_json;
 use crate::runner::{check_memlock, executor};
 use crate::target::{bind_targets, PauseHook, TargetCore, TargetHooks, TargetStats};
 

@@ -1,8 +1,9 @@
-//! Latency histograms (hdrhistogram, one per core, merged at the end), the
-//! per-core live counters and the per-second series.
+//! Latency histograms (hdrhistogram, one per core, merged at the end; each
+//! also kept per second of the run), the per-core live counters and the
+//! per-second series.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -27,6 +28,68 @@ pub fn merge(into: &mut Histogram<u64>, from: &Histogram<u64>) {
             into.saturating_record_n(v.value_iterated_to().min(MAX_NS), v.count_at_value());
         }
     }
+}
+
+/// Length of one interval of a [`Recorder`]: the series' sampling period.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// One latency measure of a run: the histogram of the whole run and one per
+/// second since the load started (interval k holds what completed in
+/// [k s, k+1 s)), for the per-interval percentiles and the HdrHistogram
+/// interval log.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    pub total: Histogram<u64>,
+    pub intervals: Vec<Histogram<u64>>,
+    start: Instant,
+}
+
+impl Recorder {
+    /// `start`: when the load started (the series' zero).
+    pub fn new(start: Instant) -> Recorder {
+        Recorder {
+            total: new_histogram(),
+            intervals: Vec::new(),
+            start,
+        }
+    }
+
+    /// Records a latency of `d` for an event that completed at `at`.
+    pub fn record(&mut self, at: Instant, d: Duration) {
+        record(&mut self.total, d);
+        let k =
+            (at.saturating_duration_since(self.start).as_nanos() / INTERVAL.as_nanos()) as usize;
+        while self.intervals.len() <= k {
+            self.intervals.push(new_histogram());
+        }
+        record(&mut self.intervals[k], d);
+    }
+
+    /// Adds another core's recorder of the same measure.
+    pub fn merge(&mut self, other: &Recorder) {
+        merge(&mut self.total, &other.total);
+        while self.intervals.len() < other.intervals.len() {
+            self.intervals.push(new_histogram());
+        }
+        for (into, from) in self.intervals.iter_mut().zip(&other.intervals) {
+            merge(into, from);
+        }
+    }
+}
+
+/// Merges a core's recorder into the run's (the first one is taken as is).
+pub fn merge_into(run: &mut Option<Recorder>, core: &Recorder) {
+    match run {
+        Some(r) => r.merge(core),
+        None => *run = Some(core.clone()),
+    }
+}
+
+/// The whole run's percentiles of a merged recorder (zeros when no core
+/// recorded anything).
+pub fn percentiles(run: &Option<Recorder>) -> Percentiles {
+    run.as_ref()
+        .map_or_else(Percentiles::default, |r| Percentiles::of(&r.total))
 }
 
 /// Percentiles of a histogram, in microseconds.
@@ -137,6 +200,34 @@ mod tests {
         merge(&mut h, &other);
         assert_eq!(h.len(), 1001);
         assert!(Percentiles::of(&h).max_us >= 59e6);
+    }
+
+    #[test]
+    fn recorder_keeps_each_second_apart() {
+        let start = Instant::now();
+        let mut a = Recorder::new(start);
+        a.record(
+            start + Duration::from_millis(100),
+            Duration::from_micros(10),
+        );
+        a.record(
+            start + Duration::from_millis(2_500),
+            Duration::from_micros(30),
+        );
+        let mut b = Recorder::new(start);
+        b.record(
+            start + Duration::from_millis(2_900),
+            Duration::from_micros(50),
+        );
+        b.record(
+            start + Duration::from_millis(3_100),
+            Duration::from_micros(70),
+        );
+        a.merge(&b);
+        assert_eq!(a.total.len(), 4);
+        let counts: Vec<u64> = a.intervals.iter().map(|h| h.len()).collect();
+        assert_eq!(counts, [1, 0, 2, 1]);
+        assert!((Percentiles::of(&a.intervals[2]).max_us - 50.0).abs() < 0.1);
     }
 
     #[test]

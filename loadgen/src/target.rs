@@ -31,19 +31,10 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream, UdpSocket};
 use serde::Serialize;
 
-use crate::net::{fair_share, shutdown_write, split};
-
-pub const MODE_HELLO: u8 = b'H';
-pub const MODE_ECHO: u8 = b'E';
-pub const MODE_SINK: u8 = b'S';
-pub const MODE_SOURCE: u8 = b'R';
-pub const MODE_DUPLEX: u8 = b'D';
-/// The answer to `H`.
-pub const HELLO_REPLY: &[u8; 4] = b"LGT1";
-/// Set in the last acknowledgement of a sink or duplex connection.
-pub const ACK_FINAL: u64 = 1 << 63;
-/// Duplex data unit: an 8-byte header, then filler.
-pub const UNIT: usize = 64 * 1024;
+use crate::stream::{fair_share, shutdown_write, split};
+use crate::wire::{
+    ACK_FINAL, HELLO_REPLY, MODE_DUPLEX, MODE_ECHO, MODE_HELLO, MODE_SINK, MODE_SOURCE, UNIT,
+};
 
 /// The sink acknowledges at least this often (bytes).
 const ACK_EVERY: u64 = 64 * 1024;

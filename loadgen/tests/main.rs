@@ -11,5 +11,6 @@ mod errors;
 mod gssapi;
 mod idle;
 mod latency;
+mod outputs;
 mod throughput;
 mod udp;

@@ -7,6 +7,7 @@
 //! the file overrides the built-in default.
 
 mod cores;
+mod sockets;
 mod users;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 pub use cores::CoreSpec;
+pub use sockets::{BusyPoll, SocketTuning, Steering};
 
 use crate::policy::source::{Outbound, SourcePick};
 use crate::policy::Policy;
@@ -109,6 +111,47 @@ pub struct Settings {
     /// Listen backlog of each core's socket [default: 1024]
     #[arg(long, value_name = "N")]
     pub backlog: Option<u32>,
+
+    /// Which core's listener takes a new connection: `hash` (the kernel's
+    /// SO_REUSEPORT hash), `incoming-cpu` (SO_INCOMING_CPU: the core on the
+    /// CPU that processed the SYN) or `cpu-bpf` (the same by a reuseport
+    /// BPF program) [default: hash]
+    #[arg(long, value_name = "MODE")]
+    pub listen_steering: Option<Steering>,
+
+    /// TCP_DEFER_ACCEPT: hand a connection to its core only once the
+    /// client's greeting has arrived, waiting at most this long (whole
+    /// seconds) [default: off]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub defer_accept: Option<Duration>,
+
+    /// TCP_FASTOPEN on the listeners, with this many pending requests:
+    /// clients that use fast open send the greeting in their SYN
+    /// [default: off]
+    #[arg(long, value_name = "N")]
+    pub listen_fastopen: Option<u32>,
+
+    /// SO_BUSY_POLL: poll the device queue for this many microseconds
+    /// before sleeping, on client and target sockets (needs a driver with
+    /// NAPI busy polling) [default: off]
+    #[arg(long, value_name = "USECS")]
+    pub busy_poll: Option<u32>,
+
+    /// With --busy-poll: SO_PREFER_BUSY_POLL, keeping the device's
+    /// interrupts off while the proxy polls [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub prefer_busy_poll: Option<bool>,
+
+    /// SO_RCVBUF of client and target sockets in bytes (turns the kernel's
+    /// receive autotuning off for them) [default: autotuned]
+    #[arg(long, value_name = "BYTES")]
+    pub socket_receive_buffer: Option<usize>,
+
+    /// SO_SNDBUF of client and target sockets in bytes (turns the kernel's
+    /// send autotuning off for them) [default: autotuned]
+    #[arg(long, value_name = "BYTES")]
+    pub socket_send_buffer: Option<usize>,
 
     /// Set IPV6_V6ONLY on IPv6 listeners, so that [::] takes IPv6 only
     /// [default: false]
@@ -383,6 +426,13 @@ impl Settings {
             [
                 cores,
                 backlog,
+                listen_steering,
+                defer_accept,
+                listen_fastopen,
+                busy_poll,
+                prefer_busy_poll,
+                socket_receive_buffer,
+                socket_send_buffer,
                 ipv6_only,
                 users,
                 gssapi_keytab,
@@ -497,6 +547,8 @@ pub struct Config {
     pub cores: CoreSpec,
     pub backlog: u32,
     pub ipv6_only: bool,
+    /// Steering and tuning options of the listeners and outbound sockets.
+    pub sockets: SocketTuning,
     pub users: Option<UserDb>,
     /// GSSAPI (method 0x01) when a keytab is configured.
     pub gssapi: Option<crate::gssapi::Acceptor>,
@@ -592,6 +644,7 @@ impl Config {
             cores => "cores",
             backlog => "backlog",
             ipv6_only => "ipv6-only",
+            sockets => "listen-steering, defer-accept, listen-fastopen, busy-poll, socket buffers",
             max_tunnels_per_core => "max-tunnels-per-core",
             max_handshakes_per_core => "max-handshakes-per-core",
             max_handshakes_per_client => "max-handshakes-per-client",
@@ -635,6 +688,7 @@ impl Config {
                 Ok(d)
             }
         };
+        let sockets = socket_tuning(&s)?;
         let listen = if s.listen.is_empty() {
             vec![SocketAddr::from(([127, 0, 0, 1], 1080))]
         } else {
@@ -752,6 +806,7 @@ impl Config {
             cores: s.cores.unwrap_or_default(),
             backlog: s.backlog.unwrap_or(1024),
             ipv6_only: s.ipv6_only.unwrap_or(false),
+            sockets,
             users,
             gssapi,
             reload_closes_removed_users: s.reload_closes_removed_users.unwrap_or(false),
@@ -823,6 +878,43 @@ impl Settings {
     pub fn from_toml(text: &str) -> Result<Settings, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
     }
+}
+
+fn socket_tuning(s: &Settings) -> Result<SocketTuning, ConfigError> {
+    let defer_accept = match s.defer_accept {
+        Some(d) if d.as_secs() == 0 => {
+            return Err(invalid(
+                "defer-accept",
+                "must be at least 1s (the kernel counts whole seconds)",
+            ))
+        }
+        d => d,
+    };
+    let busy_poll = match (s.busy_poll, s.prefer_busy_poll.unwrap_or(false)) {
+        (Some(0), _) | (None, true) => {
+            return Err(invalid(
+                "busy-poll",
+                "give a number of microseconds of at least 1 (--prefer-busy-poll needs it)",
+            ))
+        }
+        (Some(usecs), prefer) => Some(BusyPoll { usecs, prefer }),
+        (None, false) => None,
+    };
+    let buffer = |setting, n: Option<usize>| match n {
+        Some(n) if !(4096..=1 << 30).contains(&n) => Err(invalid(
+            setting,
+            "must be between 4096 and 1073741824 bytes",
+        )),
+        n => Ok(n),
+    };
+    Ok(SocketTuning {
+        steering: s.listen_steering.unwrap_or_default(),
+        defer_accept,
+        fastopen_queue: s.listen_fastopen.filter(|&q| q > 0),
+        busy_poll,
+        receive_buffer: buffer("socket-receive-buffer", s.socket_receive_buffer)?,
+        send_buffer: buffer("socket-send-buffer", s.socket_send_buffer)?,
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

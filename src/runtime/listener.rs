@@ -8,9 +8,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{SocketTuning, Steering};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -44,16 +46,46 @@ fn listen_error(addr: SocketAddr, source: io::Error) -> ListenError {
     }
 }
 
-fn new_socket(addr: SocketAddr, ipv6_only: bool, reuse_port: bool) -> io::Result<Socket> {
+/// How the listening sockets are made.
+pub struct ListenSetup<'a> {
+    pub backlog: u32,
+    pub ipv6_only: bool,
+    /// The cores' CPUs, in core order (for steering).
+    pub cpus: &'a [usize],
+    pub tuning: &'a SocketTuning,
+}
+
+fn new_socket(addr: SocketAddr, setup: &ListenSetup, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(reuse_port)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(ipv6_only)?;
+        socket.set_only_v6(setup.ipv6_only)?;
     }
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
+    crate::sys::tune_listener(socket.as_fd(), setup.tuning)?;
     Ok(socket)
+}
+
+/// Points each core's connections at its own listener, as --listen-steering
+/// says. `fds` are one address's listeners in core order, which is the
+/// order they joined the SO_REUSEPORT group.
+fn steer(fds: &[OwnedFd], setup: &ListenSetup) -> io::Result<()> {
+    match setup.tuning.steering {
+        Steering::Hash => Ok(()),
+        Steering::IncomingCpu => fds
+            .iter()
+            .zip(setup.cpus)
+            .try_for_each(|(fd, &cpu)| crate::sys::set_incoming_cpu(fd.as_fd(), cpu)),
+        Steering::CpuBpf => match fds.first() {
+            Some(fd) => crate::sys::attach_reuseport_program(
+                fd.as_fd(),
+                &crate::sys::reuseport_cpu_program(&setup.cpus[..fds.len().min(setup.cpus.len())]),
+            ),
+            None => Ok(()),
+        },
+    }
 }
 
 /// Opens `cores` listening sockets on each address; returns, per address,
@@ -61,12 +93,11 @@ fn new_socket(addr: SocketAddr, ipv6_only: bool, reuse_port: bool) -> io::Result
 /// same for every core) and one socket per core.
 pub fn open_listeners(
     addrs: &[SocketAddr],
-    cores: usize,
-    backlog: u32,
-    ipv6_only: bool,
+    setup: &ListenSetup,
     mut inherited: Option<&mut super::upgrade::Inherited>,
 ) -> Result<Vec<(SocketAddr, Vec<OwnedFd>)>, ListenError> {
-    let backlog = backlog.min(i32::MAX as u32) as i32;
+    let cores = setup.cpus.len();
+    let backlog = setup.backlog.min(i32::MAX as u32) as i32;
     let mut out = Vec::with_capacity(addrs.len());
     for &addr in addrs {
         // An upgrade: the old process's sockets for this address, and more
@@ -74,21 +105,21 @@ pub fn open_listeners(
         // (With fewer, some core takes several.)
         if let Some(mut fds) = inherited.as_mut().and_then(|i| i.take(addr)) {
             while fds.len() < cores {
-                let socket =
-                    new_socket(addr, ipv6_only, true).map_err(|e| listen_error(addr, e))?;
+                let socket = new_socket(addr, setup, true).map_err(|e| listen_error(addr, e))?;
                 socket
                     .bind(&addr.into())
                     .map_err(|e| listen_error(addr, e))?;
                 socket.listen(backlog).map_err(|e| listen_error(addr, e))?;
                 fds.push(OwnedFd::from(socket));
             }
+            steer(&fds, setup).map_err(|e| listen_error(addr, e))?;
             out.push((addr, fds));
             continue;
         }
         // SO_REUSEPORT would let us silently share a port with another
         // process of the same user; a probe bind without it fails instead.
         if addr.port() != 0 {
-            let probe = new_socket(addr, ipv6_only, false).map_err(|e| listen_error(addr, e))?;
+            let probe = new_socket(addr, setup, false).map_err(|e| listen_error(addr, e))?;
             probe
                 .bind(&addr.into())
                 .map_err(|e| listen_error(addr, e))?;
@@ -96,7 +127,7 @@ pub fn open_listeners(
         let mut bound = addr;
         let mut fds = Vec::with_capacity(cores);
         for _ in 0..cores {
-            let socket = new_socket(bound, ipv6_only, true).map_err(|e| listen_error(addr, e))?;
+            let socket = new_socket(bound, setup, true).map_err(|e| listen_error(addr, e))?;
             socket
                 .bind(&bound.into())
                 .map_err(|e| listen_error(addr, e))?;
@@ -110,6 +141,7 @@ pub fn open_listeners(
             }
             fds.push(OwnedFd::from(socket));
         }
+        steer(&fds, setup).map_err(|e| listen_error(addr, e))?;
         out.push((bound, fds));
     }
     Ok(out)

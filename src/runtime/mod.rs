@@ -19,7 +19,7 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 pub use self::core::Core;
 pub use admission::{Admission, Budgets, ShedReason, Stop, StopSignal, Ticket};
-pub use listener::{open_listeners, ListenError};
+pub use listener::{open_listeners, ListenError, ListenSetup};
 pub use reload::{ConfigSlot, Reloader};
 
 use crate::config::Config;
@@ -87,13 +87,17 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
             path.display()
         );
     }
-    let bound = open_listeners(
-        &config.listen,
-        cpus.len(),
-        config.backlog,
-        config.ipv6_only,
-        inherited.as_mut(),
-    )?;
+    let setup = ListenSetup {
+        backlog: config.backlog,
+        ipv6_only: config.ipv6_only,
+        cpus: &cpus,
+        tuning: &config.sockets,
+    };
+    let bound = open_listeners(&config.listen, &setup, inherited.as_mut())?;
+    let tuned = config.sockets.describe();
+    if !tuned.is_empty() {
+        tracing::info!("sockets: {tuned}");
+    }
     if let Some(i) = &inherited {
         for (addr, _) in &i.listeners {
             tracing::warn!("upgrade: the old process listened on {addr}, which this configuration does not: its queued connections will be refused");

@@ -15,6 +15,7 @@ use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use super::{Established, Session, SessionError};
+use crate::config::SocketTuning;
 use crate::proto::{Command, TargetAddr};
 use crate::resolve;
 use crate::runtime::events::EventRing;
@@ -80,6 +81,7 @@ impl Session<'_> {
             config.connect_attempt_delay,
             core.events.clone(),
             outbound.interface.clone(),
+            config.sockets,
         );
         let deadline = async {
             glommio::timer::sleep(config.connect_timeout).await;
@@ -112,8 +114,9 @@ async fn connect_one(
     addr: SocketAddr,
     source: Option<std::net::IpAddr>,
     interface: Option<Rc<str>>,
+    tuning: SocketTuning,
 ) -> io::Result<TcpStream> {
-    let socket = crate::sys::connecting_socket(addr, source, interface.as_deref())?;
+    let socket = crate::sys::connecting_socket(addr, source, interface.as_deref(), &tuning)?;
     // POLLOUT without POLLERR or POLLHUP means established: a failed
     // connect is always POLLERR | POLLHUP (TCP_CLOSE with an error), and a
     // queued ICMP error is POLLERR. Then the checks below have nothing to
@@ -175,6 +178,7 @@ struct Race {
     failed: Option<(SocketAddr, SessionError)>,
     events: Option<Rc<EventRing>>,
     interface: Option<Rc<str>>,
+    tuning: SocketTuning,
 }
 
 impl Race {
@@ -183,8 +187,10 @@ impl Race {
         attempt_delay: Duration,
         events: Option<Rc<EventRing>>,
         interface: Option<String>,
+        tuning: SocketTuning,
     ) -> Race {
         Race {
+            tuning,
             interface: interface.map(Rc::from),
             addrs,
             next: 0,
@@ -199,7 +205,13 @@ impl Race {
     fn start_next(&mut self) {
         let (addr, source) = self.addrs[self.next];
         self.next += 1;
-        let attempt = connect_one(self.events.clone(), addr, source, self.interface.clone());
+        let attempt = connect_one(
+            self.events.clone(),
+            addr,
+            source,
+            self.interface.clone(),
+            self.tuning,
+        );
         self.running.push((addr, Box::pin(attempt)));
         self.timer.reset(self.attempt_delay);
     }

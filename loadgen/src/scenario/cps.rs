@@ -12,47 +12,23 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use hdrhistogram::Histogram;
-use serde::Serialize;
 
 use crate::cli::CpsArgs;
 use crate::error::{Failure, FailureCounts, LoadgenError, Stage};
 use crate::net::{self, PathSpec};
-use crate::report::{Report, ScenarioResult};
+use crate::result::{CpsResult, Report, ScenarioResult};
 use crate::runner::{self, CoreCtx, Live, LiveKind, Window};
 use crate::scenario::{PathChoice, RunSetup};
-use crate::stats::{self, new_histogram, Percentiles};
-use crate::target::MODE_ECHO;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CpsResult {
-    pub concurrency_per_core: u32,
-    pub size: usize,
-    /// Connections that completed successfully inside the window.
-    pub connections: u64,
-    /// From the start of the window to the end of the last connection.
-    pub seconds: f64,
-    pub connections_per_s: f64,
-    /// Successful connections in all, warmup and drain included (what the
-    /// target accepted in echo mode, when nothing failed).
-    pub connections_ok_total: u64,
-    /// Connection attempts in all, failed ones included.
-    pub attempts_total: u64,
-    /// Connect plus SOCKS5 negotiation (connect alone when direct).
-    pub handshake: Percentiles,
-    /// From the start of the connect to the first byte of the answer.
-    pub first_byte: Percentiles,
-    /// How loadgen closes: "rst" (SO_LINGER 0).
-    pub close: &'static str,
-}
+use crate::stats::{self, Recorder};
+use crate::wire::MODE_ECHO;
 
 struct CoreStats {
     ok_window: u64,
     ok_total: u64,
     attempts: u64,
     failures: FailureCounts,
-    handshake: Histogram<u64>,
-    first_byte: Histogram<u64>,
+    handshake: Recorder,
+    first_byte: Recorder,
     last_end: Option<Instant>,
 }
 
@@ -68,15 +44,15 @@ pub fn run(path: &PathChoice, args: &CpsArgs) -> Result<Report, LoadgenError> {
     let mut out = runner::run(&setup.plan, move |ctx| core(ctx, p.clone()))?;
 
     let mut failures = FailureCounts::default();
-    let mut handshake = new_histogram();
-    let mut first_byte = new_histogram();
+    let mut handshake: Option<Recorder> = None;
+    let mut first_byte: Option<Recorder> = None;
     let (mut ok_window, mut ok_total, mut attempts) = (0, 0, 0);
     let mut seconds = args.run.duration.as_secs_f64();
     for c in std::mem::take(&mut out.per_core) {
         let s = &c.stats;
         failures.merge(&s.failures);
-        stats::merge(&mut handshake, &s.handshake);
-        stats::merge(&mut first_byte, &s.first_byte);
+        stats::merge_into(&mut handshake, &s.handshake);
+        stats::merge_into(&mut first_byte, &s.first_byte);
         ok_window += s.ok_window;
         ok_total += s.ok_total;
         attempts += s.attempts;
@@ -96,18 +72,20 @@ pub fn run(path: &PathChoice, args: &CpsArgs) -> Result<Report, LoadgenError> {
         },
         connections_ok_total: ok_total,
         attempts_total: attempts,
-        handshake: Percentiles::of(&handshake),
-        first_byte: Percentiles::of(&first_byte),
+        handshake: stats::percentiles(&handshake),
+        first_byte: stats::percentiles(&first_byte),
         close: "rst",
     };
-    Ok(setup.report(
-        "cps",
-        serde_json::json!({ "concurrency": args.concurrency, "size": args.size }),
-        out,
-        ScenarioResult::Cps(result),
-        failures,
-        Vec::new(),
-    ))
+    Ok(setup
+        .report(
+            "cps",
+            serde_json::json!({ "concurrency": args.concurrency, "size": args.size }),
+            out,
+            ScenarioResult::Cps(result),
+            failures,
+            Vec::new(),
+        )
+        .with_latencies([("handshake", handshake), ("first_byte", first_byte)]))
 }
 
 async fn core(ctx: CoreCtx, args: Arc<CpsArgs>) -> Result<CoreOut, LoadgenError> {
@@ -122,8 +100,8 @@ async fn core(ctx: CoreCtx, args: Arc<CpsArgs>) -> Result<CoreOut, LoadgenError>
         ok_total: 0,
         attempts: 0,
         failures: FailureCounts::default(),
-        handshake: new_histogram(),
-        first_byte: new_histogram(),
+        handshake: Recorder::new(window.start),
+        first_byte: Recorder::new(window.start),
         last_end: None,
     }));
     let loops: Vec<_> = (0..args.concurrency)
@@ -157,7 +135,7 @@ async fn connection_loop(
     live: Live,
 ) {
     let mut answer = vec![0u8; request.len() - 1];
-    net::sleep_until(w.start).await;
+    crate::stream::sleep_until(w.start).await;
     loop {
         let begin = Instant::now();
         if begin >= w.t1 {
@@ -180,8 +158,9 @@ async fn connection_loop(
                 s.ok_total += 1;
                 if counted {
                     s.ok_window += 1;
-                    stats::record(&mut s.handshake, handshake);
-                    stats::record(&mut s.first_byte, first_byte);
+                    let now = Instant::now();
+                    s.handshake.record(now, handshake);
+                    s.first_byte.record(now, first_byte);
                     live.add_primary(1);
                 }
             }

@@ -20,39 +20,21 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use serde::Serialize;
 
 use crate::cli::IdleArgs;
 use crate::error::{Failure, FailureCounts, LoadgenError, Stage};
-use crate::net::{self, sleep_until, PathSpec};
-use crate::report::{Report, ScenarioResult};
+use crate::net::{self, PathSpec};
+use crate::result::{IdleResult, Report, ScenarioResult};
 use crate::runner::{self, CoreCtx, Live, LiveKind, Sampling, Targets};
 use crate::scenario::{PathChoice, RunSetup};
-use crate::target::MODE_ECHO;
+use crate::stream::{self, sleep_until};
+use crate::wire::MODE_ECHO;
 
 /// How long after the last tunnel opened the proxy's RSS is read.
 pub const SETTLE: Duration = Duration::from_secs(1);
 /// Descriptors loadgen needs besides the tunnels (executors, io_uring,
 /// listeners, UDP sockets, stdio).
 const SPARE_FDS: u64 = 256;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct IdleResult {
-    /// Tunnels asked for.
-    pub tunnels: u32,
-    /// Tunnels that opened and echoed.
-    pub opened: u64,
-    /// Tunnels that did not (by cause in `errors`).
-    pub failed: u64,
-    /// From the first connect to the last tunnel open (slowest core).
-    pub open_seconds: f64,
-    /// How long the tunnels were held open and silent.
-    pub held_seconds: f64,
-    /// Tunnels found closed (FIN or RST) at the end of the hold.
-    pub closed_by_peer: u64,
-    /// loadgen's RLIMIT_NOFILE (after raising the soft limit to the hard).
-    pub nofile_limit: u64,
-}
 
 struct CoreOut {
     opened: u64,
@@ -206,7 +188,7 @@ async fn core(ctx: CoreCtx, args: Arc<IdleArgs>) -> Result<CoreOut, LoadgenError
     let open = opener.open.into_inner();
     let closed_by_peer = open
         .iter()
-        .filter(|s| net::peer_closed(s.as_raw_fd()).is_some())
+        .filter(|s| stream::peer_closed(s.as_raw_fd()).is_some())
         .count() as u64;
     let opened = open.len() as u64;
     drop(open);

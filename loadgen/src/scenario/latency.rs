@@ -25,42 +25,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use hdrhistogram::Histogram;
-use serde::Serialize;
 
 use crate::cli::LatencyArgs;
 use crate::error::{describe, Failure, FailureCounts, LoadgenError, Stage};
-use crate::net::{self, sleep_until, split, ReadHalf, WriteHalf};
-use crate::report::{Report, ScenarioResult};
+use crate::net;
+use crate::result::{LatencyResult, Report, ScenarioResult};
 use crate::runner::{self, CoreCtx, Live, LiveKind, Window};
 use crate::scenario::{PathChoice, RunSetup};
-use crate::stats::{self, new_histogram, Percentiles};
-use crate::target::MODE_ECHO;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LatencyResult {
-    pub connections: u32,
-    pub size: usize,
-    /// Ping-pong (`--closed-loop`) rather than a schedule.
-    pub closed_loop: bool,
-    /// Requests per second asked for (--rate; 0 with --closed-loop).
-    pub target_rate: f64,
-    /// Requests whose intended send time lies inside the window.
-    pub requests_in_window: u64,
-    /// Answers that arrived inside the window.
-    pub responses_in_window: u64,
-    /// responses_in_window / window length.
-    pub achieved_rate: f64,
-    /// Requests of the run that got no answer before the drain timeout.
-    pub lost: u64,
-    /// Latency of the requests scheduled inside the window, from their
-    /// intended send time to the last byte of their answer. Lost requests
-    /// count with the time they had waited when given up.
-    pub latency: Percentiles,
-    /// How far behind its schedule a sender got at worst (loadgen's own
-    /// lag; large values mean loadgen itself could not keep the rate).
-    pub max_send_lag_us: f64,
-}
+use crate::stats::{self, Recorder};
+use crate::stream::{sleep_until, split, ReadHalf, WriteHalf};
+use crate::wire::MODE_ECHO;
 
 /// When each request of one tunnel (or datagram of one UDP association) is
 /// due: tunnel j of K sends its n-th at `start + j/R + n*K/R`.
@@ -102,7 +76,7 @@ impl Schedule {
 }
 
 struct CoreStats {
-    latency: Histogram<u64>,
+    latency: Recorder,
     requests_in_window: u64,
     responses_in_window: u64,
     lost: u64,
@@ -124,12 +98,12 @@ pub fn run(path: &PathChoice, args: &LatencyArgs) -> Result<Report, LoadgenError
     let mut out = runner::run(&setup.plan, move |ctx| core(ctx, p.clone()))?;
 
     let mut failures = FailureCounts::default();
-    let mut latency = new_histogram();
+    let mut latency: Option<Recorder> = None;
     let (mut requests, mut responses, mut lost) = (0, 0, 0);
     let mut max_lag = Duration::ZERO;
     for s in std::mem::take(&mut out.per_core) {
         failures.merge(&s.failures);
-        stats::merge(&mut latency, &s.latency);
+        stats::merge_into(&mut latency, &s.latency);
         requests += s.requests_in_window;
         responses += s.responses_in_window;
         lost += s.lost;
@@ -149,7 +123,7 @@ pub fn run(path: &PathChoice, args: &LatencyArgs) -> Result<Report, LoadgenError
             0.0
         },
         lost,
-        latency: Percentiles::of(&latency),
+        latency: stats::percentiles(&latency),
         max_send_lag_us: max_lag.as_secs_f64() * 1e6,
     };
     let mut notes = Vec::new();
@@ -159,19 +133,21 @@ pub fn run(path: &PathChoice, args: &LatencyArgs) -> Result<Report, LoadgenError
             result.max_send_lag_us / 1000.0
         ));
     }
-    Ok(setup.report(
-        "latency",
-        serde_json::json!({
-            "connections": args.connections,
-            "rate": if args.closed_loop { None } else { Some(args.rate) },
-            "closed_loop": args.closed_loop,
-            "size": args.size,
-        }),
-        out,
-        ScenarioResult::Latency(result),
-        failures,
-        notes,
-    ))
+    Ok(setup
+        .report(
+            "latency",
+            serde_json::json!({
+                "connections": args.connections,
+                "rate": if args.closed_loop { None } else { Some(args.rate) },
+                "closed_loop": args.closed_loop,
+                "size": args.size,
+            }),
+            out,
+            ScenarioResult::Latency(result),
+            failures,
+            notes,
+        )
+        .with_latencies([("latency", latency)]))
 }
 
 async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, LoadgenError> {
@@ -200,7 +176,7 @@ async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, Loadgen
     }
     let window = ctx.ready().await?;
     let stats = Rc::new(RefCell::new(CoreStats {
-        latency: new_histogram(),
+        latency: Recorder::new(window.start),
         requests_in_window: 0,
         responses_in_window: 0,
         lost: 0,
@@ -285,7 +261,7 @@ async fn run_tunnel(
         for n in answered.get()..schedule.total {
             let due = schedule.at(n);
             if due >= w.t0 {
-                stats::record(&mut s.latency, now.saturating_duration_since(due));
+                s.latency.record(now, now.saturating_duration_since(due));
             }
         }
         s.lost += unanswered;
@@ -324,7 +300,7 @@ async fn ping_pong(
             let mut s = stats.borrow_mut();
             if sent >= w.t0 {
                 s.requests_in_window += 1;
-                stats::record(&mut s.latency, now - sent);
+                s.latency.record(now, now - sent);
             }
             if now >= w.t0 && now < w.t1 {
                 s.responses_in_window += 1;
@@ -408,7 +384,7 @@ async fn receive(
         for done in answered.get()..complete {
             let due = schedule.at(done);
             if due >= w.t0 {
-                stats::record(&mut s.latency, now.saturating_duration_since(due));
+                s.latency.record(now, now.saturating_duration_since(due));
             }
             if in_window {
                 s.responses_in_window += 1;

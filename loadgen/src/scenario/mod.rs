@@ -16,8 +16,8 @@ use crate::cli::{AuthArgs, CompareScenario, GssLevel, PathArgs, RunArgs};
 use crate::cores::default_cores;
 use crate::error::{FailureCounts, LoadgenError};
 use crate::net::resolve;
-use crate::procstat::{self, ProxyProcess};
-use crate::report::{self, Errors, Machine, PathInfo, Report, ScenarioResult, RESULT_SCHEMA};
+use crate::procstat::{self, LoadgenProcess, ProxyProcess, SystemCost};
+use crate::result::{self, Errors, Machine, PathInfo, Report, ScenarioResult, RESULT_SCHEMA};
 use crate::runner::{LiveKind, Plan, RunOutput, Sampling, Targets};
 
 /// Which path one run measures.
@@ -164,6 +164,7 @@ impl RunSetup {
                 proxy_pid,
                 sampling: Sampling::Window,
                 udp_check: false,
+                progress: !run.quiet,
             },
             path: path.clone(),
             run: run.clone(),
@@ -207,7 +208,14 @@ impl RunSetup {
             }
             _ => None,
         };
-        let (series_unit, series) = report::series(self.plan.live, &out.samples);
+        let (series_unit, series) = result::series(self.plan.live, &out.samples);
+        let (loadgen_process, system) = match &out.window_samples {
+            Some([(own_a, sys_a), (own_b, sys_b)]) => (
+                Some(LoadgenProcess::between(own_a, own_b)),
+                Some(SystemCost::between(sys_a, sys_b)),
+            ),
+            None => (None, None),
+        };
         Report {
             schema: RESULT_SCHEMA,
             loadgen_version: env!("CARGO_PKG_VERSION"),
@@ -236,7 +244,10 @@ impl RunSetup {
             series,
             target: out.target_stats,
             proxy_process,
+            loadgen_process,
+            system,
             notes,
+            latencies: Vec::new(),
         }
     }
 }

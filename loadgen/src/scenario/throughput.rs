@@ -16,55 +16,15 @@ use std::time::Instant;
 use coresocks::gssapi::{Protection, MAX_PLAIN_PER_MESSAGE};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use serde::Serialize;
 
 use crate::cli::{Direction, ThroughputArgs};
 use crate::error::{describe, Failure, FailureCounts, LoadgenError, Stage};
-use crate::net::{self, shutdown_write, sleep_until, split, ReadHalf, WriteHalf};
+use crate::net;
+use crate::result::{StreamResult, ThroughputResult};
 use crate::runner::{self, CoreCtx, Live, LiveKind, Window};
 use crate::scenario::{PathChoice, RunSetup};
-use crate::target::{ACK_FINAL, MODE_DUPLEX, MODE_SINK, MODE_SOURCE, UNIT};
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ThroughputResult {
-    pub direction: Direction,
-    pub streams: u32,
-    /// Bytes the target acknowledged inside the window (up).
-    pub bytes_up: u64,
-    /// Bytes loadgen received inside the window (down).
-    pub bytes_down: u64,
-    /// From the start of the window to the last final acknowledgement.
-    pub seconds_up: f64,
-    /// The window.
-    pub seconds_down: f64,
-    pub gbit_s_up: f64,
-    pub gbit_s_down: f64,
-    pub gbit_s_total: f64,
-    pub gbit_s_per_stream_mean: f64,
-    pub gbit_s_per_stream_min: f64,
-    pub gbit_s_per_stream_max: f64,
-    /// Tunnels that ended without the target's final count (a proxy that
-    /// closes both ways at the first FIN): their up bytes stop at the last
-    /// acknowledgement seen.
-    pub streams_without_final_ack: u64,
-    /// How late the latest tunnel began past the common start: a machine
-    /// too loaded to run loadgen on time shows here, not as a slow proxy.
-    pub start_late_s: f64,
-    pub per_stream: Vec<StreamResult>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StreamResult {
-    pub stream: usize,
-    /// Position of the loadgen core that ran it (index into `cores`).
-    pub core: usize,
-    pub bytes_up: u64,
-    pub bytes_down: u64,
-    pub gbit_s: f64,
-    /// Why the tunnel failed, if it did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<String>,
-}
+use crate::stream::{self, shutdown_write, sleep_until, split, ReadHalf, WriteHalf};
+use crate::wire::{ACK_FINAL, MODE_DUPLEX, MODE_SINK, MODE_SOURCE, UNIT};
 
 struct CoreOut {
     streams: Vec<StreamOutcome>,
@@ -80,12 +40,14 @@ struct StreamOutcome {
     final_ack: bool,
     start_late_s: f64,
     failure: Option<Failure>,
+    /// Segments loadgen's end of the tunnel retransmitted (TCP_INFO).
+    retransmits: Option<u32>,
 }
 
 pub fn run(
     path: &PathChoice,
     args: &ThroughputArgs,
-) -> Result<crate::report::Report, LoadgenError> {
+) -> Result<crate::result::Report, LoadgenError> {
     let setup = RunSetup::new(&args.run, path, LiveKind::Throughput)?;
     let params = Arc::new(args.clone());
     let p = params.clone();
@@ -120,6 +82,7 @@ pub fn run(
             bytes_up: s.bytes_up,
             bytes_down: s.bytes_down,
             gbit_s: gbit(s.bytes_up, s.seconds_up) + gbit(s.bytes_down, duration),
+            retransmits: s.retransmits,
             failure: s.failure.map(|f| f.name()),
         })
         .collect();
@@ -152,6 +115,12 @@ pub fn run(
         gbit_s_per_stream_min: rates.iter().copied().reduce(f64::min).unwrap_or(0.0),
         gbit_s_per_stream_max: rates.iter().copied().fold(0.0, f64::max),
         streams_without_final_ack: without_final,
+        retransmits: streams
+            .iter()
+            .filter_map(|s| s.retransmits)
+            .map(u64::from)
+            .sum(),
+        rate_bits_s: args.rate,
         start_late_s,
         per_stream,
     };
@@ -172,9 +141,10 @@ pub fn run(
             "streams": args.streams,
             "direction": args.direction,
             "write_size": args.write_size,
+            "rate_bits_s": args.rate,
         }),
         out,
-        crate::report::ScenarioResult::Throughput(result),
+        crate::result::ScenarioResult::Throughput(result),
         failures,
         notes,
     );
@@ -208,6 +178,13 @@ async fn core(ctx: CoreCtx, args: Arc<ThroughputArgs>) -> Result<CoreOut, Loadge
         }
     }
     let window = ctx.ready().await?;
+    // Each stream's share of --rate, in bytes per second each way used.
+    let ways = if args.direction == Direction::Both {
+        2.0
+    } else {
+        1.0
+    };
+    let pace = args.rate.map(|bits| bits / 8.0 / streams as f64 / ways);
     // One write buffer per core, shared by its tunnels.
     let buf: Rc<[u8]> = vec![0xa5_u8; args.write_size].into();
     let tasks: Vec<_> = tunnels
@@ -223,6 +200,7 @@ async fn core(ctx: CoreCtx, args: Arc<ThroughputArgs>) -> Result<CoreOut, Loadge
                 buf.clone(),
                 ctx.live(),
                 ctx.timeout,
+                pace,
             ))
         })
         .collect();
@@ -263,8 +241,12 @@ async fn run_stream(
     buf: Rc<[u8]>,
     live: Live,
     timeout: std::time::Duration,
+    pace: Option<f64>,
 ) -> StreamOutcome {
     let fd = stream.as_raw_fd();
+    // A second descriptor of the socket, to read its TCP_INFO after the
+    // halves (which own the stream) are gone.
+    let info_fd = coresocks::sys::borrow(&stream).try_clone_to_owned().ok();
     let (rd, wr) = split(stream);
     let seen = Seen::default();
     sleep_until(w.start).await;
@@ -273,8 +255,24 @@ async fn run_stream(
         .as_secs_f64();
     let work = async {
         let (sent, read) = futures_lite::future::zip(
-            write_side(wr, direction, &buf, w, fd, seal.as_ref()),
-            read_side(rd, direction, w, &seen, &live, seal.as_ref()),
+            write_side(
+                wr,
+                direction,
+                &buf,
+                w,
+                fd,
+                seal.as_ref(),
+                pace.map(|r| Pacer::new(w.start, r)),
+            ),
+            read_side(
+                rd,
+                direction,
+                w,
+                &seen,
+                &live,
+                seal.as_ref(),
+                pace.map(|r| Pacer::new(w.start, r)),
+            ),
         )
         .await;
         sent.and(read)
@@ -288,6 +286,7 @@ async fn run_stream(
     if failure.is_some() {
         live.add_errors(1);
     }
+    let retransmits = info_fd.and_then(|fd| coresocks::sys::tcp_total_retransmits(&fd).ok());
     let seconds_up = seen
         .last_ack_at
         .get()
@@ -302,6 +301,7 @@ async fn run_stream(
         final_ack: seen.final_ack.get(),
         start_late_s,
         failure,
+        retransmits,
     }
 }
 
@@ -312,6 +312,7 @@ async fn write_side(
     w: Window,
     fd: std::os::fd::RawFd,
     seal: Option<&RefCell<Protection>>,
+    mut pacer: Option<Pacer>,
 ) -> Result<(), Failure> {
     let io = |e: std::io::Error| Failure::from_io(&e, Stage::Target);
     let mode = match direction {
@@ -334,16 +335,18 @@ async fn write_side(
         // At least one write, however late this task runs: a run that
         // moved nothing up measures nothing.
         loop {
-            match seal {
+            let written = match seal {
                 Some(p) => {
                     wrap(buf, p, &mut sealed)?;
                     wr.write_all(&sealed).await.map_err(io)?;
+                    buf.len()
                 }
-                None => {
-                    wr.write(buf).await.map_err(io)?;
-                }
+                None => wr.write(buf).await.map_err(io)?,
+            };
+            match pacer.as_mut() {
+                Some(p) => p.pace(written).await,
+                None => stream::fair_share().await,
             }
-            net::fair_share().await;
             if Instant::now() >= w.t1 {
                 break;
             }
@@ -372,7 +375,12 @@ async fn read_side(
     seen: &Seen,
     live: &Live,
     seal: Option<&RefCell<Protection>>,
+    mut pacer: Option<Pacer>,
 ) -> Result<(), Failure> {
+    // Up: the reads are acknowledgements, never paced.
+    if direction == Direction::Up {
+        pacer = None;
+    }
     let size = if direction == Direction::Up {
         4096
     } else {
@@ -435,7 +443,44 @@ async fn read_side(
                 }
             }
         }
-        net::fair_share().await;
+        match pacer.as_mut() {
+            Some(p) => p.pace(n).await,
+            None => stream::fair_share().await,
+        }
+    }
+}
+
+/// `--rate`: holds a stream to its share. After n bytes in all, the next
+/// write (or read) waits until n / rate seconds after the load started,
+/// so a stream that fell behind catches up at full speed and never runs
+/// ahead.
+struct Pacer {
+    start: Instant,
+    bytes_per_s: f64,
+    done: u64,
+}
+
+impl Pacer {
+    fn new(start: Instant, bytes_per_s: f64) -> Pacer {
+        Pacer {
+            start,
+            bytes_per_s,
+            done: 0,
+        }
+    }
+
+    fn due(&self) -> Instant {
+        self.start + std::time::Duration::from_secs_f64(self.done as f64 / self.bytes_per_s)
+    }
+
+    async fn pace(&mut self, n: usize) {
+        self.done += n as u64;
+        let due = self.due();
+        if due > Instant::now() {
+            sleep_until(due).await;
+        } else {
+            stream::fair_share().await;
+        }
     }
 }
 

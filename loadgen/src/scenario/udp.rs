@@ -34,17 +34,16 @@ use std::time::{Duration, Instant};
 
 use coresocks::proto::{Codec, Command, Decoded, TargetAddr, UdpHeader};
 use glommio::net::{TcpStream, UdpSocket};
-use hdrhistogram::Histogram;
-use serde::Serialize;
 
 use crate::cli::UdpArgs;
 use crate::error::{Failure, FailureCounts, LoadgenError, Stage};
-use crate::net::{self, describe_udp, relay_addr, sleep_until, PathSpec};
-use crate::report::{Report, ScenarioResult};
+use crate::net::{self, describe_udp, relay_addr, PathSpec};
+use crate::result::{Report, ScenarioResult, UdpResult};
 use crate::runner::{self, CoreCtx, Live, LiveKind, Sampling, Window};
 use crate::scenario::latency::Schedule;
 use crate::scenario::{PathChoice, RunSetup};
-use crate::stats::{self, new_histogram, Percentiles};
+use crate::stats::{self, Recorder};
+use crate::stream::{self, sleep_until};
 use crate::target::{udp_readable, udp_socket};
 
 /// Bytes of the payload that carry the sequence number and send time.
@@ -54,51 +53,9 @@ const RECV_BUF: usize = 65_536 + 262;
 /// Datagrams moved per turn before the other tasks of the core get one.
 const BATCH: u64 = 64;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct UdpResult {
-    pub associations: u32,
-    pub size: usize,
-    /// Datagrams per second asked for (--rate).
-    pub target_rate: f64,
-    /// Datagrams whose intended send time lies in the window.
-    pub scheduled: u64,
-    /// Of those, the ones the kernel accepted (sendto succeeded).
-    pub sent: u64,
-    /// Of those, the ones whose echo came back before the drain ended.
-    pub received: u64,
-    /// sent - received.
-    pub lost: u64,
-    /// lost / sent, in percent.
-    pub loss_percent: f64,
-    /// received / window length: datagrams per second that made the round
-    /// trip.
-    pub pps: f64,
-    /// Payload bytes per second both ways (received * size * 2 / window).
-    pub payload_mbit_s: f64,
-    /// Scheduled datagrams the kernel refused to send (also in `errors`).
-    pub send_failures: u64,
-    /// Echoes received twice (not counted again).
-    pub duplicates: u64,
-    /// Datagrams that were not an echo of one of ours (wrong sender, bad
-    /// header, size or stamp).
-    pub invalid: u64,
-    /// Associations whose TCP control connection the proxy closed during
-    /// the run (their datagrams after that are lost).
-    pub control_closed: u64,
-    /// Latency of the received datagrams of the window, from their intended
-    /// send time to the arrival of the echo (lost ones are not in it).
-    pub latency: Percentiles,
-    /// How far behind its schedule a sender got at worst.
-    pub max_send_lag_us: f64,
-    /// Machine-wide UDP receive-buffer overflows during the run (from
-    /// /proc/net/snmp, every socket on the machine: proxy, targets and
-    /// loadgen); null when unreadable.
-    pub kernel_udp_rcvbuf_errors: Option<u64>,
-}
-
 #[derive(Default)]
 struct CoreStats {
-    latency: Option<Histogram<u64>>,
+    latency: Option<Recorder>,
     scheduled: u64,
     sent: u64,
     received: u64,
@@ -111,8 +68,8 @@ struct CoreStats {
 }
 
 impl CoreStats {
-    fn hist(&mut self) -> &mut Histogram<u64> {
-        self.latency.get_or_insert_with(new_histogram)
+    fn latency(&mut self, start: Instant) -> &mut Recorder {
+        self.latency.get_or_insert_with(|| Recorder::new(start))
     }
 }
 
@@ -133,10 +90,10 @@ pub fn run(path: &PathChoice, args: &UdpArgs) -> Result<Report, LoadgenError> {
     let rcvbuf_after = udp_rcvbuf_errors();
 
     let mut total = CoreStats::default();
-    let mut latency = new_histogram();
+    let mut latency: Option<Recorder> = None;
     for s in std::mem::take(&mut out.per_core) {
-        if let Some(h) = &s.latency {
-            stats::merge(&mut latency, h);
+        if let Some(r) = &s.latency {
+            stats::merge_into(&mut latency, r);
         }
         total.failures.merge(&s.failures);
         total.scheduled += s.scheduled;
@@ -170,7 +127,7 @@ pub fn run(path: &PathChoice, args: &UdpArgs) -> Result<Report, LoadgenError> {
         duplicates: total.duplicates,
         invalid: total.invalid,
         control_closed: total.control_closed,
-        latency: Percentiles::of(&latency),
+        latency: stats::percentiles(&latency),
         max_send_lag_us: total.max_lag.as_secs_f64() * 1e6,
         kernel_udp_rcvbuf_errors: match (rcvbuf_before, rcvbuf_after) {
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
@@ -198,18 +155,20 @@ pub fn run(path: &PathChoice, args: &UdpArgs) -> Result<Report, LoadgenError> {
             "the kernel counted {n} UDP receive-buffer overflows on this machine during the run (a receiver, the proxy's or loadgen's, fell behind)"
         ));
     }
-    Ok(setup.report(
-        "udp",
-        serde_json::json!({
-            "associations": args.associations,
-            "rate": args.rate,
-            "size": args.size,
-        }),
-        out,
-        ScenarioResult::Udp(result),
-        total.failures,
-        notes,
-    ))
+    Ok(setup
+        .report(
+            "udp",
+            serde_json::json!({
+                "associations": args.associations,
+                "rate": args.rate,
+                "size": args.size,
+            }),
+            out,
+            ScenarioResult::Udp(result),
+            total.failures,
+            notes,
+        )
+        .with_latencies([("latency", latency)]))
 }
 
 /// `RcvbufErrors` of the `Udp:` lines of /proc/net/snmp.
@@ -423,7 +382,7 @@ async fn run_association(a: Association, schedule: Schedule, shared: Rc<Shared>)
     )
     .await;
     if let Some(control) = &a.control {
-        if net::peer_closed(control.as_raw_fd()).is_some() {
+        if stream::peer_closed(control.as_raw_fd()).is_some() {
             shared.stats.borrow_mut().control_closed += 1;
         }
     }
@@ -491,7 +450,7 @@ async fn send(a: &Association, schedule: Schedule, shared: &Shared, progress: &P
             k += 1;
         }
         if n < schedule.total && schedule.at(n) <= Instant::now() {
-            net::fair_share().await;
+            stream::fair_share().await;
         }
     }
     {
@@ -541,7 +500,7 @@ async fn receive(a: &Association, schedule: Schedule, shared: &Shared, progress:
             }
         }
         while drain(a, schedule, shared, progress, &mut seen) {
-            net::fair_share().await;
+            stream::fair_share().await;
         }
     }
 }
@@ -598,7 +557,8 @@ fn drain(
         let due = schedule.start + Duration::from_nanos(offset_ns);
         if due >= w.t0 {
             s.received += 1;
-            stats::record(s.hist(), now.saturating_duration_since(due));
+            s.latency(w.start)
+                .record(now, now.saturating_duration_since(due));
         }
     }
     true
