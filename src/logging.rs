@@ -90,6 +90,72 @@ impl Write for AccessFile {
     }
 }
 
+/// The access log as syslog messages: one datagram per line to the local
+/// daemon's socket, `<30>coresocks[PID]: LINE` (facility daemon, level
+/// info; the daemon adds the time and host). A daemon that restarted is
+/// connected to again on the next line; while none listens, lines are
+/// dropped (and counted, like any line the writer cannot take).
+struct SyslogWriter {
+    path: PathBuf,
+    socket: Option<std::os::unix::net::UnixDatagram>,
+    prefix: String,
+}
+
+/// `<PRI>` for facility daemon (3), severity info (6).
+const SYSLOG_PRI: u8 = 3 * 8 + 6;
+
+impl SyslogWriter {
+    fn open(path: &Path) -> std::io::Result<SyslogWriter> {
+        let mut w = SyslogWriter {
+            path: path.to_owned(),
+            socket: None,
+            prefix: format!("<{SYSLOG_PRI}>coresocks[{}]: ", std::process::id()),
+        };
+        // At start a missing daemon is an error the operator should see.
+        w.connect()?;
+        Ok(w)
+    }
+
+    fn connect(&mut self) -> std::io::Result<()> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.connect(&self.path)?;
+        self.socket = Some(socket);
+        Ok(())
+    }
+
+    fn send(&mut self, message: &[u8]) -> std::io::Result<()> {
+        if self.socket.is_none() {
+            self.connect()?;
+        }
+        match self.socket.as_ref().map(|s| s.send(message)) {
+            Some(Ok(_)) => Ok(()),
+            _ => {
+                // The daemon went away or restarted: once more, afresh.
+                self.connect()?;
+                self.socket.as_ref().map_or(Ok(()), |s| s.send(message).map(|_| ()))
+            }
+        }
+    }
+}
+
+impl Write for SyslogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = buf.strip_suffix(b"\n").unwrap_or(buf);
+        let mut message = Vec::with_capacity(self.prefix.len() + line.len());
+        message.extend_from_slice(self.prefix.as_bytes());
+        message.extend_from_slice(line);
+        if let Err(e) = self.send(&message) {
+            self.socket = None;
+            return Err(e);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub fn init(level: &str, access: &AccessLog) -> std::io::Result<(LogGuards, LogControl)> {
     let level: LevelFilter = level.parse().unwrap_or(LevelFilter::INFO);
     let (level, level_handle) = reload::Layer::new(level);
@@ -105,12 +171,21 @@ pub fn init(level: &str, access: &AccessLog) -> std::io::Result<(LogGuards, LogC
     let mut reopenable = None;
     let access_layer = match access {
         AccessLog::Off => None,
-        AccessLog::Stderr | AccessLog::File(_) => {
+        AccessLog::Stderr | AccessLog::File(_) | AccessLog::Syslog(_) => {
             let (writer, guard) = match access {
                 AccessLog::File(path) => {
                     let file = Arc::new(ReopenableFile::open(path)?);
                     reopenable = Some(file.clone());
                     NonBlockingBuilder::default().finish(AccessFile(file))
+                }
+                AccessLog::Syslog(path) => {
+                    let syslog = SyslogWriter::open(path).map_err(|e| {
+                        std::io::Error::new(
+                            e.kind(),
+                            format!("syslog socket {}: {e} (is a syslog daemon running?)", path.display()),
+                        )
+                    })?;
+                    NonBlockingBuilder::default().finish(syslog)
                 }
                 _ => NonBlockingBuilder::default().finish(std::io::stderr()),
             };

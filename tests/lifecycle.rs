@@ -474,3 +474,41 @@ fn access_log_json_names_the_outbound_address_the_target_saw() {
     assert!(v["user"].is_null());
     proxy.assert_serves(&echo_server("127.0.0.1:0"));
 }
+
+/// `--access-log syslog:PATH`: one datagram per line, tagged and
+/// prioritised as syslog daemons expect; a daemon that restarts gets the
+/// lines again, and none at start is one clear error.
+#[test]
+fn access_log_can_go_to_syslog_and_survives_a_daemon_restart() {
+    use std::os::unix::net::UnixDatagram;
+    let echo = echo_server("127.0.0.1:0");
+    let path = std::env::temp_dir().join(format!("coresocks-syslog-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let (code, err) = run_to_exit(&["--access-log", &format!("syslog:{}", path.display())]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is a syslog daemon running?"), "{err}");
+
+    let daemon = UnixDatagram::bind(&path).unwrap();
+    daemon.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let proxy = Proxy::start(&["--access-log", &format!("syslog:{}", path.display())]);
+    let receive = |daemon: &UnixDatagram| {
+        let mut buf = vec![0u8; 65536];
+        let n = daemon.recv(&mut buf).expect("a syslog datagram");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    proxy.assert_serves(&echo);
+    let line = receive(&daemon);
+    let tag = format!("<30>coresocks[{}]: ", proxy.pid());
+    assert!(line.starts_with(&tag), "{line}");
+    assert!(line.contains("reply=succeeded") && !line.ends_with('\n'), "{line:?}");
+
+    // The daemon restarts: its socket is made anew at the same path.
+    drop(daemon);
+    std::fs::remove_file(&path).unwrap();
+    proxy.assert_serves(&echo);
+    let daemon = UnixDatagram::bind(&path).unwrap();
+    daemon.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    proxy.assert_serves(&echo);
+    assert!(receive(&daemon).starts_with(&tag));
+    std::fs::remove_file(&path).unwrap();
+}

@@ -306,7 +306,9 @@ pub struct Settings {
     pub log_level: Option<String>,
 
     /// Where the access log (one line per finished connection) goes: "stderr",
-    /// "off", or a file path [default: stderr]
+    /// "off", a file path, or "syslog" (the local syslog daemon at /dev/log;
+    /// "syslog:PATH" for another datagram socket; facility daemon, level
+    /// info, tag coresocks[PID]) [default: stderr]
     #[arg(long, value_name = "DEST")]
     pub access_log: Option<String>,
 
@@ -538,6 +540,8 @@ pub enum AccessLog {
     Off,
     Stderr,
     File(PathBuf),
+    /// A syslog daemon's datagram socket (`/dev/log` by default).
+    Syslog(PathBuf),
 }
 
 /// The validated configuration every core reads.
@@ -761,6 +765,10 @@ impl Config {
         let access_log = match s.access_log.as_deref() {
             None | Some("stderr") => AccessLog::Stderr,
             Some("off") => AccessLog::Off,
+            Some("syslog") => AccessLog::Syslog(PathBuf::from("/dev/log")),
+            Some(dest) if dest.starts_with("syslog:") => {
+                AccessLog::Syslog(PathBuf::from(&dest["syslog:".len()..]))
+            }
             Some("") => return Err(invalid("access-log", "empty path")),
             Some(path) => AccessLog::File(PathBuf::from(path)),
         };
