@@ -184,3 +184,86 @@ fn the_debian_package_holds_the_binary_unit_man_page_and_config() {
     assert!(check.success());
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The container image definition (which this machine cannot build: no
+/// container daemon, no registry for base images) checked as far as a
+/// test can without one: its config passes check-config, and its runtime
+/// stage installs the Debian package of every library the binary links
+/// (by `ldd` and `dpkg -S`), besides those debian:bookworm-slim has.
+#[test]
+fn the_container_image_installs_what_the_binary_links_and_a_valid_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let containerfile = std::fs::read_to_string(format!("{root}/packaging/Containerfile")).unwrap();
+    let runtime = containerfile
+        .rsplit_once("\nFROM ")
+        .map(|(_, stage)| stage)
+        .expect("a runtime stage");
+    assert!(runtime.starts_with("debian:bookworm-slim"), "{runtime}");
+    let installed: Vec<&str> = runtime
+        .split_whitespace()
+        .skip_while(|w| *w != "--no-install-recommends")
+        .skip(1)
+        .take_while(|w| *w != "\\" && *w != "&&")
+        .collect();
+    assert!(!installed.is_empty(), "{runtime}");
+    for needed in ["COPY packaging/container.toml /etc/coresocks/coresocks.toml", "USER coresocks"] {
+        assert!(runtime.contains(needed), "{needed}");
+    }
+
+    let bin = env!("CARGO_BIN_EXE_coresocks");
+    let ldd = Command::new("ldd").arg(bin).output().expect("ldd runs");
+    let in_slim = ["libc6", "libgcc-s1", "libstdc++6", "zlib1g"];
+    let mut packages = Vec::new();
+    for path in String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| l.split("=> ").nth(1)?.split(' ').next())
+    {
+        // Merged /usr: dpkg knows a library by one of its two paths.
+        let alt = path.strip_prefix("/usr").map_or_else(|| format!("/usr{path}"), str::to_owned);
+        let owner = [path, alt.as_str()].iter().find_map(|p| {
+            let o = Command::new("dpkg").args(["-S", p]).output().ok()?;
+            o.status.success().then(|| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split(':')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+        });
+        let owner = owner.unwrap_or_else(|| panic!("no Debian package owns {path}"));
+        packages.push(owner);
+    }
+    packages.sort();
+    packages.dedup();
+    // What the image's apt-get brings: the listed packages and what they
+    // depend on (from dpkg's records of this machine, where they are
+    // installed, since the binary runs here).
+    let mut image: Vec<String> = installed.iter().map(|s| s.to_string()).collect();
+    let mut next = 0;
+    while next < image.len() {
+        let o = Command::new("dpkg-query")
+            .args(["-W", "-f", "${Depends}, ${Pre-Depends}", &image[next]])
+            .output()
+            .expect("dpkg-query runs");
+        for dep in String::from_utf8_lossy(&o.stdout).split([',', '|']) {
+            let name = dep.split_whitespace().next().unwrap_or("");
+            let name = name.split(':').next().unwrap_or("");
+            if !name.is_empty() && !image.iter().any(|i| i == name) {
+                image.push(name.to_owned());
+            }
+        }
+        next += 1;
+    }
+    for p in &packages {
+        assert!(
+            in_slim.contains(&p.as_str()) || image.contains(p),
+            "the image lacks {p} (installs {image:?}; the binary links {packages:?})"
+        );
+    }
+
+    let out = Command::new(bin)
+        .args(["check-config", &format!("{root}/packaging/container.toml")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
