@@ -80,6 +80,16 @@ pub enum Command {
     /// Show what differs between two result files (JSON of a run or of a
     /// compare): the machine, the settings, and the change in each figure
     Diff(DiffArgs),
+    /// Print the markdown table of saved result files (a compare's medians
+    /// and ratios, a run's headline numbers), as README's tables are made
+    Table(TableArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TableArgs {
+    /// Result files (JSON of runs or compares)
+    #[arg(value_name = "FILE", required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,13 +5,12 @@
 //! table.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use crate::cli::{CompareArgs, CompareScenario};
 use crate::error::LoadgenError;
-use crate::output::{announce, hdr, plot, write_json};
+use crate::output::{announce, hdr, markdown, plot, write_json};
 use crate::result::{Machine, Metric, Report};
 use crate::scenario::{self, PathChoice};
 use crate::stats::{self, Recorder};
@@ -208,36 +207,33 @@ pub fn run(args: &CompareArgs) -> Result<(), LoadgenError> {
         .collect();
 
     let headline = metric_names.first().map(|(m, _)| *m).unwrap_or("");
-    let markdown = markdown_table(
-        &summary,
-        &metric_names,
+    let report = CompareReport {
+        schema: "loadgen-compare-v1",
+        scenario: scenario_name(&args.scenario),
+        rounds: args.rounds,
+        order: paths.iter().map(|p| p.name.clone()).collect(),
+        parameters,
+        machine: Machine::current(),
         headline,
-        args.rounds,
-        args.direct,
-        first_proxy.as_deref(),
-    );
+        metrics: metric_names
+            .iter()
+            .map(|&(name, higher_is_better)| MetricName {
+                name,
+                higher_is_better,
+            })
+            .collect(),
+        runs,
+        summary,
+        markdown: String::new(),
+    };
+    // The table is drawn from the JSON document itself, as `loadgen table`
+    // draws it again later from the saved file.
+    let mut doc = serde_json::to_value(&report).unwrap_or_default();
+    let markdown = markdown::compare_table(&doc);
     print!("{markdown}");
     if let Some(path) = &args.out.json {
-        let report = CompareReport {
-            schema: "loadgen-compare-v1",
-            scenario: scenario_name(&args.scenario),
-            rounds: args.rounds,
-            order: paths.iter().map(|p| p.name.clone()).collect(),
-            parameters,
-            machine: Machine::current(),
-            headline,
-            metrics: metric_names
-                .iter()
-                .map(|&(name, higher_is_better)| MetricName {
-                    name,
-                    higher_is_better,
-                })
-                .collect(),
-            runs,
-            summary,
-            markdown,
-        };
-        write_json(&report, path)?;
+        doc["markdown"] = serde_json::Value::String(markdown);
+        write_json(&doc, path)?;
     }
     Ok(())
 }
@@ -346,17 +342,9 @@ fn save_distributions(
 fn describe_metrics(metrics: &[Metric]) -> String {
     metrics
         .iter()
-        .map(|m| format!("{} {}", m.name, format_value(m.value)))
+        .map(|m| format!("{} {}", m.name, markdown::format_value(m.value)))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn format_value(v: f64) -> String {
-    if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.2}")
-    }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -378,73 +366,6 @@ fn ratio(value: f64, base: f64) -> f64 {
     } else {
         value / base
     }
-}
-
-fn markdown_table(
-    summary: &[Summary],
-    metrics: &[(&'static str, bool)],
-    headline: &str,
-    rounds: u32,
-    direct: bool,
-    first_proxy: Option<&str>,
-) -> String {
-    let mut header = vec!["path".to_owned()];
-    header.extend(
-        metrics
-            .iter()
-            .map(|(m, _)| format!("{m} (median of {rounds})")),
-    );
-    if direct {
-        header.push(format!("{headline} x direct"));
-    }
-    if let Some(p) = first_proxy {
-        header.push(format!("{headline} x {p}"));
-    }
-    let mut out = String::new();
-    let _ = writeln!(out, "| {} |", header.join(" | "));
-    let _ = writeln!(
-        out,
-        "|{}",
-        header
-            .iter()
-            .enumerate()
-            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
-            .collect::<String>()
-    );
-    for s in summary {
-        let mut cells = vec![s.name.clone()];
-        cells.extend(metrics.iter().map(|(m, _)| {
-            s.median
-                .get(m)
-                .map_or_else(|| "-".to_owned(), |v| format_value(*v))
-        }));
-        for r in [&s.ratio_to_direct, &s.ratio_to_first_proxy]
-            .into_iter()
-            .flatten()
-        {
-            cells.push(format!("{:.2}", r.get(headline).copied().unwrap_or(0.0)));
-        }
-        let _ = writeln!(out, "| {} |", cells.join(" | "));
-    }
-    let better: Vec<String> = metrics
-        .iter()
-        .map(|(m, higher)| {
-            format!(
-                "{m}: {}",
-                if *higher {
-                    "higher is better"
-                } else {
-                    "lower is better"
-                }
-            )
-        })
-        .collect();
-    let _ = writeln!(
-        out,
-        "\nRatios are the median of {headline} divided by the reference's median. {}.",
-        better.join("; ")
-    );
-    out
 }
 
 #[cfg(test)]

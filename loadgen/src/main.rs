@@ -61,6 +61,7 @@ fn run(cli: Cli) -> Result<(), LoadgenError> {
         Command::Serve(args) => serve::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::Diff(args) => output::diff::run(&args),
+        Command::Table(args) => output::markdown::run(&args.files),
     }
 }
 

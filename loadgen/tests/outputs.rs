@@ -316,6 +316,16 @@ fn compare_overlays_every_path_and_merges_its_rounds() {
     .assert_ok();
     let r = json.json();
     assert!(r["metrics"].as_array().is_some_and(|m| !m.is_empty()));
+    // `loadgen table` draws the same table again from the saved file.
+    let table = loadgen(&["table", json.arg()]);
+    table.assert_ok();
+    let saved = r["markdown"].as_str().unwrap();
+    assert!(saved.starts_with("| path | pps (median of 2)"), "{saved}");
+    assert!(
+        table.stdout.contains(saved),
+        "{}\n---\n{saved}",
+        table.stdout
+    );
     for path in ["direct", "coresocks"] {
         let rounds: Vec<u64> = (1..=2)
             .map(|round| hgrm_total(&hist.file(&format!("{path}-round{round}-latency.hgrm"))))

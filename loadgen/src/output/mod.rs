@@ -3,6 +3,7 @@
 
 pub mod diff;
 pub mod hdr;
+pub mod markdown;
 pub mod plot;
 pub mod table;
 
