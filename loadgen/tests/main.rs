@@ -10,6 +10,7 @@ mod cps;
 mod errors;
 mod gssapi;
 mod idle;
+mod labs;
 mod latency;
 mod outputs;
 mod throughput;
