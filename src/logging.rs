@@ -132,7 +132,9 @@ impl SyslogWriter {
             _ => {
                 // The daemon went away or restarted: once more, afresh.
                 self.connect()?;
-                self.socket.as_ref().map_or(Ok(()), |s| s.send(message).map(|_| ()))
+                self.socket
+                    .as_ref()
+                    .map_or(Ok(()), |s| s.send(message).map(|_| ()))
             }
         }
     }
@@ -182,7 +184,10 @@ pub fn init(level: &str, access: &AccessLog) -> std::io::Result<(LogGuards, LogC
                     let syslog = SyslogWriter::open(path).map_err(|e| {
                         std::io::Error::new(
                             e.kind(),
-                            format!("syslog socket {}: {e} (is a syslog daemon running?)", path.display()),
+                            format!(
+                                "syslog socket {}: {e} (is a syslog daemon running?)",
+                                path.display()
+                            ),
                         )
                     })?;
                     NonBlockingBuilder::default().finish(syslog)

@@ -206,7 +206,10 @@ fn the_container_image_installs_what_the_binary_links_and_a_valid_config() {
         .take_while(|w| *w != "\\" && *w != "&&")
         .collect();
     assert!(!installed.is_empty(), "{runtime}");
-    for needed in ["COPY packaging/container.toml /etc/coresocks/coresocks.toml", "USER coresocks"] {
+    for needed in [
+        "COPY packaging/container.toml /etc/coresocks/coresocks.toml",
+        "USER coresocks",
+    ] {
         assert!(runtime.contains(needed), "{needed}");
     }
 
@@ -219,7 +222,9 @@ fn the_container_image_installs_what_the_binary_links_and_a_valid_config() {
         .filter_map(|l| l.split("=> ").nth(1)?.split(' ').next())
     {
         // Merged /usr: dpkg knows a library by one of its two paths.
-        let alt = path.strip_prefix("/usr").map_or_else(|| format!("/usr{path}"), str::to_owned);
+        let alt = path
+            .strip_prefix("/usr")
+            .map_or_else(|| format!("/usr{path}"), str::to_owned);
         let owner = [path, alt.as_str()].iter().find_map(|p| {
             let o = Command::new("dpkg").args(["-S", p]).output().ok()?;
             o.status.success().then(|| {
@@ -265,5 +270,9 @@ fn the_container_image_installs_what_the_binary_links_and_a_valid_config() {
         .args(["check-config", &format!("{root}/packaging/container.toml")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

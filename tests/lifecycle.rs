@@ -500,7 +500,10 @@ fn access_log_can_go_to_syslog_and_survives_a_daemon_restart() {
     let line = receive(&daemon);
     let tag = format!("<30>coresocks[{}]: ", proxy.pid());
     assert!(line.starts_with(&tag), "{line}");
-    assert!(line.contains("reply=succeeded") && !line.ends_with('\n'), "{line:?}");
+    assert!(
+        line.contains("reply=succeeded") && !line.ends_with('\n'),
+        "{line:?}"
+    );
 
     // The daemon restarts: its socket is made anew at the same path.
     drop(daemon);
