@@ -49,3 +49,21 @@ fn scale_out_behind_a_balancer_drains_and_upgrades_without_a_failure() {
     let out = run_script("deploy/l4/test.sh", &[("CS_LB_BIN", bin_dir)]);
     assert!(out.contains(" checks, 0 failed"), "{out}");
 }
+
+/// The bench lab of the tuning kit (`tuning/netns-bench.sh`): client,
+/// proxy and target namespaces over multi-queue veths, tbf, the userspace
+/// delay/loss forwarder; loadgen through the proxy with one command; and
+/// idempotent setup and a teardown that leaves nothing, also after a
+/// failure injected during setup.
+#[test]
+fn the_bench_lab_sets_up_measures_through_the_proxy_and_cleans_up() {
+    if !root_or_skip("the bench lab") {
+        return;
+    }
+    let _serial = serial();
+    let out = run_script(
+        "tuning/tests/lab.sh",
+        &[("CORESOCKS_BIN", coresocks_bin()), ("LOADGEN_BIN", loadgen_bin())],
+    );
+    assert!(out.contains("checks passed"), "{out}");
+}
