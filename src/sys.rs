@@ -261,23 +261,7 @@ pub fn set_recverr(fd: BorrowedFd<'_>, addr: std::net::SocketAddr, on: bool) -> 
     } else {
         (libc::IPPROTO_IP, libc::IP_RECVERR)
     };
-    let value = libc::c_int::from(on);
-    // SAFETY: setsockopt reads one c_int that outlives the call, on a socket
-    // the caller borrows.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            level,
-            name,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt_int(fd, level, name, libc::c_int::from(on))
 }
 
 /// Runs `f` with a raw socket borrowed for socket2's option setters.

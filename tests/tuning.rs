@@ -8,17 +8,10 @@
 use std::path::Path;
 use std::process::Command;
 
-fn root_or_skip(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CORESOCKS_NETNS_REQUIRED").is_some_and(|v| v != "0") {
-        panic!("{what} needs root (and CORESOCKS_NETNS_REQUIRED is set)");
-    }
-    println!("skipped: {what} needs root");
-    false
-}
+#[path = "common/root.rs"]
+mod root;
+
+use root::root_or_skip;
 
 #[test]
 fn apply_then_revert_restores_exactly_what_it_changed() {

@@ -7,19 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::*;
+#[path = "../../tests/common/root.rs"]
+mod root;
 
-fn root_or_skip(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var_os("CORESOCKS_NETNS_REQUIRED").is_some_and(|v| v != "0") {
-        panic!("{what} needs root (and CORESOCKS_NETNS_REQUIRED is set)");
-    }
-    println!("skipped: {what} needs root");
-    false
-}
+use root::root_or_skip;
+
+use crate::common::*;
 
 /// Runs a lab's test script with this build's binaries; returns stdout.
 fn run_script(script: &str, env: &[(&str, PathBuf)]) -> String {
@@ -63,7 +56,10 @@ fn the_bench_lab_sets_up_measures_through_the_proxy_and_cleans_up() {
     let _serial = serial();
     let out = run_script(
         "tuning/tests/lab.sh",
-        &[("CORESOCKS_BIN", coresocks_bin()), ("LOADGEN_BIN", loadgen_bin())],
+        &[
+            ("CORESOCKS_BIN", coresocks_bin()),
+            ("LOADGEN_BIN", loadgen_bin()),
+        ],
     );
     assert!(out.contains("checks passed"), "{out}");
 }

@@ -350,3 +350,36 @@ fn compare_overlays_every_path_and_merges_its_rounds() {
         &["direct", "coresocks"],
     );
 }
+
+/// The saved results behind README's tables stay readable: `loadgen table`
+/// draws every one of them (what `benches/tables.sh` runs).
+#[test]
+fn every_saved_result_behind_the_readme_draws_its_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("benches/results");
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "json") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 5, "{files:?}");
+    for file in files {
+        let run = loadgen(&["table", file.to_str().unwrap()]);
+        run.assert_ok();
+        assert!(
+            run.stdout.contains("|---|"),
+            "{}: {}",
+            file.display(),
+            run.stdout
+        );
+    }
+}
