@@ -10,7 +10,7 @@ use std::io;
 use std::task::{Context, Poll};
 
 use super::endpoint::Endpoint;
-use super::tunnel::{Fill, Flush};
+use super::step::{Fill, Flush};
 use super::BufferPool;
 
 /// Bytes read but not yet written: `buf[pos..len]`.

@@ -17,6 +17,7 @@ mod pipes;
 mod pool;
 mod sealed;
 mod splice;
+mod step;
 pub mod throttle;
 mod tunnel;
 

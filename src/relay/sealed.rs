@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use super::endpoint::Endpoint;
-use super::tunnel::{Fill, Flush};
+use super::step::{Fill, Flush};
 use crate::gssapi::{GssError, Protection, MAX_PLAIN_PER_MESSAGE};
 
 /// One tunnel's security context, shared by its two directions.

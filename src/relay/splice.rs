@@ -26,7 +26,7 @@ use std::task::{Context, Poll};
 
 use super::endpoint::Endpoint;
 use super::pipes::PipePool;
-use super::tunnel::{Fill, Flush};
+use super::step::{Fill, Flush};
 use crate::sys::{self, Pipe};
 
 #[derive(Default)]

@@ -20,6 +20,7 @@ use super::copy::CopyState;
 use super::endpoint::Endpoint;
 use super::sealed::SealedState;
 use super::splice::SpliceState;
+use super::step::{Fill, Flush};
 use super::throttle::{Throttle, Way};
 use super::{IdleClock, Relay, Side, TunnelEnd};
 use crate::config::RelayMode;
@@ -28,23 +29,6 @@ use crate::runtime::StopSignal;
 /// Read/write rounds one direction may do per poll before yielding, so one
 /// busy tunnel cannot starve the others on its core.
 const ROUNDS_PER_POLL: usize = 16;
-
-/// Outcome of writing out what a direction holds.
-pub(super) enum Flush {
-    Moved(usize),
-    Empty,
-    Blocked,
-}
-
-/// Outcome of reading from the source.
-pub(super) enum Fill {
-    /// This many bytes were read.
-    Data(usize),
-    Eof,
-    Blocked,
-    /// The splice engine cannot run here; copy instead.
-    NoPipe,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Engine {
