@@ -425,8 +425,8 @@ fn dropped_access_lines() -> u64 {
 
 /// The standard process metrics, from /proc/self at scrape time.
 fn process_metrics(out: &mut String) {
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let ticks = crate::sys::clock_ticks() as f64;
+    let page = crate::sys::page_size();
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command (which may hold spaces), from field 3 on.
     let fields: Vec<&str> = stat

@@ -446,6 +446,105 @@ pub fn attach_reuseport_program(
     }
 }
 
+/// glommio's socket types take a raw descriptor; these move an owned one
+/// of the right kind into them (the only place that vouches for it).
+pub fn glommio_tcp_stream(fd: OwnedFd) -> glommio::net::TcpStream {
+    // SAFETY: `fd` is an owned, connected TCP socket (callers get it from
+    // accept or a connect they made); ownership moves into the stream.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+}
+
+pub fn glommio_tcp_listener(fd: OwnedFd) -> glommio::net::TcpListener {
+    // SAFETY: `fd` is an owned, listening TCP socket; ownership moves.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+}
+
+pub fn glommio_udp_socket(fd: OwnedFd) -> glommio::net::UdpSocket {
+    // SAFETY: `fd` is an owned, bound UDP socket; ownership moves.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+}
+
+/// An owned descriptor (an eventfd) as a glommio file, read through
+/// io_uring by polling.
+pub fn glommio_file(fd: OwnedFd) -> glommio::io::BufferedFile {
+    // SAFETY: `fd` is owned and open; ownership moves into the file.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`: the unit of
+/// /proc/PID/stat's CPU times).
+pub fn clock_ticks() -> u64 {
+    // SAFETY: sysconf reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+/// The page size (`sysconf(_SC_PAGESIZE)`: the unit of /proc/PID/stat's RSS).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().filter(|&p| p > 0).unwrap_or(4096)
+}
+
+/// Online CPUs (`sysconf(_SC_NPROCESSORS_ONLN)`).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf reads a system value.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(0)
+}
+
+/// CLOCK_MONOTONIC in microseconds (what systemd's MONOTONIC_USEC is).
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// SO_RCVBUF and SO_SNDBUF of `size`, past `net.core.[rw]mem_max` where
+/// the process may (SO_*BUFFORCE needs CAP_NET_ADMIN), else up to it.
+pub fn force_buffers(socket: BorrowedFd<'_>, size: libc::c_int) {
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if setsockopt_int(socket, libc::SOL_SOCKET, force, size).is_err() {
+            let _ = setsockopt_int(socket, libc::SOL_SOCKET, plain, size);
+        }
+    }
+}
+
+/// Whether the peer of a connected TCP socket has closed it (a FIN or a
+/// RST is waiting), without reading any data: a 1-byte MSG_PEEK that does
+/// not block. `Ok(false)` while the connection looks alive; an error is the
+/// reset (or other failure) waiting on the socket.
+pub fn peer_closed(socket: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut b = 0u8;
+    // SAFETY: peeks at most one byte into a local, on a borrowed socket.
+    let n = unsafe {
+        libc::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            (&mut b as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Ok(true),
+        n if n > 0 => Ok(false),
+        _ => {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
 /// TCP_NODELAY: a relay must not add Nagle delay to small messages.
 pub fn set_nodelay(fd: RawFd) {
     let _ = with_sock(fd, |s| s.set_tcp_nodelay(true));

@@ -25,13 +25,7 @@ pub struct ProcSample {
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 almost everywhere).
 pub fn clock_ticks() -> f64 {
-    // SAFETY: sysconf reads a system constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 {
-        ticks as f64
-    } else {
-        100.0
-    }
+    coresocks::sys::clock_ticks() as f64
 }
 
 /// Reads /proc/PID/stat and /proc/PID/status now.

@@ -34,30 +34,15 @@ pub async fn sleep_until(at: Instant) {
 }
 
 /// Whether the peer of a connected TCP socket has closed it (a FIN or a
-/// RST is waiting), without reading any data: a 1-byte MSG_PEEK that does
-/// not block. `None` while the connection looks alive.
+/// RST is waiting), without reading any data. `None` while the connection
+/// looks alive.
 pub fn peer_closed(fd: RawFd) -> Option<Failure> {
-    let mut b = 0u8;
-    // SAFETY: peeks at most one byte into a local, on a socket the caller
-    // holds open.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&mut b as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => Some(Failure::ClosedEarly),
-        n if n > 0 => None,
-        _ => {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => None,
-                _ => Some(Failure::from_io(&e, Stage::Target)),
-            }
-        }
+    // SAFETY: callers pass the fd of a socket they still hold open.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    match coresocks::sys::peer_closed(borrowed) {
+        Ok(true) => Some(Failure::ClosedEarly),
+        Ok(false) => None,
+        Err(e) => Some(Failure::from_io(&e, Stage::Target)),
     }
 }
 

@@ -23,7 +23,7 @@
 
 use std::cell::Cell;
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -148,16 +148,12 @@ impl TargetCore {
     /// Starts accepting on `listener` (a bound, listening socket) and
     /// echoing datagrams on `udp` (a bound UDP socket).
     pub fn start(listener: OwnedFd, udp: Option<OwnedFd>, hooks: TargetHooks) -> TargetCore {
-        // SAFETY: the descriptor is an owned, listening TCP socket; glommio
-        // takes ownership of it.
-        let listener = unsafe { TcpListener::from_raw_fd(listener.into_raw_fd()) };
+        let listener = coresocks::sys::glommio_tcp_listener(listener);
         let counters = Rc::new(Counters::default());
         let task =
             glommio::spawn_local(accept_loop(listener, counters.clone(), hooks.pause)).detach();
         let udp_loop = udp.map(|fd| {
-            // SAFETY: an owned, bound, non-blocking UDP socket; glommio
-            // takes ownership of it.
-            let sock = unsafe { UdpSocket::from_raw_fd(fd.into_raw_fd()) };
+            let sock = coresocks::sys::glommio_udp_socket(fd);
             glommio::spawn_local(udp_echo(sock, counters.clone(), hooks.udp_drop_every)).detach()
         });
         TargetCore {
@@ -420,35 +416,10 @@ pub fn udp_socket(addr: std::net::SocketAddr, reuse_port: bool) -> io::Result<so
 /// Asks for [`UDP_SOCKET_BUFFER`]-sized buffers: forced where loadgen has
 /// CAP_NET_ADMIN, else up to the sysctl maximum. Failures keep the defaults.
 fn grow_buffers(socket: &socket2::Socket) {
-    use std::os::fd::AsRawFd;
-    let size = UDP_SOCKET_BUFFER as libc::c_int;
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        // SAFETY: setsockopt with a c_int option value on a socket we own.
-        let forced = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_SOCKET,
-                force,
-                (&size as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        } == 0;
-        if !forced {
-            // SAFETY: as above.
-            unsafe {
-                libc::setsockopt(
-                    socket.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    plain,
-                    (&size as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-    }
+    coresocks::sys::force_buffers(
+        std::os::fd::AsFd::as_fd(socket),
+        UDP_SOCKET_BUFFER as libc::c_int,
+    );
 }
 
 /// The targets' sockets: per core, one TCP listener and one UDP socket, all

@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -175,9 +175,7 @@ pub async fn run_core(
                     watch: Watch::new(ring.clone(), fd.as_raw_fd()),
                     fd,
                 },
-                // SAFETY: a listening TCP socket whose ownership moves into
-                // glommio's listener here.
-                None => Listener::Glommio(unsafe { TcpListener::from_raw_fd(fd.into_raw_fd()) }),
+                None => Listener::Glommio(crate::sys::glommio_tcp_listener(fd)),
             };
             glommio::spawn_local(accept_loop(core.clone(), listener))
         })
@@ -276,9 +274,7 @@ impl Listener {
             Listener::Ring { watch, fd } => loop {
                 match crate::sys::accept_nonblocking(fd.as_fd()) {
                     Ok((socket, peer)) => {
-                        // SAFETY: a fresh connected socket whose ownership
-                        // moves into glommio's stream here.
-                        let stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+                        let stream = crate::sys::glommio_tcp_stream(socket);
                         return Ok(Some((stream, peer)));
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {

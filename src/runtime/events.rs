@@ -25,7 +25,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -115,7 +115,7 @@ impl EventRing {
         // SAFETY: `wake` is a descriptor of our own whose ownership moves
         // into glommio's file here. Reading an eventfd through glommio is an
         // io_uring READ that waits by polling, not on a worker thread.
-        let file = unsafe { glommio::io::BufferedFile::from_raw_fd(wake.into_raw_fd()) };
+        let file = crate::sys::glommio_file(wake);
         let driver = Rc::downgrade(&this);
         glommio::spawn_local(async move {
             loop {

@@ -27,12 +27,6 @@ pub fn notify(state: &str) {
 
 /// `RELOADING=1` with the monotonic time systemd asks reloads to carry.
 pub fn reloading() {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime fills the struct it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    let usec = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000;
+    let usec = crate::sys::monotonic_usec();
     notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
 }

@@ -2,7 +2,7 @@
 //! second reply, relay.
 
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
 
 use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
@@ -22,7 +22,7 @@ impl Session<'_> {
     ) -> Result<Established, SessionError> {
         match self.accept_incoming(&target).await {
             Ok(incoming) => {
-                self.record.outbound = incoming.local_addr().ok().map(Into::into);
+                self.record.outbound = incoming.local_addr().ok();
                 Ok(self.established(incoming, early))
             }
             Err(e) => {
@@ -133,9 +133,9 @@ fn listen_once(addr: SocketAddr) -> std::io::Result<(TcpListener, StopListening)
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     s.listen(1)?;
-    let fd = s.into_raw_fd();
-    // SAFETY: a fresh listening socket whose ownership moves to glommio; the
-    // guard only calls shutdown(2) on it, before the listener is dropped
-    // (locals drop in reverse order).
-    Ok((unsafe { TcpListener::from_raw_fd(fd) }, StopListening(fd)))
+    let owned = std::os::fd::OwnedFd::from(s);
+    // The guard only calls shutdown(2) on the descriptor, before the
+    // listener that owns it is dropped (locals drop in reverse order).
+    let fd = owned.as_raw_fd();
+    Ok((crate::sys::glommio_tcp_listener(owned), StopListening(fd)))
 }

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, FromRawFd, IntoRawFd};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -128,8 +128,7 @@ async fn connect_one(
         }
         None => false,
     };
-    // SAFETY: a fresh socket whose ownership moves to glommio here.
-    let mut stream = unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) };
+    let mut stream = crate::sys::glommio_tcp_stream(socket.into());
     if events.is_none() {
         // Without the event ring, a zero-length send waits through
         // glommio's write path: EAGAIN while the handshake is in flight, 0

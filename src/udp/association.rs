@@ -2,7 +2,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -193,8 +193,7 @@ fn outbound_socket(egress: &Egress<'_>, any: SocketAddr) -> Option<UdpSocket> {
 }
 
 fn into_glommio(s: Socket) -> io::Result<UdpSocket> {
-    // SAFETY: the fd is a fresh UDP socket whose ownership moves to glommio.
-    Ok(unsafe { UdpSocket::from_raw_fd(s.into_raw_fd()) })
+    Ok(crate::sys::glommio_udp_socket(s.into()))
 }
 
 /// Waits until `sock` has a datagram, without taking it and without

@@ -101,8 +101,6 @@ impl Machine {
                     .map(|(_, v)| v.trim().to_owned())
             })
             .unwrap_or_default();
-        // SAFETY: sysconf reads a system constant.
-        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
         let sysctls = SYSCTLS
             .iter()
             .filter_map(|name| {
@@ -113,7 +111,7 @@ impl Machine {
         Machine {
             hostname: text("/proc/sys/kernel/hostname"),
             kernel: text("/proc/sys/kernel/osrelease"),
-            cpus: usize::try_from(online).unwrap_or(0),
+            cpus: coresocks::sys::online_cpus(),
             cpu_model,
             sysctls,
             interfaces: interfaces(),

@@ -26,7 +26,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
@@ -245,9 +245,7 @@ async fn open_association(
 }
 
 fn glommio_udp(sock: socket2::Socket) -> UdpSocket {
-    // SAFETY: a fresh, bound, non-blocking UDP socket whose ownership moves
-    // to glommio.
-    unsafe { UdpSocket::from_raw_fd(sock.into_raw_fd()) }
+    coresocks::sys::glommio_udp_socket(sock.into())
 }
 
 /// What every association of a core shares.
