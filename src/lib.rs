@@ -18,6 +18,7 @@ pub mod gssapi;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod quota;
 pub mod relay;
 pub mod resolve;
 pub mod runtime;

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         "egress policy: {} rule(s), then private destinations denied (open them with --allow)",
         config.policy.rules().len()
     );
-    match coresocks::runtime::run(config, reloader) {
+    match coresocks::runtime::run(config, reloader, coresocks::session::serve_boxed) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Flush the asynchronous log writer before the last word.

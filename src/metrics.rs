@@ -53,7 +53,7 @@ pub struct CoreMetrics {
     /// [`crate::policy::Denial::metrics_index`].
     pub denied: [AtomicU64; 2],
     /// Requests refused by a per-user or per-client quota, by
-    /// [`crate::session::quota::QUOTA_REASONS`].
+    /// [`crate::quota::QUOTA_REASONS`].
     pub quota_refusals: [AtomicU64; 4],
     /// UDP datagrams the egress policy dropped (also in `dropped`).
     pub udp_datagrams_denied: AtomicU64,
@@ -332,7 +332,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
         "quota_refusals_total",
         "Requests refused by a per-user or per-client quota: tunnels held (0x02) or new tunnels per second (0x01).",
         "reason",
-        &crate::session::quota::QUOTA_REASONS,
+        &crate::quota::QUOTA_REASONS,
         &|m| &m.quota_refusals,
     );
     labelled(

@@ -84,7 +84,7 @@ pub fn connecting_socket(
     addr: std::net::SocketAddr,
     source: Option<std::net::IpAddr>,
     interface: Option<&str>,
-    tuning: &crate::config::SocketTuning,
+    before_connect: impl FnOnce(BorrowedFd<'_>) -> io::Result<()>,
 ) -> io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(
@@ -93,8 +93,9 @@ pub fn connecting_socket(
         Some(Protocol::TCP),
     )?;
     set_recverr(std::os::fd::AsFd::as_fd(&socket), addr, true)?;
-    // Before the SYN: the window scale follows the receive buffer.
-    tune_stream(std::os::fd::AsFd::as_fd(&socket), tuning)?;
+    // Before the SYN (socket options: the window scale follows the
+    // receive buffer).
+    before_connect(std::os::fd::AsFd::as_fd(&socket))?;
     bind_device(&socket, interface)?;
     if let Some(ip) = source {
         // An IPv4 source for an IPv6 socket: a mapped destination.
@@ -341,36 +342,40 @@ fn setsockopt_int(
     }
 }
 
-/// Options of a listener that its accepted sockets inherit, or that act on
-/// accept: socket buffer sizes, busy polling, TCP_DEFER_ACCEPT and
-/// TCP_FASTOPEN (set before listen(2)).
-pub fn tune_listener(socket: BorrowedFd<'_>, t: &crate::config::SocketTuning) -> io::Result<()> {
-    tune_stream(socket, t)?;
-    if let Some(d) = t.defer_accept {
-        let secs = libc::c_int::try_from(d.as_secs()).unwrap_or(libc::c_int::MAX);
-        setsockopt_int(socket, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs)?;
-    }
-    if let Some(q) = t.fastopen_queue {
-        let q = libc::c_int::try_from(q).unwrap_or(libc::c_int::MAX);
-        setsockopt_int(socket, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, q)?;
+/// TCP_DEFER_ACCEPT: accept only once data arrived, waiting at most `secs`.
+pub fn set_defer_accept(socket: BorrowedFd<'_>, secs: u64) -> io::Result<()> {
+    let secs = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    setsockopt_int(socket, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, secs)
+}
+
+/// TCP_FASTOPEN on a listener (before listen(2)): the queue of pending
+/// fast-open requests.
+pub fn set_fastopen_queue(socket: BorrowedFd<'_>, queue: u32) -> io::Result<()> {
+    let queue = libc::c_int::try_from(queue).unwrap_or(libc::c_int::MAX);
+    setsockopt_int(socket, libc::IPPROTO_TCP, libc::TCP_FASTOPEN, queue)
+}
+
+/// SO_BUSY_POLL, and SO_PREFER_BUSY_POLL when `prefer`.
+pub fn set_busy_poll(socket: BorrowedFd<'_>, usecs: u32, prefer: bool) -> io::Result<()> {
+    SockRef::from(&socket).set_busy_poll(usecs)?;
+    if prefer {
+        setsockopt_int(socket, libc::SOL_SOCKET, SO_PREFER_BUSY_POLL, 1)?;
     }
     Ok(())
 }
 
-/// Buffer sizes and busy polling of a connected (or connecting) socket.
-pub fn tune_stream(socket: BorrowedFd<'_>, t: &crate::config::SocketTuning) -> io::Result<()> {
+/// SO_RCVBUF and SO_SNDBUF, each when given.
+pub fn set_buffer_sizes(
+    socket: BorrowedFd<'_>,
+    receive: Option<usize>,
+    send: Option<usize>,
+) -> io::Result<()> {
     let s = SockRef::from(&socket);
-    if let Some(n) = t.receive_buffer {
+    if let Some(n) = receive {
         s.set_recv_buffer_size(n)?;
     }
-    if let Some(n) = t.send_buffer {
+    if let Some(n) = send {
         s.set_send_buffer_size(n)?;
-    }
-    if let Some(b) = t.busy_poll {
-        s.set_busy_poll(b.usecs)?;
-        if b.prefer {
-            setsockopt_int(socket, libc::SOL_SOCKET, SO_PREFER_BUSY_POLL, 1)?;
-        }
     }
     Ok(())
 }
@@ -873,12 +878,7 @@ mod tests {
 
     #[test]
     fn an_empty_error_queue_is_none() {
-        let socket = connecting_socket(
-            "127.0.0.1:9".parse().unwrap(),
-            None,
-            None,
-            &Default::default(),
-        );
+        let socket = connecting_socket("127.0.0.1:9".parse().unwrap(), None, None, |_| Ok(()));
         // Port 9 on loopback: refused by RST or still in progress; neither
         // queues an ICMP error.
         if let Ok(socket) = socket {

@@ -22,7 +22,7 @@ pub use sockets::{BusyPoll, SocketTuning, Steering};
 
 use crate::policy::source::{Outbound, SourcePick};
 use crate::policy::Policy;
-use crate::session::quota::QuotaConfig;
+use crate::quota::QuotaConfig;
 pub use users::{hash_password, UserDb, UsersError, Verification};
 
 /// Which relay engine moves a tunnel's bytes.

@@ -3,9 +3,13 @@
 //! wakes a core, busy polling, and socket buffer sizes. The tuning kit
 //! (`tuning/`) measures each one in its network-namespace bench.
 
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::sys;
 
 /// How the kernel picks one of the cores' SO_REUSEPORT listeners for a
 /// new connection.
@@ -63,6 +67,28 @@ pub struct SocketTuning {
 }
 
 impl SocketTuning {
+    /// The options of a listener: what its accepted sockets inherit
+    /// (buffers, busy polling) and what acts on accept. Before listen(2).
+    pub fn apply_to_listener(&self, socket: BorrowedFd<'_>) -> io::Result<()> {
+        self.apply_to_stream(socket)?;
+        if let Some(d) = self.defer_accept {
+            sys::set_defer_accept(socket, d.as_secs())?;
+        }
+        if let Some(q) = self.fastopen_queue {
+            sys::set_fastopen_queue(socket, q)?;
+        }
+        Ok(())
+    }
+
+    /// Buffer sizes and busy polling of a client or target socket.
+    pub fn apply_to_stream(&self, socket: BorrowedFd<'_>) -> io::Result<()> {
+        sys::set_buffer_sizes(socket, self.receive_buffer, self.send_buffer)?;
+        if let Some(b) = self.busy_poll {
+            sys::set_busy_poll(socket, b.usecs, b.prefer)?;
+        }
+        Ok(())
+    }
+
     /// The options in use, for the start-up log line; empty when none.
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();

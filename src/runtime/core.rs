@@ -34,7 +34,7 @@ pub struct Core {
     pub udp: UdpTable,
     pub admission: Rc<Admission>,
     /// Per-user and per-client tunnel quotas, this core's share.
-    pub quotas: Rc<crate::session::quota::Quotas>,
+    pub quotas: Rc<crate::quota::Quotas>,
     /// Per-user and per-client bandwidth buckets, this core's share.
     pub bandwidth: crate::relay::Bandwidth,
     /// This core's own io_uring for readiness waits; `None` when turned
@@ -86,7 +86,7 @@ impl Core {
             ),
             udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
             admission: Admission::new(limits.budgets),
-            quotas: crate::session::quota::Quotas::new(config.quotas, all_metrics.len()),
+            quotas: crate::quota::Quotas::new(config.quotas, all_metrics.len()),
             bandwidth: crate::relay::Bandwidth::new(
                 config.quotas.bandwidth_per_user,
                 config.quotas.bandwidth_per_client,
@@ -155,9 +155,20 @@ async fn return_spare_buffers(core: Rc<Core>) {
     }
 }
 
+/// What serves one accepted connection (`session::serve`, boxed): the
+/// runtime accepts and admits, the service speaks the protocol. Passed in
+/// by the caller, so the runtime does not depend on the session.
+pub type Serve = fn(
+    Rc<Core>,
+    TcpStream,
+    SocketAddr,
+    Ticket,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
 /// Runs one core: accepts on its listeners until shutdown, then drains.
 pub async fn run_core(
     core: Rc<Core>,
+    serve: Serve,
     listeners: Vec<OwnedFd>,
     shutdown: Arc<AtomicBool>,
     handed_over: Arc<AtomicBool>,
@@ -177,7 +188,7 @@ pub async fn run_core(
                 },
                 None => Listener::Glommio(crate::sys::glommio_tcp_listener(fd)),
             };
-            glommio::spawn_local(accept_loop(core.clone(), listener))
+            glommio::spawn_local(accept_loop(core.clone(), serve, listener))
         })
         .collect();
 
@@ -289,7 +300,7 @@ impl Listener {
     }
 }
 
-async fn accept_loop(core: Rc<Core>, mut listener: Listener) {
+async fn accept_loop(core: Rc<Core>, serve: Serve, mut listener: Listener) {
     let mut backoff = Duration::ZERO;
     let mut accept_errors = RateLimitedLog::new(LOG_INTERVAL);
     let mut recoveries = RateLimitedLog::new(LOG_INTERVAL);
@@ -331,7 +342,7 @@ async fn accept_loop(core: Rc<Core>, mut listener: Listener) {
                 if let Some(reason) = admitted.shed {
                     metrics::add(&core.metrics().handshakes_shed[reason as usize], 1);
                 }
-                spawn_session(&core, stream, peer, admitted.ticket);
+                spawn_session(&core, serve, stream, peer, admitted.ticket);
             }
             Err(Refused) => {
                 metrics::add(&core.metrics().rejected_over_limit, 1);
@@ -350,10 +361,16 @@ async fn accept_loop(core: Rc<Core>, mut listener: Listener) {
     }
 }
 
-fn spawn_session(core: &Rc<Core>, stream: TcpStream, peer: SocketAddr, ticket: Ticket) {
+fn spawn_session(
+    core: &Rc<Core>,
+    serve: Serve,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+) {
     let core = core.clone();
     glommio::spawn_local(async move {
-        crate::session::serve(core.clone(), stream, peer, ticket).await;
+        serve(core.clone(), stream, peer, ticket).await;
         metrics::add(&core.metrics().closed, 1);
     })
     .detach();

@@ -64,7 +64,7 @@ fn new_socket(addr: SocketAddr, setup: &ListenSetup, reuse_port: bool) -> io::Re
     }
     socket.set_nonblocking(true)?;
     socket.set_tcp_nodelay(true)?;
-    crate::sys::tune_listener(socket.as_fd(), setup.tuning)?;
+    setup.tuning.apply_to_listener(socket.as_fd())?;
     Ok(socket)
 }
 

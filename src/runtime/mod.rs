@@ -17,7 +17,7 @@ use std::sync::{mpsc, Arc};
 
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
-pub use self::core::Core;
+pub use self::core::{Core, Serve};
 pub use admission::{Admission, Budgets, ShedReason, Stop, StopSignal, Ticket};
 pub use listener::{open_listeners, ListenError, ListenSetup};
 pub use reload::{ConfigSlot, Reloader};
@@ -57,7 +57,7 @@ pub enum RuntimeError {
 
 /// Starts every core and blocks until they have all finished (after a
 /// SIGINT/SIGTERM and the grace period). SIGHUP runs `reloader`.
-pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
+pub fn run(config: Config, reloader: Reloader, serve: Serve) -> Result<(), RuntimeError> {
     let allowed = crate::sys::allowed_cpus().map_err(|e| RuntimeError::Cores(e.to_string()))?;
     let cpus = config.cores.select(&allowed).map_err(RuntimeError::Cores)?;
 
@@ -173,7 +173,7 @@ pub fn run(config: Config, reloader: Reloader) -> Result<(), RuntimeError> {
                     self::core::describe(&addrs)
                 );
                 let _ = started.send(());
-                self::core::run_core(core, listeners, shutdown, handed_over, slot).await;
+                self::core::run_core(core, serve, listeners, shutdown, handed_over, slot).await;
             })
             .map_err(|e| RuntimeError::CoreStart {
                 cpu,

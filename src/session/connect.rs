@@ -116,7 +116,9 @@ async fn connect_one(
     interface: Option<Rc<str>>,
     tuning: SocketTuning,
 ) -> io::Result<TcpStream> {
-    let socket = crate::sys::connecting_socket(addr, source, interface.as_deref(), &tuning)?;
+    let socket = crate::sys::connecting_socket(addr, source, interface.as_deref(), |fd| {
+        tuning.apply_to_stream(fd)
+    })?;
     // POLLOUT without POLLERR or POLLHUP means established: a failed
     // connect is always POLLERR | POLLHUP (TCP_CLOSE with an error), and a
     // queued ICMP error is POLLERR. Then the checks below have nothing to

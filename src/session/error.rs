@@ -133,6 +133,16 @@ pub fn connect_reply_code(e: &io::Error) -> ReplyCode {
     }
 }
 
+impl From<crate::quota::Refusal> for SessionError {
+    fn from(r: crate::quota::Refusal) -> SessionError {
+        let message = r.to_string();
+        match r {
+            crate::quota::Refusal::OverLimit(_) => SessionError::OverLimit(message),
+            crate::quota::Refusal::RateLimited(_) => SessionError::RateLimited(message),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

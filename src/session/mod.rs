@@ -17,7 +17,6 @@ mod bind;
 mod connect;
 mod error;
 mod gssapi;
-pub mod quota;
 mod reader;
 mod udp;
 
@@ -113,7 +112,7 @@ pub struct Established {
     early: Vec<u8>,
     /// The tunnel's place in the per-user and per-client quotas, held
     /// until the relay ends.
-    quota: Option<quota::QuotaLease>,
+    quota: Option<crate::quota::QuotaLease>,
     /// GSSAPI protection, for the sealed engine.
     sealed: Option<Sealed>,
 }
@@ -123,6 +122,16 @@ pub struct Established {
 /// Everything before the relay runs in a boxed future that is freed when
 /// it returns: a task's allocation is the size of its largest state, and a
 /// tunnel that lives for hours should carry only the relay's.
+/// [`serve`] as the runtime takes it ([`crate::runtime::Serve`]).
+pub fn serve_boxed(
+    core: Rc<Core>,
+    client: TcpStream,
+    peer: SocketAddr,
+    ticket: Ticket,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    Box::pin(serve(core, client, peer, ticket))
+}
+
 pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, ticket: Ticket) {
     let mut record = AccessRecord::new(core.id, ticket.id(), peer);
     let config = core.config();
@@ -217,8 +226,9 @@ async fn establish<'a>(
     let client_ip = session.record.client.ip().to_canonical();
     let lease = match core.quotas.acquire(session.user(), client_ip) {
         Ok(lease) => lease,
-        Err((e, reason)) => {
+        Err((refusal, reason)) => {
             metrics::add(&core.metrics().quota_refusals[reason], 1);
+            let e = SessionError::from(refusal);
             session.reply_error(&e).await;
             return Err(e);
         }

@@ -17,7 +17,16 @@ use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::SessionError;
+/// Why a new tunnel was refused: the limit it met, and for whom ("user
+/// alice", "client address 192.0.2.7"). The session turns it into the
+/// reply and the access log's end.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0} holds as many tunnels as its limit allows")]
+    OverLimit(String),
+    #[error("{0} opens tunnels faster than its rate limit")]
+    RateLimited(String),
+}
 
 /// The four limits, as configured for the whole process.
 #[derive(Debug, Clone, Copy, Default)]
@@ -164,7 +173,7 @@ impl Quotas {
         self: &Rc<Self>,
         user: Option<&str>,
         client: IpAddr,
-    ) -> Result<QuotaLease, (SessionError, usize)> {
+    ) -> Result<QuotaLease, (Refusal, usize)> {
         let now = Instant::now();
         let mut lease = QuotaLease {
             quotas: self.clone(),
@@ -191,17 +200,12 @@ impl Quotas {
     }
 }
 
-fn refusal(rate: bool, what: &str, who: &str, index: usize) -> (SessionError, usize) {
+fn refusal(rate: bool, what: &str, who: &str, index: usize) -> (Refusal, usize) {
+    let whom = format!("{what} {who}");
     if rate {
-        let e = SessionError::RateLimited(format!(
-            "{what} {who} opens tunnels faster than its rate limit"
-        ));
-        (e, index + 2)
+        (Refusal::RateLimited(whom), index + 2)
     } else {
-        let e = SessionError::OverLimit(format!(
-            "{what} {who} holds as many tunnels as its limit allows"
-        ));
-        (e, index)
+        (Refusal::OverLimit(whom), index)
     }
 }
 
