@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod gssapi;
 pub mod logging;
 pub mod metrics;

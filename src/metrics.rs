@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::events::ShedReason;
 use crate::proto::ReplyCode;
-use crate::runtime::ShedReason;
 
 /// Relay engines, as indexed in [`CoreMetrics::tunnels_by_engine`].
 pub const ENGINES: [&str; 3] = ["copy", "splice", "sealed"];
@@ -28,7 +28,7 @@ pub struct CoreMetrics {
     pub accept_errors: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     /// Unfinished handshakes closed to make room, by
-    /// [`crate::runtime::ShedReason`].
+    /// [`crate::events::ShedReason`].
     pub handshakes_shed: [AtomicU64; 3],
     /// Connections cut at the end of the shutdown grace.
     pub shutdown_cuts: AtomicU64,

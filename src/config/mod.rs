@@ -73,7 +73,7 @@ impl GssProtection {
 }
 
 /// How each core's own io_uring (the event ring) is set up; see
-/// `src/runtime/events.rs`.
+/// `src/events/ring.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventRingSetup {

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-use crate::runtime::events::Watch;
+use crate::events::Watch;
 use crate::sys;
 
 pub(super) struct Endpoint<'a> {

@@ -36,8 +36,8 @@ pub use pool::BufferPool;
 pub use throttle::{Bandwidth, Throttle};
 
 use crate::config::{Config, RelayMode};
-use crate::runtime::events::{EventRing, Watch};
-use crate::runtime::{Stop, StopSignal};
+use crate::events::{EventRing, Watch};
+use crate::events::{Stop, StopSignal};
 use endpoint::Endpoint;
 use tunnel::{Direction, Tunnel};
 

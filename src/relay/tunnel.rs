@@ -24,7 +24,7 @@ use super::step::{Fill, Flush};
 use super::throttle::{Throttle, Way};
 use super::{IdleClock, Relay, Side, TunnelEnd};
 use crate::config::RelayMode;
-use crate::runtime::StopSignal;
+use crate::events::StopSignal;
 
 /// Read/write rounds one direction may do per poll before yielding, so one
 /// busy tunnel cannot starve the others on its core.

@@ -15,99 +15,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
-use std::future::poll_fn;
 use std::net::IpAddr;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 
-/// Why a connection is told to stop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// Its handshake was the oldest unfinished one when room was needed.
-    Shed(ShedReason),
-    /// The shutdown grace ran out.
-    ShutdownCut,
-    /// A reload removed its RFC 1929 user (`--reload-closes-removed-users`).
-    UserRemoved,
-}
-
-impl Stop {
-    /// For the access log's `end=`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stop::Shed(_) => "handshake-shed",
-            Stop::ShutdownCut => "shutdown-cut",
-            Stop::UserRemoved => "user-removed",
-        }
-    }
-}
-
-/// Which budget made room by shedding a handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShedReason {
-    ConnectionLimit,
-    HandshakeBudget,
-    ClientHandshakeBudget,
-}
-
-impl ShedReason {
-    pub const ALL: [ShedReason; 3] = [
-        ShedReason::ConnectionLimit,
-        ShedReason::HandshakeBudget,
-        ShedReason::ClientHandshakeBudget,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ShedReason::ConnectionLimit => "connection-limit",
-            ShedReason::HandshakeBudget => "handshake-budget",
-            ShedReason::ClientHandshakeBudget => "client-handshake-budget",
-        }
-    }
-}
-
-/// A one-shot signal a connection's task waits on beside its work.
-#[derive(Default)]
-pub struct StopSignal {
-    stop: Cell<Option<Stop>>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl StopSignal {
-    pub fn poll_stop(&self, cx: &mut Context<'_>) -> Poll<Stop> {
-        if let Some(stop) = self.stop.get() {
-            return Poll::Ready(stop);
-        }
-        // Re-register only when the task's waker changed (it rarely does).
-        let waker = match self.waker.take() {
-            Some(w) if w.will_wake(cx.waker()) => w,
-            _ => cx.waker().clone(),
-        };
-        self.waker.set(Some(waker));
-        Poll::Pending
-    }
-
-    /// Why the connection was told to stop, if it was.
-    pub fn stopped(&self) -> Option<Stop> {
-        self.stop.get()
-    }
-
-    pub async fn wait(&self) -> Stop {
-        poll_fn(|cx| self.poll_stop(cx)).await
-    }
-
-    /// Sets the signal; false when it was already set.
-    fn fire(&self, stop: Stop) -> bool {
-        if self.stop.get().is_some() {
-            return false;
-        }
-        self.stop.set(Some(stop));
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-        true
-    }
-}
+pub use crate::events::{ShedReason, Stop, StopSignal};
 
 /// Per-core budgets.
 #[derive(Debug, Clone, Copy)]
@@ -294,7 +205,7 @@ impl Drop for Ticket {
         self.admission.end_handshake(self.id);
         self.admission.live.borrow_mut().remove(&self.id);
         self.admission.users.borrow_mut().remove(&self.id);
-        if let Some(Stop::Shed(_)) = self.stop.stop.get() {
+        if let Some(Stop::Shed(_)) = self.stop.stopped() {
             let pending = &self.admission.shed_pending;
             pending.set(pending.get() - 1);
         }
@@ -326,12 +237,12 @@ mod tests {
         let third = a.admit(ip(2)).unwrap();
         assert_eq!(third.shed, Some(ShedReason::ClientHandshakeBudget));
         assert_eq!(
-            t0.stop.stop.get(),
+            t0.stop.stopped(),
             Some(Stop::Shed(ShedReason::ClientHandshakeBudget))
         );
-        assert_eq!(t1.stop.stop.get(), None);
+        assert_eq!(t1.stop.stopped(), None);
         assert_eq!(
-            other.stop.stop.get(),
+            other.stop.stopped(),
             None,
             "another address is never shed for it"
         );
@@ -345,8 +256,8 @@ mod tests {
         let t1 = a.admit(ip(2)).unwrap().ticket;
         let t2 = a.admit(ip(3)).unwrap();
         assert_eq!(t2.shed, Some(ShedReason::HandshakeBudget));
-        assert!(t0.stop.stop.get().is_some());
-        assert!(t1.stop.stop.get().is_none());
+        assert!(t0.stop.stopped().is_some());
+        assert!(t1.stop.stopped().is_none());
     }
 
     #[test]
@@ -357,8 +268,8 @@ mod tests {
         let stalled = a.admit(ip(2)).unwrap().ticket;
         let fresh = a.admit(ip(3)).unwrap();
         assert_eq!(fresh.shed, Some(ShedReason::ConnectionLimit));
-        assert!(stalled.stop.stop.get().is_some());
-        assert!(tunnel.stop.stop.get().is_none());
+        assert!(stalled.stop.stopped().is_some());
+        assert!(tunnel.stop.stopped().is_none());
         // The shed one still holds its slot until its task ends, but does
         // not count against the cap; now both slots hold live connections.
         fresh.ticket.handshake_done();
@@ -389,7 +300,7 @@ mod tests {
         let u = a.admit(ip(2)).unwrap().ticket;
         u.handshake_done();
         a.stop_all(Stop::ShutdownCut);
-        assert_eq!(t.stop.stop.get(), Some(Stop::ShutdownCut));
-        assert_eq!(u.stop.stop.get(), Some(Stop::ShutdownCut));
+        assert_eq!(t.stop.stopped(), Some(Stop::ShutdownCut));
+        assert_eq!(u.stop.stopped(), Some(Stop::ShutdownCut));
     }
 }

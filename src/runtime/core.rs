@@ -13,9 +13,9 @@ use futures_lite::future;
 use glommio::net::{TcpListener, TcpStream};
 
 use super::admission::{Admission, Refused, Stop, Ticket};
-use super::events::{EventRing, Watch};
 use super::Limits;
 use crate::config::{Config, EventRingSetup};
+use crate::events::{EventRing, Watch};
 use crate::metrics::{self, AllMetrics, CoreMetrics};
 use crate::relay::Relay;
 use crate::udp::UdpTable;

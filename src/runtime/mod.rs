@@ -4,7 +4,7 @@
 
 mod admission;
 mod core;
-pub mod events;
+
 mod listener;
 pub mod notify;
 pub mod reload;

@@ -16,9 +16,9 @@ use glommio::timer::Timer;
 
 use super::{Established, Session, SessionError};
 use crate::config::SocketTuning;
+use crate::events::EventRing;
 use crate::proto::{Command, TargetAddr};
 use crate::resolve;
-use crate::runtime::events::EventRing;
 
 impl Session<'_> {
     /// CONNECT: the upstream connection, the reply, and the tunnel to relay.

@@ -2,9 +2,9 @@
 //! relay address, then serve it until the control connection closes.
 
 use super::{Session, SessionError};
+use crate::events::StopSignal;
 use crate::metrics;
 use crate::proto::TargetAddr;
-use crate::runtime::StopSignal;
 use crate::udp;
 
 impl Session<'_> {

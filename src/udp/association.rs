@@ -12,14 +12,14 @@ use glommio::net::{TcpStream, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
+use crate::events::{EventRing, Watch};
+use crate::events::{Stop, StopSignal};
 use crate::gssapi::Protection;
 use crate::policy::source::Outbound;
 use crate::policy::{Policy, Requester};
 use crate::proto::{Codec, Command, Decoded, ProtoError, TargetAddr, UdpHeader};
 use crate::relay::throttle::{Throttle, Way};
 use crate::resolve;
-use crate::runtime::events::{EventRing, Watch};
-use crate::runtime::{Stop, StopSignal};
 use crate::sys;
 
 /// How an association ended.
