@@ -326,6 +326,22 @@ fn compare_overlays_every_path_and_merges_its_rounds() {
         "{}\n---\n{saved}",
         table.stdout
     );
+    // `diff` of a compare against itself: per path and metric, all same.
+    let diff = loadgen(&["diff", json.arg(), json.arg()]);
+    diff.assert_ok();
+    assert!(
+        diff.stdout.contains("none (same machine settings"),
+        "{}",
+        diff.stdout
+    );
+    for path in ["direct: pps", "coresocks: pps"] {
+        let line = diff
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(path))
+            .unwrap_or_else(|| panic!("no {path} in\n{}", diff.stdout));
+        assert!(line.ends_with("same"), "{line}");
+    }
     for path in ["direct", "coresocks"] {
         let rounds: Vec<u64> = (1..=2)
             .map(|round| hgrm_total(&hist.file(&format!("{path}-round{round}-latency.hgrm"))))
