@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cli::{CompareArgs, CompareScenario};
 use crate::error::LoadgenError;
-use crate::output::{announce, hdr, markdown, plot, write_json};
+use crate::output::{announce, hdr, markdown, plot_paths, write_json, PlotPath};
 use crate::result::{Machine, Metric, Report};
 use crate::scenario::{self, PathChoice};
 use crate::stats::{self, Recorder};
@@ -274,66 +274,27 @@ fn save_distributions(
             files.extend(hdr::write(dir, &prefix, r.started_unix_s, &r.latencies)?);
         }
         for (name, measures) in &merged {
-            for (measure, rec) in measures {
-                let path = dir.join(format!("{name}-{measure}.hgrm"));
-                std::fs::write(&path, hdr::percentile_distribution(&rec.total))
-                    .map_err(|e| hdr::output_error(&path, e))?;
-                files.push(path);
-            }
+            files.extend(hdr::write_distributions(dir, name, measures)?);
         }
         announce("histograms", &files, nothing);
     }
     if let Some(dir) = &args.out.plots {
-        hdr::create_dir(dir)?;
-        let scenario = scenario_name(&args.scenario);
-        let mut files = Vec::new();
-        let many = merged.iter().any(|(_, m)| m.len() > 1);
-        let spectrum: Vec<plot::SpectrumLine> = merged
+        // Each path's rounds merged for the spectrum, its first round for
+        // the timeline.
+        let plotted: Vec<PlotPath> = merged
             .iter()
-            .flat_map(|(name, measures)| {
-                measures
-                    .iter()
-                    .map(move |(measure, rec)| plot::SpectrumLine {
-                        label: if many {
-                            format!("{name} {measure}")
-                        } else {
-                            name.clone()
-                        },
-                        histogram: &rec.total,
-                    })
-            })
-            .collect();
-        if !spectrum.is_empty() {
-            let path = dir.join(format!("compare-{scenario}-percentiles.svg"));
-            let title = format!(
-                "{scenario}: latency by percentile ({} rounds merged)",
-                args.rounds
-            );
-            plot::spectrum(&path, &title, &spectrum)?;
-            files.push(path);
-        }
-        let firsts: Vec<&Report> = paths
-            .iter()
-            .filter_map(|p| {
-                kept.iter()
-                    .find(|(_, r)| r.path.name == p.name)
-                    .map(|(_, r)| r)
-            })
-            .collect();
-        if let Some(first) = firsts.first() {
-            let lines: Vec<plot::TimelineLine> = firsts
-                .iter()
-                .map(|r| plot::TimelineLine {
-                    label: r.path.name.clone(),
-                    points: &r.series,
+            .filter_map(|(name, measures)| {
+                let (_, run) = kept.iter().find(|(_, r)| &r.path.name == name)?;
+                Some(PlotPath {
+                    label: name.clone(),
+                    measures,
+                    run,
                 })
-                .collect();
-            let path = dir.join(format!("compare-{scenario}-timeline.svg"));
-            let measure = first.latencies.first().map(|(m, _)| *m);
-            let title = format!("{scenario}: over time (round 1)");
-            plot::timeline(&path, &title, first.series_unit, measure, &lines)?;
-            files.push(path);
-        }
+            })
+            .collect();
+        let prefix = format!("compare-{}", scenario_name(&args.scenario));
+        let note = format!(" ({} rounds merged; timeline: round 1)", args.rounds);
+        let files = plot_paths(dir, &prefix, &note, &plotted)?;
         announce("plots", &files, false);
     }
     Ok(())

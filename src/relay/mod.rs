@@ -85,12 +85,14 @@ impl fmt::Display for TunnelEnd {
     }
 }
 
-/// Which engine carried (most of) a tunnel's bytes.
+/// A relay engine: what a direction runs now (`tunnel.rs`), and which one
+/// carried most of a tunnel's bytes (the report).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Engine {
     Copy,
     Splice,
-    /// Copied through GSS-API wrap/unwrap (RFC 1961 protection).
+    /// Copied through GSS-API wrap/unwrap (RFC 1961 protection; `sealed.rs`);
+    /// a direction keeps it for life.
     Sealed,
 }
 

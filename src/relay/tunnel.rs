@@ -22,32 +22,13 @@ use super::sealed::SealedState;
 use super::splice::SpliceState;
 use super::step::{Fill, Flush};
 use super::throttle::{Throttle, Way};
-use super::{IdleClock, Relay, Side, TunnelEnd};
+use super::{Engine, IdleClock, Relay, Side, TunnelEnd};
 use crate::config::RelayMode;
 use crate::events::StopSignal;
 
 /// Read/write rounds one direction may do per poll before yielding, so one
 /// busy tunnel cannot starve the others on its core.
 const ROUNDS_PER_POLL: usize = 16;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Engine {
-    Copy,
-    Splice,
-    /// GSSAPI protection (`sealed.rs`); the direction keeps it for life.
-    Sealed,
-}
-
-impl Engine {
-    /// Index into [`crate::metrics::ENGINES`].
-    fn metrics_index(self) -> usize {
-        match self {
-            Engine::Copy => 0,
-            Engine::Splice => 1,
-            Engine::Sealed => 2,
-        }
-    }
-}
 
 enum Step {
     Progress,

@@ -126,18 +126,13 @@ fn settings(doc: &Doc) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     flatten("machine", &doc.value["machine"], &mut out);
     flatten("parameters", &doc.value["parameters"], &mut out);
-    if doc.kind == Kind::Run {
-        flatten("path", &doc.value["path"], &mut out);
-        out.insert(
-            "scenario".into(),
-            doc.value["scenario"].as_str().unwrap_or("").into(),
-        );
-    } else {
-        out.insert(
-            "scenario".into(),
-            doc.value["scenario"].as_str().unwrap_or("").into(),
-        );
-        out.insert("rounds".into(), doc.value["rounds"].to_string());
+    let scenario = doc.value["scenario"].as_str().unwrap_or("");
+    out.insert("scenario".into(), scenario.into());
+    match doc.kind {
+        Kind::Run => flatten("path", &doc.value["path"], &mut out),
+        Kind::Compare => {
+            out.insert("rounds".into(), doc.value["rounds"].to_string());
+        }
     }
     out
 }

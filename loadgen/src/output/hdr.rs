@@ -18,6 +18,7 @@ use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
 use hdrhistogram::serialization::V2DeflateSerializer;
 use hdrhistogram::Histogram;
 
+use super::{create_dir, output_error};
 use crate::error::LoadgenError;
 use crate::stats::{Recorder, INTERVAL};
 
@@ -44,24 +45,25 @@ pub fn write(
         .map_err(|e| output_error(&log_path, std::io::Error::other(e)))?;
     std::fs::write(&log_path, log).map_err(|e| output_error(&log_path, e))?;
     written.push(log_path);
-    for (name, recorder) in measures {
-        let path = dir.join(format!("{prefix}-{name}.hgrm"));
-        std::fs::write(&path, percentile_distribution(&recorder.total))
-            .map_err(|e| output_error(&path, e))?;
-        written.push(path);
-    }
+    written.extend(write_distributions(dir, prefix, measures)?);
     Ok(written)
 }
 
-pub fn create_dir(dir: &Path) -> Result<(), LoadgenError> {
-    std::fs::create_dir_all(dir).map_err(|e| output_error(dir, e))
-}
-
-pub fn output_error(path: &Path, source: std::io::Error) -> LoadgenError {
-    LoadgenError::Output {
-        path: path.display().to_string(),
-        source,
-    }
+/// `<prefix>-<measure>.hgrm` for each measure: its whole distribution.
+pub fn write_distributions(
+    dir: &Path,
+    prefix: &str,
+    measures: &[(&'static str, Recorder)],
+) -> Result<Vec<PathBuf>, LoadgenError> {
+    measures
+        .iter()
+        .map(|(name, recorder)| {
+            let path = dir.join(format!("{prefix}-{name}.hgrm"));
+            std::fs::write(&path, percentile_distribution(&recorder.total))
+                .map_err(|e| output_error(&path, e))?;
+            Ok(path)
+        })
+        .collect()
 }
 
 /// The interval log: each measure's per-second histograms, timestamps

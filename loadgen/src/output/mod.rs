@@ -14,6 +14,20 @@ use serde::Serialize;
 use crate::cli::OutputArgs;
 use crate::error::LoadgenError;
 use crate::result::Report;
+use crate::stats::Recorder;
+
+/// Makes an output directory (and its parents).
+pub fn create_dir(dir: &Path) -> Result<(), LoadgenError> {
+    std::fs::create_dir_all(dir).map_err(|e| output_error(dir, e))
+}
+
+/// A failed write of an output file, naming it.
+pub fn output_error(path: &Path, source: std::io::Error) -> LoadgenError {
+    LoadgenError::Output {
+        path: path.display().to_string(),
+        source,
+    }
+}
 
 /// Saves one run as `out` asks: JSON, HdrHistogram files, plots. Says on
 /// stderr which files it wrote besides the JSON.
@@ -31,7 +45,12 @@ pub fn save_run(report: &Report, out: &OutputArgs) -> Result<(), LoadgenError> {
         announce("histograms", &files, report.latencies.is_empty());
     }
     if let Some(dir) = &out.plots {
-        let files = plot_run(dir, report.scenario, &[(report.path.name.clone(), report)])?;
+        let path = PlotPath {
+            label: report.path.name.clone(),
+            measures: &report.latencies,
+            run: report,
+        };
+        let files = plot_paths(dir, report.scenario, "", &[path])?;
         announce("plots", &files, false);
     }
     Ok(())
@@ -50,29 +69,40 @@ pub fn report_json(report: &Report) -> serde_json::Value {
     doc
 }
 
-/// Writes `<prefix>-latency.svg` (every measure of every report, when any
-/// has one) and `<prefix>-timeline.svg`, one line per labelled report.
-pub fn plot_run(
+/// One path of a set of plots: its latency measures (the spectrum) and
+/// the run whose series the timeline draws.
+pub struct PlotPath<'a> {
+    pub label: String,
+    pub measures: &'a [(&'static str, Recorder)],
+    pub run: &'a Report,
+}
+
+/// Writes `<prefix>-percentiles.svg` (every measure of every path, when any
+/// has one) and `<prefix>-timeline.svg`, one line per path; `note` ends
+/// both titles (what was merged or chosen).
+pub fn plot_paths(
     dir: &Path,
     prefix: &str,
-    reports: &[(String, &Report)],
+    note: &str,
+    paths: &[PlotPath],
 ) -> Result<Vec<std::path::PathBuf>, LoadgenError> {
-    hdr::create_dir(dir)?;
+    create_dir(dir)?;
     let mut files = Vec::new();
-    let Some((_, first)) = reports.first() else {
+    let Some(first) = paths.first() else {
         return Ok(files);
     };
-    let many_measures = first.latencies.len() > 1;
-    let spectrum: Vec<plot::SpectrumLine> = reports
+    let scenario = first.run.scenario;
+    let many_measures = paths.iter().any(|p| p.measures.len() > 1);
+    let spectrum: Vec<plot::SpectrumLine> = paths
         .iter()
-        .flat_map(|(label, r)| {
-            r.latencies
+        .flat_map(|p| {
+            p.measures
                 .iter()
                 .map(move |(measure, rec)| plot::SpectrumLine {
                     label: if many_measures {
-                        format!("{label} {measure}")
+                        format!("{} {measure}", p.label)
                     } else {
-                        label.clone()
+                        p.label.clone()
                     },
                     histogram: &rec.total,
                 })
@@ -82,27 +112,22 @@ pub fn plot_run(
         let path = dir.join(format!("{prefix}-percentiles.svg"));
         plot::spectrum(
             &path,
-            &format!("{prefix}: latency by percentile"),
+            &format!("{scenario}: latency by percentile{note}"),
             &spectrum,
         )?;
         files.push(path);
     }
-    let lines: Vec<plot::TimelineLine> = reports
+    let lines: Vec<plot::TimelineLine> = paths
         .iter()
-        .map(|(label, r)| plot::TimelineLine {
-            label: label.clone(),
-            points: &r.series,
+        .map(|p| plot::TimelineLine {
+            label: p.label.clone(),
+            points: &p.run.series,
         })
         .collect();
     let path = dir.join(format!("{prefix}-timeline.svg"));
-    let measure = first.latencies.first().map(|(m, _)| *m);
-    plot::timeline(
-        &path,
-        &format!("{prefix}: over time"),
-        first.series_unit,
-        measure,
-        &lines,
-    )?;
+    let measure = first.run.latencies.first().map(|(m, _)| *m);
+    let title = format!("{scenario}: over time{note}");
+    plot::timeline(&path, &title, first.run.series_unit, measure, &lines)?;
     files.push(path);
     Ok(files)
 }

@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
 use crate::error::LoadgenError;
-use crate::output::hdr::output_error;
+use crate::output::output_error;
 use crate::result::SeriesPoint;
 
 const SIZE: (u32, u32) = (960, 600);
