@@ -78,6 +78,37 @@ pub fn peer_addr(fd: BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
         .ok_or_else(|| io::Error::other("peer is not an IP address"))
 }
 
+/// The local address of a bound socket.
+pub fn local_addr(fd: BorrowedFd<'_>) -> io::Result<std::net::SocketAddr> {
+    SockRef::from(&fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("socket is not bound to an IP address"))
+}
+
+/// shutdown(SHUT_WR): sends the FIN once the queued bytes are out.
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
+}
+
+/// recv(2) with MSG_PEEK, without blocking: what is waiting stays queued.
+pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: writes at most buf.len() bytes into buf, which we own.
+    let n = unsafe {
+        libc::recv(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// A non-blocking TCP socket with IP_RECVERR (IPV6_RECVERR) set, whose
 /// connect to `addr` has started (or failed at once, e.g. with no route).
 pub fn connecting_socket(

@@ -9,9 +9,9 @@
 use std::io;
 use std::task::{Context, Poll};
 
-use super::endpoint::Endpoint;
 use super::step::{Fill, Flush};
 use super::BufferPool;
+use crate::events::Stream;
 
 /// Bytes read but not yet written: `buf[pos..len]`.
 #[derive(Default)]
@@ -26,7 +26,7 @@ impl CopyState {
     pub(super) fn poll_flush(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut Endpoint<'_>,
+        dst: &mut Stream,
         pool: &BufferPool,
     ) -> io::Result<Flush> {
         let Some(buf) = &self.buf else {
@@ -53,7 +53,7 @@ impl CopyState {
     pub(super) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut Endpoint<'_>,
+        src: &mut Stream,
         pool: &BufferPool,
         limit: usize,
     ) -> io::Result<Fill> {

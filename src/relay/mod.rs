@@ -1,9 +1,10 @@
 //! Relay engines: what moves a tunnel's bytes once the SOCKS handshake is
 //! done.
 //!
-//! Session code calls [`relay`] with the two connected streams and gets back
-//! byte counts and how the tunnel ended; which engine runs is a per-core
-//! choice behind this one function. Rules every engine keeps:
+//! Session code hands [`Relay::run`] the two connected streams and awaits
+//! the [`Tunnel`] it returns, which ends with byte counts and how the
+//! tunnel ended; which engine runs is a per-core choice behind this one
+//! function. Rules every engine keeps:
 //! - a FIN from one side becomes shutdown(SHUT_WR) on the other, while the
 //!   other direction keeps flowing until its own FIN;
 //! - a reset (or any I/O error) on either side closes both, the other with a
@@ -12,7 +13,6 @@
 //! - an idle tunnel holds no buffer.
 
 mod copy;
-mod endpoint;
 mod pipes;
 mod pool;
 mod sealed;
@@ -28,18 +28,15 @@ use std::time::{Duration, Instant};
 
 use std::rc::Rc;
 
-use futures_lite::io::AsyncWriteExt;
-use glommio::net::TcpStream;
-
 pub use pipes::PipePool;
 pub use pool::BufferPool;
 pub use throttle::{Bandwidth, Throttle};
 
 use crate::config::{Config, RelayMode};
-use crate::events::{EventRing, Watch};
+use crate::events::Stream;
 use crate::events::{Stop, StopSignal};
-use endpoint::Endpoint;
-use tunnel::{Direction, Tunnel};
+use tunnel::Direction;
+pub use tunnel::Tunnel;
 
 /// One side of a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,8 +136,6 @@ pub struct Relay {
     pub splice_threshold: u64,
     /// Read when a tunnel starts; a reload changes it for new tunnels.
     pub idle_timeout: std::cell::Cell<Duration>,
-    /// The core's own ring that tunnels wait on; `None`: glommio's.
-    pub events: Option<Rc<EventRing>>,
     /// The core's counters, moved as bytes flow.
     pub live: LiveCounters,
 }
@@ -184,12 +179,7 @@ impl LiveCounters {
 }
 
 impl Relay {
-    pub fn new(
-        config: &Config,
-        max_pipes: usize,
-        events: Option<Rc<EventRing>>,
-        live: LiveCounters,
-    ) -> Relay {
+    pub fn new(config: &Config, max_pipes: usize, live: LiveCounters) -> Relay {
         Relay {
             mode: config.relay,
             // Keep enough free buffers for a burst of busy tunnels; beyond
@@ -198,69 +188,42 @@ impl Relay {
             pipes: PipePool::new(config.pipe_size, max_pipes),
             splice_threshold: config.splice_threshold.min(config.buffer_size as u64),
             idle_timeout: std::cell::Cell::new(config.idle_timeout),
-            events,
             live,
         }
     }
 
-    /// Relays between `client` and `target` until both directions end, one
-    /// side fails, or the tunnel idles out. `early` holds client bytes that
-    /// arrived with the request; they go to the target first. Each
-    /// direction reads no faster than `throttle`'s buckets allow. With
-    /// `sealed` (a GSSAPI tunnel that wraps its data) the client's bytes
-    /// are unwrapped and the target's wrapped; its bytes are client bytes
-    /// that came with the request, still wrapped.
-    pub async fn run(
-        &self,
-        mut client: TcpStream,
-        mut target: TcpStream,
-        early: &[u8],
+    /// The tunnel between `client` and `target`: a future that relays
+    /// until both directions end, one side fails, or the tunnel idles out,
+    /// and then reports. `early` holds client bytes that arrived with the
+    /// request; they go to the target first. Each direction reads no
+    /// faster than `throttle`'s buckets allow. With `sealed` (a GSSAPI
+    /// tunnel that wraps its data) the client's bytes are unwrapped and
+    /// the target's wrapped; its bytes are client bytes that came with the
+    /// request, still wrapped.
+    ///
+    /// A named future rather than an async fn: an idle tunnel is this
+    /// struct and nothing else (an async fn keeps room for every argument
+    /// and local next to it, for the tunnel's whole life).
+    pub fn run<'a>(
+        &'a self,
+        client: Stream,
+        target: Stream,
+        early: Vec<u8>,
         throttle: Throttle,
         sealed: Option<Sealed>,
-        stop: &StopSignal,
-    ) -> RelayReport {
-        let mut report = RelayReport {
-            client_to_target: 0,
-            target_to_client: 0,
-            spliced: 0,
-            engine: Engine::Copy,
-            end: TunnelEnd::Closed,
-            throttled: 0,
-        };
+        stop: &'a StopSignal,
+    ) -> Tunnel<'a> {
         // Both sockets arrive non-blocking (accept4 and BIND's accept make
         // them so, connects start that way), which splice(2) needs: no
         // fcntl per tunnel here.
         crate::sys::set_nodelay(target.as_raw_fd());
-        if !early.is_empty() {
-            if let Err(e) = target.write_all(early).await {
-                report.end = TunnelEnd::Failed(Side::Target, e);
-                close_after(&report.end, &client, &target);
-                return report;
-            }
-            report.client_to_target = early.len() as u64;
-            throttle.spend(throttle::Way::Up, early.len());
-            self.live.moved(throttle::Way::Up, early.len());
-        }
-        let watch = |s: &TcpStream| {
-            self.events
-                .as_ref()
-                .map(|ring| Watch::new(ring.clone(), s.as_raw_fd()))
-        };
-        let (client_watch, target_watch) = (watch(&client), watch(&target));
         let mut tunnel = Tunnel {
             relay: self,
             up: Direction::new(Side::Client, Side::Target, self, throttle.clone()),
             down: Direction::new(Side::Target, Side::Client, self, throttle),
-            client: Endpoint {
-                stream: &mut client,
-                watch: client_watch,
-                drained: false,
-            },
-            target: Endpoint {
-                stream: &mut target,
-                watch: target_watch,
-                drained: false,
-            },
+            client,
+            target,
+            early,
             idle: IdleClock::new(self.idle_timeout.get()),
             stop,
         };
@@ -273,24 +236,8 @@ impl Relay {
             let state = |seal, pending| sealed::SealedState::new(seal, shared.clone(), pending);
             tunnel.up.seal(state(sealed::Seal::Unwrap, &pending), self);
             tunnel.down.seal(state(sealed::Seal::Wrap, &[]), self);
-            report.engine = Engine::Sealed;
         }
-        report.end = (&mut tunnel).await;
-        tunnel.up.release(self);
-        tunnel.down.release(self);
-        report.client_to_target += tunnel.up.copied + tunnel.up.spliced;
-        report.target_to_client += tunnel.down.copied + tunnel.down.spliced;
-        report.spliced = tunnel.up.spliced + tunnel.down.spliced;
-        report.throttled = tunnel.up.throttled + tunnel.down.throttled;
-        // The ring's polls go before the sockets close: a poll holds its
-        // socket open.
-        drop(tunnel);
-        let total = report.client_to_target + report.target_to_client;
-        if report.engine != Engine::Sealed && report.spliced * 2 > total {
-            report.engine = Engine::Splice;
-        }
-        close_after(&report.end, &client, &target);
-        report
+        tunnel
     }
 }
 
@@ -303,7 +250,7 @@ pub struct Sealed {
 
 /// When one side failed, the other is closed with a reset (SO_LINGER 0) so it
 /// learns that the tunnel broke rather than seeing a clean end of stream.
-fn close_after(end: &TunnelEnd, client: &TcpStream, target: &TcpStream) {
+pub(super) fn close_after(end: &TunnelEnd, client: &Stream, target: &Stream) {
     match end {
         TunnelEnd::Failed(Side::Client, _) => crate::sys::set_linger_zero(target.as_raw_fd()),
         TunnelEnd::Failed(Side::Target, _) => crate::sys::set_linger_zero(client.as_raw_fd()),

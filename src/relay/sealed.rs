@@ -15,8 +15,8 @@ use std::io;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use super::endpoint::Endpoint;
 use super::step::{Fill, Flush};
+use crate::events::Stream;
 use crate::gssapi::{GssError, Protection, MAX_PLAIN_PER_MESSAGE};
 
 /// One tunnel's security context, shared by its two directions.
@@ -68,7 +68,7 @@ impl SealedState {
     pub(super) fn poll_flush(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut Endpoint<'_>,
+        dst: &mut Stream,
     ) -> io::Result<Flush> {
         if self.pos == self.output.len() {
             return Ok(Flush::Empty);
@@ -94,7 +94,7 @@ impl SealedState {
     pub(super) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut Endpoint<'_>,
+        src: &mut Stream,
         limit: usize,
     ) -> io::Result<Fill> {
         match self.seal {
@@ -106,7 +106,7 @@ impl SealedState {
     fn poll_wrap(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut Endpoint<'_>,
+        src: &mut Stream,
         limit: usize,
     ) -> io::Result<Fill> {
         let room = MAX_PLAIN_PER_MESSAGE.min(limit).max(1);
@@ -129,7 +129,7 @@ impl SealedState {
         Ok(filled)
     }
 
-    fn poll_unwrap(&mut self, cx: &mut Context<'_>, src: &mut Endpoint<'_>) -> io::Result<Fill> {
+    fn poll_unwrap(&mut self, cx: &mut Context<'_>, src: &mut Stream) -> io::Result<Fill> {
         loop {
             let opened = self
                 .protection

@@ -24,9 +24,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::task::{Context, Poll};
 
-use super::endpoint::Endpoint;
 use super::pipes::PipePool;
 use super::step::{Fill, Flush};
+use crate::events::Stream;
 use crate::sys::{self, Pipe};
 
 #[derive(Default)]
@@ -60,7 +60,7 @@ impl SpliceState {
     pub(super) fn poll_flush(
         &mut self,
         cx: &mut Context<'_>,
-        dst: &mut Endpoint<'_>,
+        dst: &mut Stream,
         pipes: &PipePool,
     ) -> io::Result<Flush> {
         if let Some(b) = self.held {
@@ -80,7 +80,7 @@ impl SpliceState {
         if self.in_pipe == 0 {
             return Ok(Flush::Empty);
         }
-        match sys::splice(pipe.read.as_raw_fd(), dst.fd(), self.in_pipe) {
+        match sys::splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), self.in_pipe) {
             Ok(n) => {
                 self.in_pipe -= n;
                 self.return_pipe_if_empty(pipes);
@@ -117,7 +117,7 @@ impl SpliceState {
     pub(super) fn poll_fill(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut Endpoint<'_>,
+        src: &mut Stream,
         pipes: &PipePool,
         limit: usize,
     ) -> io::Result<Fill> {
@@ -131,7 +131,7 @@ impl SpliceState {
             return Ok(Fill::NoPipe);
         };
         let len = pipes.pipe_size().min(limit);
-        match sys::splice(src.fd(), pipe.write.as_raw_fd(), len) {
+        match sys::splice(src.as_raw_fd(), pipe.write.as_raw_fd(), len) {
             Ok(0) => {
                 self.return_pipe_if_empty(pipes);
                 Ok(Fill::Eof)

@@ -17,14 +17,14 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use super::copy::CopyState;
-use super::endpoint::Endpoint;
 use super::sealed::SealedState;
 use super::splice::SpliceState;
 use super::step::{Fill, Flush};
 use super::throttle::{Throttle, Way};
-use super::{Engine, IdleClock, Relay, Side, TunnelEnd};
+use super::{Engine, IdleClock, Relay, RelayReport, Side, TunnelEnd};
 use crate::config::RelayMode;
 use crate::events::StopSignal;
+use crate::events::Stream;
 
 /// Read/write rounds one direction may do per poll before yielding, so one
 /// busy tunnel cannot starve the others on its core.
@@ -108,8 +108,8 @@ impl Direction {
     fn poll_move(
         &mut self,
         cx: &mut Context<'_>,
-        src: &mut Endpoint<'_>,
-        dst: &mut Endpoint<'_>,
+        src: &mut Stream,
+        dst: &mut Stream,
         relay: &Relay,
     ) -> Result<Step, (Side, io::Error)> {
         let mut moved = false;
@@ -267,30 +267,53 @@ impl Auto {
     }
 }
 
-pub(super) struct Tunnel<'a> {
+/// One tunnel, as [`Relay::run`] makes it: both streams, both
+/// directions, and the client bytes that came with the request. Ready with
+/// the tunnel's report once it has ended.
+pub struct Tunnel<'a> {
     pub(super) relay: &'a Relay,
-    pub(super) client: Endpoint<'a>,
-    pub(super) target: Endpoint<'a>,
+    pub(super) client: Stream,
+    pub(super) target: Stream,
+    /// Client bytes that arrived with the request, not yet sent to the
+    /// target; nothing else moves before they are gone.
+    pub(super) early: Vec<u8>,
     pub(super) up: Direction,
     pub(super) down: Direction,
     pub(super) idle: IdleClock,
     pub(super) stop: &'a StopSignal,
 }
 
-impl Future for Tunnel<'_> {
-    type Output = TunnelEnd;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<TunnelEnd> {
-        let this = self.get_mut();
-        if let Poll::Ready(stop) = this.stop.poll_stop(cx) {
+impl Tunnel<'_> {
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<TunnelEnd> {
+        if let Poll::Ready(stop) = self.stop.poll_stop(cx) {
             return Poll::Ready(TunnelEnd::Stopped(stop));
         }
-        let up = this
+        while !self.early.is_empty() {
+            match self.target.poll_send(cx, &self.early) {
+                Poll::Ready(Ok(0)) => {
+                    let e = io::ErrorKind::WriteZero.into();
+                    return Poll::Ready(TunnelEnd::Failed(Side::Target, e));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.early.drain(..n);
+                    self.up.copied += n as u64;
+                    self.up.throttle.spend(Way::Up, n);
+                    self.relay.live.moved(Way::Up, n);
+                    self.idle.touch();
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(TunnelEnd::Failed(Side::Target, e)),
+                Poll::Pending => {
+                    return self.idle.poll_expired(cx).map(|()| TunnelEnd::IdleTimeout)
+                }
+            }
+        }
+        self.early = Vec::new();
+        let up = self
             .up
-            .poll_move(cx, &mut this.client, &mut this.target, this.relay);
-        let down = this
+            .poll_move(cx, &mut self.client, &mut self.target, self.relay);
+        let down = self
             .down
-            .poll_move(cx, &mut this.target, &mut this.client, this.relay);
+            .poll_move(cx, &mut self.target, &mut self.client, self.relay);
         let (up, down) = match (up, down) {
             (Err((side, e)), _) | (_, Err((side, e))) => {
                 return Poll::Ready(TunnelEnd::Failed(side, e))
@@ -299,13 +322,55 @@ impl Future for Tunnel<'_> {
         };
         match (up, down) {
             (Step::Done, Step::Done) => return Poll::Ready(TunnelEnd::Closed),
-            (Step::Progress, _) | (_, Step::Progress) => this.idle.touch(),
+            (Step::Progress, _) | (_, Step::Progress) => self.idle.touch(),
             _ => {}
         }
-        match this.idle.poll_expired(cx) {
-            Poll::Ready(()) => Poll::Ready(TunnelEnd::IdleTimeout),
-            Poll::Pending => Poll::Pending,
+        self.idle.poll_expired(cx).map(|()| TunnelEnd::IdleTimeout)
+    }
+
+    /// The report of a tunnel that ended; a side is reset when the other
+    /// failed.
+    fn finish(&mut self, end: TunnelEnd) -> RelayReport {
+        let (up, down) = (&self.up, &self.down);
+        let client_to_target = up.copied + up.spliced;
+        let target_to_client = down.copied + down.spliced;
+        let spliced = up.spliced + down.spliced;
+        let engine = if up.engine == Engine::Sealed {
+            Engine::Sealed
+        } else if spliced * 2 > client_to_target + target_to_client {
+            Engine::Splice
+        } else {
+            Engine::Copy
+        };
+        super::close_after(&end, &self.client, &self.target);
+        RelayReport {
+            client_to_target,
+            target_to_client,
+            spliced,
+            engine,
+            end,
+            throttled: up.throttled + down.throttled,
         }
+    }
+}
+
+/// Buffers and pipes go back to their pools however the tunnel ends
+/// (finished, or dropped with its task); then the sockets close, each
+/// after its watch.
+impl Drop for Tunnel<'_> {
+    fn drop(&mut self) {
+        self.up.release(self.relay);
+        self.down.release(self.relay);
+    }
+}
+
+impl Future for Tunnel<'_> {
+    type Output = RelayReport;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayReport> {
+        let this = self.get_mut();
+        let end = std::task::ready!(this.poll_end(cx));
+        Poll::Ready(this.finish(end))
     }
 }
 

@@ -3,19 +3,18 @@
 use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::future;
-use glommio::net::{TcpListener, TcpStream};
 
 use super::admission::{Admission, Refused, Stop, Ticket};
 use super::Limits;
 use crate::config::{Config, EventRingSetup};
-use crate::events::{EventRing, Watch};
+use crate::events::{EventRing, Listener, Stream};
 use crate::metrics::{self, AllMetrics, CoreMetrics};
 use crate::relay::Relay;
 use crate::udp::UdpTable;
@@ -81,7 +80,6 @@ impl Core {
             relay: Relay::new(
                 &config,
                 limits.pipes_per_core,
-                events.clone(),
                 crate::relay::LiveCounters::new(all_metrics.clone(), index),
             ),
             udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
@@ -160,7 +158,7 @@ async fn return_spare_buffers(core: Rc<Core>) {
 /// by the caller, so the runtime does not depend on the session.
 pub type Serve = fn(
     Rc<Core>,
-    TcpStream,
+    Stream,
     SocketAddr,
     Ticket,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
@@ -181,13 +179,7 @@ pub async fn run_core(
     let accepters: Vec<_> = listeners
         .into_iter()
         .map(|fd| {
-            let listener = match &core.events {
-                Some(ring) => Listener::Ring {
-                    watch: Watch::new(ring.clone(), fd.as_raw_fd()),
-                    fd,
-                },
-                None => Listener::Glommio(crate::sys::glommio_tcp_listener(fd)),
-            };
+            let listener = Listener::new(fd, core.events.as_ref());
             glommio::spawn_local(accept_loop(core.clone(), serve, listener))
         })
         .collect();
@@ -257,49 +249,6 @@ async fn wait_for_shutdown(flag: &AtomicBool, mut each_tick: impl FnMut()) {
     }
 }
 
-/// One listening socket of a core, and how its accepts wait.
-enum Listener {
-    /// On the core's event ring: a multishot poll reports new connections,
-    /// then accept4(2) takes them (non-blocking and close-on-exec at once,
-    /// with the peer's address) until EAGAIN. The watch is declared first,
-    /// so it lets go of the socket before the socket closes.
-    Ring { watch: Watch, fd: OwnedFd },
-    /// Without a ring: glommio's accept.
-    Glommio(TcpListener),
-}
-
-impl Listener {
-    /// The next connection and its peer; `None` when the client left
-    /// before its address could be read.
-    async fn next(&mut self) -> io::Result<Option<(TcpStream, SocketAddr)>> {
-        match self {
-            Listener::Glommio(l) => {
-                let stream = l.accept().await?;
-                // Non-blocking like every relayed socket (splice needs it);
-                // one that cannot be is closed like a client that left.
-                if crate::sys::set_nonblocking(stream.as_raw_fd()).is_err() {
-                    return Ok(None);
-                }
-                Ok(stream.peer_addr().ok().map(|peer| (stream, peer)))
-            }
-            Listener::Ring { watch, fd } => loop {
-                match crate::sys::accept_nonblocking(fd.as_fd()) {
-                    Ok((socket, peer)) => {
-                        let stream = crate::sys::glommio_tcp_stream(socket);
-                        return Ok(Some((stream, peer)));
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        future::poll_fn(|cx| watch.poll_read_ready(cx)).await?
-                    }
-                    // The client reset before we took it.
-                    Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => return Ok(None),
-                    Err(e) => return Err(e),
-                }
-            },
-        }
-    }
-}
-
 async fn accept_loop(core: Rc<Core>, serve: Serve, mut listener: Listener) {
     let mut backoff = Duration::ZERO;
     let mut accept_errors = RateLimitedLog::new(LOG_INTERVAL);
@@ -361,13 +310,7 @@ async fn accept_loop(core: Rc<Core>, serve: Serve, mut listener: Listener) {
     }
 }
 
-fn spawn_session(
-    core: &Rc<Core>,
-    serve: Serve,
-    stream: TcpStream,
-    peer: SocketAddr,
-    ticket: Ticket,
-) {
+fn spawn_session(core: &Rc<Core>, serve: Serve, stream: Stream, peer: SocketAddr, ticket: Ticket) {
     let core = core.clone();
     glommio::spawn_local(async move {
         serve(core.clone(), stream, peer, ticket).await;

@@ -3,12 +3,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::rc::Rc;
 
 use futures_lite::future;
-use glommio::net::{TcpListener, TcpStream};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{Established, Session, SessionError};
+use crate::events::{EventRing, Listener, Stream};
 use crate::proto::{Command, TargetAddr};
 use crate::resolve;
 
@@ -34,11 +35,8 @@ impl Session<'_> {
 
     /// Everything up to the second reply. On error, no second reply was
     /// sent.
-    async fn accept_incoming(&mut self, target: &TargetAddr) -> Result<TcpStream, SessionError> {
-        let control_local = self
-            .client
-            .local_addr()
-            .map_err(|e| SessionError::ClientIo(e.into()))?;
+    async fn accept_incoming(&mut self, target: &TargetAddr) -> Result<Stream, SessionError> {
+        let control_local = self.client.local_addr().map_err(SessionError::ClientIo)?;
         // DST.ADDR names the host expected to connect (RFC 1928: the client
         // passes what it learned from the application protocol).
         // The egress policy judges that host as a destination (command bind).
@@ -59,22 +57,20 @@ impl Session<'_> {
             .and_then(|ip| crate::sys::local_addr_towards(SocketAddr::new(ip, 9)).ok())
             .unwrap_or(control_local.ip())
             .to_canonical();
-        let (listener, _stop) =
-            listen_once(SocketAddr::new(local_ip, 0)).map_err(SessionError::BindFailed)?;
-        let listen_addr = listener
-            .local_addr()
-            .map_err(|e| SessionError::BindFailed(e.into()))?;
+        let (mut listener, listen_addr, _stop) =
+            listen_once(SocketAddr::new(local_ip, 0), self.core.events.as_ref())
+                .map_err(SessionError::BindFailed)?;
         self.reply_success(listen_addr).await?;
 
         let accepted = async {
-            let incoming = listener
-                .accept()
-                .await
-                .map_err(|e| SessionError::BindFailed(e.into()))?;
-            // Non-blocking like every relayed socket (splice needs it).
-            crate::sys::set_nonblocking(std::os::fd::AsRawFd::as_raw_fd(&incoming))
-                .map_err(SessionError::BindFailed)?;
-            Ok(incoming)
+            loop {
+                // `None`: one that reset before it was taken; wait on.
+                match listener.next().await {
+                    Ok(Some((incoming, _))) => return Ok(incoming),
+                    Ok(None) => continue,
+                    Err(e) => return Err(SessionError::BindFailed(e)),
+                }
+            }
         };
         let timed_out = async {
             glommio::timer::sleep(self.config.bind_timeout).await;
@@ -90,9 +86,7 @@ impl Session<'_> {
             }
         };
         let incoming = future::or(accepted, future::or(timed_out, abandoned)).await?;
-        let peer = incoming
-            .peer_addr()
-            .map_err(|e| SessionError::BindFailed(e.into()))?;
+        let peer = incoming.peer_addr().map_err(SessionError::BindFailed)?;
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         self.record.resolved = Some(peer);
         let refuse = |e: SessionError| {
@@ -114,7 +108,7 @@ impl Session<'_> {
 }
 
 /// Stops the listening socket when dropped: closing alone would leave it
-/// listening while glommio's io_uring accept still holds it.
+/// listening while an io_uring accept or poll still holds it.
 struct StopListening(std::os::fd::RawFd);
 
 impl Drop for StopListening {
@@ -125,7 +119,10 @@ impl Drop for StopListening {
 
 /// A listening socket with a backlog of one, for the single connection BIND
 /// waits for. Stopped (and its port freed) when the session is done with it.
-fn listen_once(addr: SocketAddr) -> std::io::Result<(TcpListener, StopListening)> {
+fn listen_once(
+    addr: SocketAddr,
+    ring: Option<&Rc<EventRing>>,
+) -> std::io::Result<(Listener, SocketAddr, StopListening)> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
@@ -137,5 +134,6 @@ fn listen_once(addr: SocketAddr) -> std::io::Result<(TcpListener, StopListening)
     // The guard only calls shutdown(2) on the descriptor, before the
     // listener that owns it is dropped (locals drop in reverse order).
     let fd = owned.as_raw_fd();
-    Ok((crate::sys::glommio_tcp_listener(owned), StopListening(fd)))
+    let local = crate::sys::local_addr(std::os::fd::AsFd::as_fd(&owned))?;
+    Ok((Listener::new(owned, ring), local, StopListening(fd)))
 }

@@ -10,8 +10,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::events::Stream;
 use futures_lite::future;
-use glommio::net::TcpStream;
 use glommio::timer::Timer;
 
 use super::{Established, Session, SessionError};
@@ -40,9 +40,7 @@ impl Session<'_> {
                 return Err(e);
             }
         };
-        let bound = upstream
-            .local_addr()
-            .map_err(|e| SessionError::ClientIo(e.into()))?;
+        let bound = upstream.local_addr().map_err(SessionError::ClientIo)?;
         self.record.outbound = Some(bound);
         self.reply_success(bound).await?;
         Ok(self.established(upstream, early))
@@ -50,7 +48,7 @@ impl Session<'_> {
 
     /// Resolves the target and races connection attempts to its addresses
     /// (RFC 8305), all within one `--connect-timeout` for the request.
-    async fn open_upstream(&mut self, target: &TargetAddr) -> Result<TcpStream, SessionError> {
+    async fn open_upstream(&mut self, target: &TargetAddr) -> Result<Stream, SessionError> {
         let (core, config) = (self.core, self.config);
         let addrs = match target {
             TargetAddr::Ip(sa) => vec![*sa],
@@ -101,7 +99,7 @@ impl Session<'_> {
     }
 }
 
-type Attempt = Pin<Box<dyn Future<Output = io::Result<TcpStream>>>>;
+type Attempt = Pin<Box<dyn Future<Output = io::Result<Stream>>>>;
 
 /// One connection attempt on a socket of our own making, so that
 /// IP_RECVERR can be set before the SYN leaves: without it Linux keeps an
@@ -115,7 +113,7 @@ async fn connect_one(
     source: Option<std::net::IpAddr>,
     interface: Option<Rc<str>>,
     tuning: SocketTuning,
-) -> io::Result<TcpStream> {
+) -> io::Result<Stream> {
     let socket = crate::sys::connecting_socket(addr, source, interface.as_deref(), |fd| {
         tuning.apply_to_stream(fd)
     })?;
@@ -130,7 +128,7 @@ async fn connect_one(
         }
         None => false,
     };
-    let mut stream = crate::sys::glommio_tcp_stream(socket.into());
+    let mut stream = Stream::new(socket.into(), events.as_ref());
     if events.is_none() {
         // Without the event ring, a zero-length send waits through
         // glommio's write path: EAGAIN while the handshake is in flight, 0
@@ -231,7 +229,7 @@ impl Race {
 }
 
 impl Future for Race {
-    type Output = Result<(SocketAddr, TcpStream), (SocketAddr, SessionError)>;
+    type Output = Result<(SocketAddr, Stream), (SocketAddr, SessionError)>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -279,7 +277,7 @@ impl Future for Race {
 /// io_uring connect reported such sockets as connected). A queued ICMP
 /// error is read first: it says what answered (a firewall's "prohibited"
 /// among them); then SO_ERROR.
-fn connected(stream: &TcpStream) -> io::Result<()> {
+fn connected(stream: &Stream) -> io::Result<()> {
     if let Some(e) = crate::sys::take_queued_error(crate::sys::borrow(stream))? {
         return Err(e);
     }

@@ -3,7 +3,7 @@
 //! protection-level sub-negotiation; and, once a level that wraps is
 //! agreed, the encapsulated request and replies.
 
-use glommio::net::TcpStream;
+use crate::events::Stream;
 use libgssapi::context::SecurityContext;
 
 use super::reader::MessageReader;
@@ -16,7 +16,7 @@ use crate::proto::{Codec, Decoded, GssMessage, GssMessageType, Request};
 /// message (MTYP 0xFF) before the error returns.
 pub(super) async fn authenticate(
     acceptor: &Acceptor,
-    client: &mut TcpStream,
+    client: &mut Stream,
     reader: &mut MessageReader,
 ) -> Result<(String, ProtectionLevel, Option<Protection>), SessionError> {
     match run(acceptor, client, reader).await {
@@ -37,7 +37,7 @@ fn failed(what: &str, e: impl std::fmt::Display) -> SessionError {
 /// The next message, which must be of `kind`.
 async fn expect(
     kind: GssMessageType,
-    client: &mut TcpStream,
+    client: &mut Stream,
     reader: &mut MessageReader,
 ) -> Result<Vec<u8>, SessionError> {
     let m = reader.next::<GssMessage>(client).await?;
@@ -57,7 +57,7 @@ async fn expect(
 
 async fn run(
     acceptor: &Acceptor,
-    client: &mut TcpStream,
+    client: &mut Stream,
     reader: &mut MessageReader,
 ) -> Result<(String, ProtectionLevel, Option<Protection>), SessionError> {
     let mut ctx = acceptor.context();
@@ -114,7 +114,7 @@ async fn run(
 /// request is early data for the target.
 pub(super) async fn read_request(
     protection: &mut Protection,
-    client: &mut TcpStream,
+    client: &mut Stream,
     reader: &mut MessageReader,
 ) -> Result<(Request, Vec<u8>), SessionError> {
     let token = expect(GssMessageType::Encapsulated, client, reader).await?;

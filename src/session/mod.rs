@@ -24,9 +24,9 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 
+use crate::events::Stream;
 use futures_lite::future;
 use futures_lite::io::AsyncWriteExt;
-use glommio::net::TcpStream;
 
 pub use access::AccessRecord;
 pub use error::{connect_reply_code, SessionError};
@@ -63,7 +63,7 @@ impl Authenticated {
     async fn read_request(
         mut self,
         reader: &mut MessageReader,
-        client: &mut TcpStream,
+        client: &mut Stream,
     ) -> (Requested, Result<(Request, Vec<u8>), SessionError>) {
         let request = match &mut self.protection {
             Some(p) => gssapi::read_request(p, client, reader).await,
@@ -96,7 +96,7 @@ struct Session<'a> {
     /// The configuration this session started with (a reload does not
     /// change it midway).
     config: &'a Config,
-    client: TcpStream,
+    client: Stream,
     requested: Requested,
     record: &'a mut AccessRecord,
     /// Client bytes past the request that are still encapsulated (GSSAPI
@@ -106,8 +106,8 @@ struct Session<'a> {
 
 /// A session that is ready to relay a TCP tunnel (CONNECT, BIND).
 pub struct Established {
-    client: TcpStream,
-    target: TcpStream,
+    client: Stream,
+    target: Stream,
     /// Client bytes that arrived with the request, for the target.
     early: Vec<u8>,
     /// The tunnel's place in the per-user and per-client quotas, held
@@ -125,35 +125,70 @@ pub struct Established {
 /// [`serve`] as the runtime takes it ([`crate::runtime::Serve`]).
 pub fn serve_boxed(
     core: Rc<Core>,
-    client: TcpStream,
+    client: Stream,
     peer: SocketAddr,
     ticket: Ticket,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
     Box::pin(serve(core, client, peer, ticket))
 }
 
-pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, ticket: Ticket) {
-    let mut record = AccessRecord::new(core.id, ticket.id(), peer);
-    let config = core.config();
-    let client_fd = client.as_raw_fd();
-    let work = Box::pin(establish(&core, &config, client, &ticket, &mut record));
-    // Shed (a stalled handshake) or cut (the end of the shutdown grace)
-    // while still setting up. `or` prefers `work` when both are ready, so a
-    // UDP association, which watches the same signal, ends with its counts.
-    let stopped = async {
-        let stop = ticket.stop.wait().await;
-        // A reset, not a FIN: the client must not take this for an answer.
-        crate::sys::set_linger_zero(client_fd);
-        Err(SessionError::Stopped(stop))
-    };
-    let result = match future::or(work, stopped).await {
-        Ok(Some(t)) => {
-            relay_tunnel(&core, t, &mut record, &ticket.stop).await;
-            Ok(())
+/// What an idle tunnel's task holds is this future's state while it relays:
+/// the access record, the [`Relaying`] tunnel and the arguments, under a
+/// KiB. Written so that the compiler keeps nothing else beside them: an
+/// async block (an async fn's arguments take room twice), the handshake's
+/// outcome handed on whole (a value taken apart in a `match` keeps its
+/// room across the arm's await), and the tunnel awaited where it lies.
+#[allow(clippy::manual_async_fn)] // see above: an async fn would be larger
+pub fn serve(
+    core: Rc<Core>,
+    client: Stream,
+    peer: SocketAddr,
+    ticket: Ticket,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let mut record = AccessRecord::new(core.id, ticket.id(), peer);
+        let config = core.config();
+        let client_fd = client.as_raw_fd();
+        let work = Box::pin(establish(&core, &config, client, &ticket, &mut record));
+        // Shed (a stalled handshake) or cut (the end of the shutdown grace)
+        // while still setting up. `or` prefers `work` when both are ready, so a
+        // UDP association, which watches the same signal, ends with its counts.
+        let stopped = async {
+            let stop = ticket.stop.wait().await;
+            // A reset, not a FIN: the client must not take this for an answer.
+            crate::sys::set_linger_zero(client_fd);
+            Err(SessionError::Stopped(stop))
+        };
+        let outcome = future::or(work, stopped).await;
+        let mut next = Relaying::after(&core, outcome, &record, &ticket.stop);
+        if let Next::Relay(tunnel) = &mut next {
+            let ended = tunnel.await;
+            // The tunnel closes and lets go of its leases before it is
+            // accounted for.
+            next = Next::Done(Ok(()));
+            tunnel_ended(&core, ended, &mut record);
         }
-        Ok(None) => Ok(()),
-        Err(e) => Err(e),
-    };
+        finish(
+            &core,
+            &config,
+            &ticket,
+            peer,
+            next.into_result(),
+            &mut record,
+        );
+    }
+}
+
+/// The end of every session: its error, if any, in the metrics and the
+/// record, and the record in the access log.
+fn finish(
+    core: &Core,
+    config: &Config,
+    ticket: &Ticket,
+    peer: SocketAddr,
+    result: Result<(), SessionError>,
+    record: &mut AccessRecord,
+) {
     if let Err(e) = result {
         record.end = Some(e.tag().to_owned());
         match &e {
@@ -180,7 +215,7 @@ pub async fn serve(core: Rc<Core>, client: TcpStream, peer: SocketAddr, ticket: 
 async fn establish<'a>(
     core: &'a Core,
     config: &'a Config,
-    mut client: TcpStream,
+    mut client: Stream,
     ticket: &Ticket,
     record: &mut AccessRecord,
 ) -> Result<Option<Established>, SessionError> {
@@ -290,23 +325,86 @@ impl Drop for OpenGauge<'_> {
     }
 }
 
-/// Relays a TCP tunnel (CONNECT, BIND) and records how it went.
-async fn relay_tunnel(core: &Core, t: Established, record: &mut AccessRecord, stop: &StopSignal) {
-    crate::sys::set_nodelay(t.client.as_raw_fd());
-    let throttle = core
-        .bandwidth
-        .throttle(record.user.as_deref(), record.client.ip().to_canonical());
-    let open = OpenGauge::new(core, record.command);
-    let started = std::time::Instant::now();
-    let r = core
-        .relay
-        .run(t.client, t.target, &t.early, throttle, t.sealed, stop)
-        .await;
-    drop(open);
-    let lifetime = &core.metrics().tunnel_seconds;
-    lifetime.observe(started.elapsed(), &metrics::LIFETIME_BUCKETS);
-    // Bytes were counted as they moved (`relay::LiveCounters`).
+/// A TCP tunnel (CONNECT, BIND) that relays, with what it holds until it
+/// ends: its place in the quotas and in the open-tunnel gauge. A future
+/// of its own (ready with the report and the tunnel's lifetime) so that an
+/// idle tunnel's task holds this and the access record, nothing more.
+struct Relaying<'a> {
+    tunnel: crate::relay::Tunnel<'a>,
+    started: std::time::Instant,
+    _open: OpenGauge<'a>,
+    _quota: Option<crate::quota::QuotaLease>,
+}
+
+/// After the handshake: a tunnel to relay, or the session's end.
+#[allow(clippy::large_enum_variant)] // in place in the task: a box would cost an allocation per tunnel
+enum Next<'a> {
+    Relay(Relaying<'a>),
+    Done(Result<(), SessionError>),
+}
+
+impl Next<'_> {
+    fn into_result(self) -> Result<(), SessionError> {
+        match self {
+            Next::Relay(_) => Ok(()),
+            Next::Done(result) => result,
+        }
+    }
+}
+
+impl<'a> Relaying<'a> {
+    fn after(
+        core: &'a Core,
+        outcome: Result<Option<Established>, SessionError>,
+        record: &AccessRecord,
+        stop: &'a StopSignal,
+    ) -> Next<'a> {
+        match outcome {
+            Ok(Some(t)) => Next::Relay(Relaying::start(core, t, record, stop)),
+            Ok(None) => Next::Done(Ok(())),
+            Err(e) => Next::Done(Err(e)),
+        }
+    }
+
+    fn start(core: &'a Core, t: Established, record: &AccessRecord, stop: &'a StopSignal) -> Self {
+        crate::sys::set_nodelay(t.client.as_raw_fd());
+        let throttle = core
+            .bandwidth
+            .throttle(record.user.as_deref(), record.client.ip().to_canonical());
+        let tunnel = core
+            .relay
+            .run(t.client, t.target, t.early, throttle, t.sealed, stop);
+        Relaying {
+            tunnel,
+            started: std::time::Instant::now(),
+            _open: OpenGauge::new(core, record.command),
+            _quota: t.quota,
+        }
+    }
+}
+
+impl std::future::Future for Relaying<'_> {
+    type Output = (crate::relay::RelayReport, std::time::Duration);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let report = std::task::ready!(std::pin::Pin::new(&mut self.tunnel).poll(cx));
+        std::task::Poll::Ready((report, self.started.elapsed()))
+    }
+}
+
+/// Records how a tunnel went, in the metrics and its access record.
+fn tunnel_ended(
+    core: &Core,
+    (r, lifetime): (crate::relay::RelayReport, std::time::Duration),
+    record: &mut AccessRecord,
+) {
     let m = core.metrics();
+    m.tunnel_seconds
+        .observe(lifetime, &metrics::LIFETIME_BUCKETS);
+    // Bytes were counted as they moved (`relay::LiveCounters`).
     metrics::add(&m.bandwidth_waits, r.throttled);
     metrics::add(&m.tunnels_by_engine[r.engine.metrics_index()], 1);
     metrics::add(&m.bytes_spliced, r.spliced);
@@ -419,7 +517,7 @@ impl<'a> Session<'a> {
     }
 
     /// The tunnel to relay once a command has its other stream.
-    fn established(self, target: TcpStream, early: Vec<u8>) -> Established {
+    fn established(self, target: Stream, early: Vec<u8>) -> Established {
         let pending = self.pending_sealed;
         Established {
             client: self.client,
@@ -454,7 +552,7 @@ fn acceptable_methods(config: &Config) -> Vec<Method> {
 /// client's order) and that method's sub-negotiation.
 async fn negotiate(
     config: &Config,
-    client: &mut TcpStream,
+    client: &mut Stream,
     reader: &mut MessageReader,
 ) -> Result<Authenticated, SessionError> {
     let greeting = match reader.next::<Greeting>(client).await {
@@ -495,7 +593,7 @@ async fn negotiate(
 /// RFC 1929: one username and password, checked against the users file.
 async fn user_pass(
     users: &crate::config::UserDb,
-    client: &mut TcpStream,
+    client: &mut Stream,
     reader: &mut MessageReader,
 ) -> Result<Authenticated, SessionError> {
     let creds = match reader.next::<UserPassRequest>(client).await {
@@ -533,7 +631,7 @@ fn unspecified() -> TargetAddr {
     TargetAddr::Ip(SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)))
 }
 
-async fn send(client: &mut TcpStream, bytes: &[u8]) -> Result<(), SessionError> {
+async fn send(client: &mut Stream, bytes: &[u8]) -> Result<(), SessionError> {
     client
         .write_all(bytes)
         .await

@@ -1,5 +1,5 @@
+use crate::events::Stream;
 use futures_lite::io::AsyncReadExt;
-use glommio::net::TcpStream;
 
 use super::SessionError;
 use crate::proto::{Codec, Decoded, GssMessage};
@@ -30,7 +30,7 @@ impl MessageReader {
     }
 
     /// The next message of type `T`, read as far as it needs.
-    pub async fn next<T: Codec>(&mut self, client: &mut TcpStream) -> Result<T, SessionError> {
+    pub async fn next<T: Codec>(&mut self, client: &mut Stream) -> Result<T, SessionError> {
         loop {
             if let Decoded::Complete(value, used) = T::decode(&self.buf[self.start..self.end])? {
                 self.start += used;

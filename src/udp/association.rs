@@ -6,9 +6,10 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use crate::events::Stream;
 use futures_lite::future;
 use futures_lite::io::AsyncReadExt;
-use glommio::net::{TcpStream, UdpSocket};
+use glommio::net::UdpSocket;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
@@ -495,7 +496,7 @@ impl Association<'_> {
 }
 
 /// Waits for the control connection to close; bytes on it are ignored.
-async fn control_closed(control: &mut TcpStream) -> UdpEnd {
+async fn control_closed(control: &mut Stream) -> UdpEnd {
     let mut buf = [0u8; 64];
     loop {
         match control.read(&mut buf).await {
@@ -547,17 +548,13 @@ impl Prepared<'_> {
 pub fn prepare<'a>(
     table: &'a UdpTable,
     egress: Egress<'a>,
-    control: &TcpStream,
+    control: &Stream,
     requested: &TargetAddr,
     resolve_timeout: Duration,
 ) -> Result<Prepared<'a>, SetupError> {
     let slot = table.admit().ok_or(SetupError::Full)?;
-    let local = control
-        .local_addr()
-        .map_err(|e| SetupError::Socket(e.into()))?;
-    let peer = control
-        .peer_addr()
-        .map_err(|e| SetupError::Socket(e.into()))?;
+    let local = control.local_addr().map_err(SetupError::Socket)?;
+    let peer = control.peer_addr().map_err(SetupError::Socket)?;
     let client =
         udp_socket(SocketAddr::new(local.ip().to_canonical(), 0)).map_err(SetupError::Socket)?;
     let any4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
@@ -595,7 +592,7 @@ pub fn prepare<'a>(
 /// return.
 pub async fn serve(
     prepared: Prepared<'_>,
-    mut control: TcpStream,
+    mut control: Stream,
     idle_timeout: Duration,
     stop: &StopSignal,
     events: Option<&Rc<EventRing>>,
