@@ -723,6 +723,117 @@ pub fn udp_recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, std::net::
     })
 }
 
+/// Datagrams taken with one recvmmsg(2): up to [`DatagramBatch::SLOTS`] of
+/// them, each into a slot of its own that holds the largest datagram, so
+/// none is ever truncated. The slots' memory is allocated zeroed and
+/// untouched: only the bytes datagrams bring in count in RSS.
+pub struct DatagramBatch {
+    buf: Box<[u8]>,
+    slot_len: usize,
+    lens: [usize; DatagramBatch::SLOTS],
+    from: [Option<std::net::SocketAddr>; DatagramBatch::SLOTS],
+}
+
+impl DatagramBatch {
+    pub const SLOTS: usize = 16;
+
+    pub fn new(slot_len: usize) -> DatagramBatch {
+        DatagramBatch {
+            buf: vec![0u8; slot_len * Self::SLOTS].into_boxed_slice(),
+            slot_len,
+            lens: [0; Self::SLOTS],
+            from: [None; Self::SLOTS],
+        }
+    }
+
+    /// Takes what the socket has queued, up to `SLOTS` datagrams, without
+    /// blocking; each lands at `offset` in its slot (room before it for a
+    /// header). Returns how many; WouldBlock when none was queued. Fewer
+    /// than `SLOTS` means the socket was empty at the time.
+    pub fn recv(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
+        const N: usize = DatagramBatch::SLOTS;
+        // SAFETY (for the zeroed values): all-zero is a valid iovec,
+        // mmsghdr and sockaddr_storage.
+        let mut names: [libc::sockaddr_storage; N] = unsafe { std::mem::zeroed() };
+        let mut iovs: [libc::iovec; N] = unsafe { std::mem::zeroed() };
+        let mut msgs: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
+        for (i, slot) in self.buf.chunks_exact_mut(self.slot_len).enumerate() {
+            let room = &mut slot[offset..];
+            iovs[i] = libc::iovec {
+                iov_base: room.as_mut_ptr().cast(),
+                iov_len: room.len(),
+            };
+            let hdr = &mut msgs[i].msg_hdr;
+            hdr.msg_name = (&mut names[i] as *mut libc::sockaddr_storage).cast();
+            hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            hdr.msg_iov = &mut iovs[i];
+            hdr.msg_iovlen = 1;
+        }
+        // SAFETY: every message points at its own slot of `buf` (at most
+        // the slot's room) and its own name, all alive for the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                N as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        for i in 0..n {
+            self.lens[i] = msgs[i].msg_len as usize;
+            self.from[i] = socket_addr(&names[i]);
+        }
+        Ok(n)
+    }
+
+    /// Datagram `i` of the last `recv` (at `offset`, as received) and its
+    /// source; `None` for a source that is not an IP address.
+    pub fn datagram(&self, i: usize, offset: usize) -> Option<(&[u8], std::net::SocketAddr)> {
+        let start = i * self.slot_len + offset;
+        Some((&self.buf[start..start + self.lens[i]], self.from[i]?))
+    }
+
+    /// Slot `i` whole, header room included, and its datagram's length and
+    /// source.
+    pub fn slot_mut(&mut self, i: usize) -> (&mut [u8], usize, Option<std::net::SocketAddr>) {
+        let start = i * self.slot_len;
+        (
+            &mut self.buf[start..start + self.slot_len],
+            self.lens[i],
+            self.from[i],
+        )
+    }
+}
+
+/// A socket address the kernel wrote, if it is an IP one.
+fn socket_addr(name: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    match name.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for AF_INET, which the
+            // storage is large and aligned enough to hold.
+            let sin =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddrV4::new(ip, u16::from_be(sin.sin_port)).into())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, a sockaddr_in6 for AF_INET6.
+            let sin6 =
+                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            let port = u16::from_be(sin6.sin6_port);
+            Some(SocketAddrV6::new(ip, port, sin6.sin6_flowinfo, sin6.sin6_scope_id).into())
+        }
+        _ => None,
+    }
+}
+
 /// sendto(2) without blocking. A full send buffer is WouldBlock, which UDP
 /// callers treat as a dropped datagram.
 pub fn udp_send_to(fd: RawFd, buf: &[u8], to: std::net::SocketAddr) -> io::Result<usize> {

@@ -136,6 +136,43 @@ fn domain_target_is_resolved() {
     }
 }
 
+/// A burst larger than one receive batch (16 datagrams), led by a name
+/// that needs a lookup: the datagrams taken with it wait behind the lookup
+/// and go out after it, none lost and in order, and the association then
+/// serves the next datagram.
+#[test]
+fn a_burst_behind_a_name_lookup_arrives_whole_and_in_order() {
+    let echo = udp_echo("127.0.0.1:0");
+    let proxy = Proxy::start(&[]);
+    let sock = client_socket("127.0.0.1:0");
+    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let by_name = TargetAddr::domain("localhost", echo.port()).unwrap();
+    let by_ip = TargetAddr::Ip(echo);
+    const BURST: usize = 50;
+    let mut dgram = Vec::new();
+    for i in 0..BURST {
+        dgram.clear();
+        let target = if i % 2 == 0 { &by_name } else { &by_ip };
+        udp_datagram(target, format!("burst {i:02}").as_bytes(), &mut dgram);
+        sock.send_to(&dgram, relay).unwrap();
+    }
+    let mut buf = vec![0u8; 65536];
+    let mut got = Vec::new();
+    for _ in 0..BURST {
+        let (n, from) = sock
+            .recv_from(&mut buf)
+            .expect("every datagram of the burst comes back");
+        assert_eq!(from, relay);
+        let (source, data) = udp_payload(&buf[..n]).unwrap();
+        assert_eq!(source, TargetAddr::Ip(echo));
+        got.push(String::from_utf8(data.to_vec()).unwrap());
+    }
+    let sent: Vec<String> = (0..BURST).map(|i| format!("burst {i:02}")).collect();
+    assert_eq!(got, sent, "in the order sent");
+    let (_, data) = roundtrip(&sock, relay, &by_name, b"after the burst");
+    assert_eq!(data, b"after the burst");
+}
+
 #[test]
 fn fragments_are_dropped_and_counted() {
     let echo = udp_echo("127.0.0.1:0");

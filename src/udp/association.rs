@@ -1,19 +1,18 @@
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::events::Stream;
 use futures_lite::future;
 use futures_lite::io::AsyncReadExt;
 use glommio::net::UdpSocket;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
-use crate::events::{EventRing, Watch};
+use crate::events::{EventRing, Stream, Watch};
 use crate::events::{Stop, StopSignal};
 use crate::gssapi::Protection;
 use crate::policy::source::Outbound;
@@ -22,6 +21,7 @@ use crate::proto::{Codec, Command, Decoded, ProtoError, TargetAddr, UdpHeader};
 use crate::relay::throttle::{Throttle, Way};
 use crate::resolve;
 use crate::sys;
+use crate::sys::DatagramBatch;
 
 /// How an association ended.
 #[derive(Debug)]
@@ -221,6 +221,10 @@ fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
 
+/// A client datagram whose target is a name not yet looked up: the name,
+/// the port and the payload.
+type Lookup = (String, u16, Vec<u8>);
+
 impl Association<'_> {
     fn touch(&self) {
         self.last_activity.set(Instant::now());
@@ -301,186 +305,240 @@ impl Association<'_> {
     /// Client -> targets.
     async fn client_loop(&self, events: Option<&Rc<EventRing>>) -> UdpEnd {
         let mut watch = watch(events, &self.client);
-        // A drain that stopped for a name lookup left datagrams queued: go
-        // on draining without waiting (the ring reports only new ones).
+        // Datagrams already taken from the socket that wait behind one that
+        // needs a name lookup, copied out of the core's batch (which other
+        // associations use while this one waits).
+        let mut backlog: VecDeque<(Vec<u8>, SocketAddr)> = VecDeque::new();
+        // Whether the socket was empty at the last look: then wait for it.
         let mut drained = true;
         loop {
+            while let Some((datagram, from)) = backlog.pop_front() {
+                if let Some(lookup) = self.relay_from_client(&datagram, from) {
+                    self.resolve_and_send(lookup).await;
+                }
+            }
             if drained {
                 if let Err(e) = readable(&self.client, &mut watch).await {
                     return UdpEnd::Failed(e);
                 }
             }
-            // Drain what is queued; a domain that needs a lookup is resolved
-            // with the payload copied out, so the scratch buffer is never
-            // held across an await.
-            let pending = match self.drain_client() {
-                Ok(p) => p,
+            let lookup = match self.take_client_batch(&mut backlog) {
+                Ok(Some((n, lookup))) => {
+                    drained = n < DatagramBatch::SLOTS;
+                    lookup
+                }
+                Ok(None) => {
+                    drained = true;
+                    continue;
+                }
                 Err(e) => return UdpEnd::Failed(e),
             };
-            drained = pending.is_none();
-            if let Some((name, port, payload)) = pending {
-                match resolve::resolve(&name, port, self.resolve_timeout).await {
-                    Ok(addrs) => {
-                        // The first address the policy allows; else the
-                        // first usable one, cached so that a denied name is
-                        // not looked up again for every datagram.
-                        let mut usable = addrs.iter().filter(|a| self.out_socket(**a).is_some());
-                        let first = usable.clone().next();
-                        let allowed = usable.find(|a| self.allowed(Some(&name), **a));
-                        let Some(&addr) = allowed.or(first) else {
-                            self.count(|r| r.dropped_other += 1);
-                            continue;
-                        };
-                        if self.names.borrow().len() < self.table.max_targets {
-                            self.names.borrow_mut().insert(name.clone(), addr);
-                        }
-                        self.send_to_target(Some(&name), addr, &payload);
-                    }
-                    Err(e) => {
-                        tracing::debug!("udp: {e}");
-                        self.count(|r| r.dropped_other += 1);
-                    }
-                }
+            if let Some(lookup) = lookup {
+                self.resolve_and_send(lookup).await;
             }
         }
     }
 
-    /// Relays queued client datagrams until the socket is empty, or until
-    /// one needs a name lookup (returned to the caller).
-    fn drain_client(&self) -> io::Result<Option<(String, u16, Vec<u8>)>> {
-        let mut scratch = self.table.scratch.borrow_mut();
-        loop {
-            let (n, from) = match sys::udp_recv_from(self.client.as_raw_fd(), &mut scratch) {
-                Ok(x) => x,
+    /// Takes a batch of client datagrams and relays them, up to the first
+    /// that needs a name lookup (returned, with the rest in `backlog`).
+    /// `None`: nothing was queued.
+    fn take_client_batch(
+        &self,
+        backlog: &mut VecDeque<(Vec<u8>, SocketAddr)>,
+    ) -> io::Result<Option<(usize, Option<Lookup>)>> {
+        let batch = &mut *self.table.batch.borrow_mut();
+        let n = loop {
+            match batch.recv(self.client.as_raw_fd(), 0) {
+                Ok(n) => break n,
                 Err(e) if would_block(&e) => return Ok(None),
                 // ICMP errors for earlier datagrams; nothing to do.
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
                 Err(e) => return Err(e),
-            };
-            if !self.rule.admits(from) {
-                self.count(|r| r.dropped_foreign += 1);
-                continue;
             }
-            self.touch();
-            self.client_addr.set(Some(from));
-            let opened;
-            let datagram = match &self.protection {
-                None => &scratch[..n],
-                Some(p) => match p.borrow_mut().open_message(&scratch[..n]) {
-                    Ok(Some((plain, used))) if used == n => {
-                        opened = plain;
-                        &opened[..]
-                    }
-                    // Not one whole message, or one the context refuses
-                    // (forged, damaged, replayed).
-                    _ => {
-                        self.count(|r| r.dropped_unprotected += 1);
-                        continue;
-                    }
-                },
+        };
+        let mut lookup = None;
+        for i in 0..n {
+            let Some((datagram, from)) = batch.datagram(i, 0) else {
+                continue;
             };
-            let (header, len) = match UdpHeader::decode(datagram) {
-                Ok(Decoded::Complete(h, len)) => (h, len),
-                Err(ProtoError::NonZeroReserved(_)) => {
-                    self.count(|r| r.dropped_reserved += 1);
-                    continue;
-                }
-                Ok(Decoded::Incomplete(_)) | Err(_) => {
+            if lookup.is_some() {
+                backlog.push_back((datagram.to_vec(), from));
+            } else {
+                lookup = self.relay_from_client(datagram, from);
+            }
+        }
+        Ok(Some((n, lookup)))
+    }
+
+    /// Resolves the name a datagram gave and sends its payload to the
+    /// first address the policy allows.
+    async fn resolve_and_send(&self, (name, port, payload): Lookup) {
+        match resolve::resolve(&name, port, self.resolve_timeout).await {
+            Ok(addrs) => {
+                // The first address the policy allows; else the first
+                // usable one, cached so that a denied name is not looked
+                // up again for every datagram.
+                let mut usable = addrs.iter().filter(|a| self.out_socket(**a).is_some());
+                let first = usable.clone().next();
+                let allowed = usable.find(|a| self.allowed(Some(&name), **a));
+                let Some(&addr) = allowed.or(first) else {
                     self.count(|r| r.dropped_other += 1);
+                    return;
+                };
+                if self.names.borrow().len() < self.table.max_targets {
+                    self.names.borrow_mut().insert(name.clone(), addr);
+                }
+                self.send_to_target(Some(&name), addr, &payload);
+            }
+            Err(e) => {
+                tracing::debug!("udp: {e}");
+                self.count(|r| r.dropped_other += 1);
+            }
+        }
+    }
+
+    /// Relays one client datagram, or returns its target name, port and
+    /// payload when the name needs a lookup first.
+    fn relay_from_client(&self, datagram: &[u8], from: SocketAddr) -> Option<Lookup> {
+        if !self.rule.admits(from) {
+            self.count(|r| r.dropped_foreign += 1);
+            return None;
+        }
+        self.touch();
+        self.client_addr.set(Some(from));
+        let opened;
+        let datagram = match &self.protection {
+            None => datagram,
+            Some(p) => match p.borrow_mut().open_message(datagram) {
+                Ok(Some((plain, used))) if used == datagram.len() => {
+                    opened = plain;
+                    &opened[..]
+                }
+                // Not one whole message, or one the context refuses
+                // (forged, damaged, replayed).
+                _ => {
+                    self.count(|r| r.dropped_unprotected += 1);
+                    return None;
+                }
+            },
+        };
+        let (header, len) = match UdpHeader::decode(datagram) {
+            Ok(Decoded::Complete(h, len)) => (h, len),
+            Err(ProtoError::NonZeroReserved(_)) => {
+                self.count(|r| r.dropped_reserved += 1);
+                return None;
+            }
+            Ok(Decoded::Incomplete(_)) | Err(_) => {
+                self.count(|r| r.dropped_other += 1);
+                return None;
+            }
+        };
+        if header.frag != 0 {
+            self.count(|r| r.dropped_fragmented += 1);
+            return None;
+        }
+        let payload = &datagram[len..];
+        match header.target {
+            TargetAddr::Ip(sa) => self.send_to_target(None, sa, payload),
+            TargetAddr::Domain(name, port) => {
+                // An address written as a name is judged as the address.
+                if let Some(ip) = resolve::ip_literal(&name) {
+                    self.send_to_target(None, SocketAddr::new(ip, port), payload);
+                    return None;
+                }
+                let cached = self.names.borrow().get(&name).copied();
+                match cached {
+                    Some(a) => {
+                        self.send_to_target(Some(&name), SocketAddr::new(a.ip(), port), payload)
+                    }
+                    None => return Some((name, port, payload.to_vec())),
+                }
+            }
+        }
+        None
+    }
+
+    /// Targets -> client, each datagram prefixed with the header naming
+    /// its source, written into the room before it in its slot.
+    async fn target_loop(&self, sock: &UdpSocket, events: Option<&Rc<EventRing>>) -> UdpEnd {
+        let mut watch = watch(events, sock);
+        let mut drained = true;
+        loop {
+            if drained {
+                if let Err(e) = readable(sock, &mut watch).await {
+                    return UdpEnd::Failed(e);
+                }
+            }
+            let mut batch = self.table.batch.borrow_mut();
+            let n = match batch.recv(sock.as_raw_fd(), MAX_HEADER) {
+                Ok(n) => n,
+                Err(e) if would_block(&e) => {
+                    drained = true;
                     continue;
                 }
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
+                Err(e) => return UdpEnd::Failed(e),
             };
-            if header.frag != 0 {
-                self.count(|r| r.dropped_fragmented += 1);
-                continue;
-            }
-            let payload = &datagram[len..];
-            match header.target {
-                TargetAddr::Ip(sa) => self.send_to_target(None, sa, payload),
-                TargetAddr::Domain(name, port) => {
-                    // An address written as a name is judged as the address.
-                    if let Some(ip) = resolve::ip_literal(&name) {
-                        self.send_to_target(None, SocketAddr::new(ip, port), payload);
-                        continue;
-                    }
-                    let cached = self.names.borrow().get(&name).copied();
-                    match cached {
-                        Some(a) => {
-                            self.send_to_target(Some(&name), SocketAddr::new(a.ip(), port), payload)
-                        }
-                        None => return Ok(Some((name, port, payload.to_vec()))),
-                    }
+            drained = n < DatagramBatch::SLOTS;
+            for i in 0..n {
+                let (slot, len, from) = batch.slot_mut(i);
+                if let Some(from) = from {
+                    self.relay_to_client(slot, len, from);
                 }
             }
         }
     }
 
-    /// Targets -> client, each datagram prefixed with the header naming
-    /// its source.
-    async fn target_loop(&self, sock: &UdpSocket, events: Option<&Rc<EventRing>>) -> UdpEnd {
-        let mut watch = watch(events, sock);
-        loop {
-            if let Err(e) = readable(sock, &mut watch).await {
-                return UdpEnd::Failed(e);
+    /// Relays one target datagram (`slot[MAX_HEADER..][..n]`) to the
+    /// client.
+    fn relay_to_client(&self, slot: &mut [u8], n: usize, from: SocketAddr) {
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
+        let (Some(client), true) = (
+            self.client_addr.get(),
+            self.targets.borrow().contains(&from),
+        ) else {
+            self.count(|r| r.dropped_unsolicited += 1);
+            return;
+        };
+        self.touch();
+        if !self.egress.throttle.admit(Way::Down, n, Instant::now()) {
+            self.count(|r| r.dropped_bandwidth += 1);
+            return;
+        }
+        let mut header = Vec::with_capacity(MAX_HEADER);
+        UdpHeader {
+            frag: 0,
+            target: TargetAddr::Ip(from),
+        }
+        .encode(&mut header);
+        let start = MAX_HEADER - header.len();
+        slot[start..MAX_HEADER].copy_from_slice(&header);
+        let sealed;
+        let datagram = match &self.protection {
+            None => &slot[start..MAX_HEADER + n],
+            Some(p) => {
+                let mut out = Vec::with_capacity(MAX_HEADER + n + 96);
+                if p.borrow_mut()
+                    .seal(&slot[start..MAX_HEADER + n], &mut out)
+                    .is_err()
+                {
+                    // Too long to wrap into one message.
+                    self.count(|r| r.dropped_other += 1);
+                    return;
+                }
+                sealed = out;
+                &sealed[..]
             }
-            let mut scratch = self.table.scratch.borrow_mut();
-            loop {
-                let (n, from) =
-                    match sys::udp_recv_from(sock.as_raw_fd(), &mut scratch[MAX_HEADER..]) {
-                        Ok(x) => x,
-                        Err(e) if would_block(&e) => break,
-                        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => continue,
-                        Err(e) => return UdpEnd::Failed(e),
-                    };
-                let from = SocketAddr::new(from.ip().to_canonical(), from.port());
-                let (Some(client), true) = (
-                    self.client_addr.get(),
-                    self.targets.borrow().contains(&from),
-                ) else {
-                    self.count(|r| r.dropped_unsolicited += 1);
-                    continue;
-                };
-                self.touch();
-                if !self.egress.throttle.admit(Way::Down, n, Instant::now()) {
-                    self.count(|r| r.dropped_bandwidth += 1);
-                    continue;
-                }
-                let mut header = Vec::with_capacity(MAX_HEADER);
-                UdpHeader {
-                    frag: 0,
-                    target: TargetAddr::Ip(from),
-                }
-                .encode(&mut header);
-                let start = MAX_HEADER - header.len();
-                scratch[start..MAX_HEADER].copy_from_slice(&header);
-                let sealed;
-                let datagram = match &self.protection {
-                    None => &scratch[start..MAX_HEADER + n],
-                    Some(p) => {
-                        let mut out = Vec::with_capacity(MAX_HEADER + n + 96);
-                        if p.borrow_mut()
-                            .seal(&scratch[start..MAX_HEADER + n], &mut out)
-                            .is_err()
-                        {
-                            // Too long to wrap into one message.
-                            self.count(|r| r.dropped_other += 1);
-                            continue;
-                        }
-                        sealed = out;
-                        &sealed[..]
-                    }
-                };
-                match sys::udp_send_to(self.client.as_raw_fd(), datagram, client) {
-                    Ok(_) => self.count(|r| {
-                        r.datagrams_down += 1;
-                        r.bytes_down += n as u64;
-                        let m = self.egress.metrics;
-                        crate::metrics::add(&m.udp_datagrams_target_to_client, 1);
-                        crate::metrics::add(&m.bytes_target_to_client, n as u64);
-                    }),
-                    Err(_) => self.count(|r| r.dropped_other += 1),
-                }
-            }
+        };
+        match sys::udp_send_to(self.client.as_raw_fd(), datagram, client) {
+            Ok(_) => self.count(|r| {
+                r.datagrams_down += 1;
+                r.bytes_down += n as u64;
+                let m = self.egress.metrics;
+                crate::metrics::add(&m.udp_datagrams_target_to_client, 1);
+                crate::metrics::add(&m.bytes_target_to_client, n as u64);
+            }),
+            Err(_) => self.count(|r| r.dropped_other += 1),
         }
     }
 

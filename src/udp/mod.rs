@@ -8,9 +8,13 @@
 //! construction: no steering, no table shared between cores, no hand-off.
 //! The price is one ephemeral port per association (see docs/ARCHITECTURE.md).
 //!
-//! Datagrams are moved with non-blocking recvfrom/sendto through one
-//! per-core scratch buffer; glommio is used only to wait for readability (a
-//! 1-byte MSG_PEEK), so a waiting association holds no 64 KiB buffer.
+//! Datagrams are taken in batches with one non-blocking recvmmsg (up to 16
+//! per call, into one per-core batch of slots that each hold the largest
+//! datagram) and sent with sendto; a batch that comes back short means the
+//! socket was empty, so the next look waits for readiness instead of
+//! paying for a recv that would say EAGAIN. Waits are the core's event
+//! ring (a multishot poll per socket; without a ring, glommio's 1-byte
+//! MSG_PEEK), so a waiting association holds no buffer.
 
 mod association;
 
@@ -26,14 +30,14 @@ pub const MAX_DATAGRAM: usize = 65_527;
 /// 16 + PORT 2).
 pub const MAX_HEADER: usize = 22;
 
-/// Per-core UDP state: the association count and the scratch buffer.
+/// Per-core UDP state: the association count and the receive batch.
 pub struct UdpTable {
     live: Cell<usize>,
     pub max_associations: usize,
     pub max_targets: usize,
     /// Borrowed only synchronously (never across an await), so one buffer
     /// serves every association on the core.
-    scratch: RefCell<Box<[u8]>>,
+    batch: RefCell<crate::sys::DatagramBatch>,
 }
 
 impl UdpTable {
@@ -42,7 +46,7 @@ impl UdpTable {
             live: Cell::new(0),
             max_associations,
             max_targets,
-            scratch: RefCell::new(vec![0u8; MAX_HEADER + MAX_DATAGRAM].into_boxed_slice()),
+            batch: RefCell::new(crate::sys::DatagramBatch::new(MAX_HEADER + MAX_DATAGRAM)),
         }
     }
 
