@@ -2,7 +2,7 @@
 //! each wrapped once here.
 
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use socket2::SockRef;
@@ -297,9 +297,17 @@ pub fn set_recverr(fd: BorrowedFd<'_>, addr: std::net::SocketAddr, on: bool) -> 
 }
 
 /// Runs `f` with a raw socket borrowed for socket2's option setters.
-fn with_sock<T>(fd: RawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
-    // SAFETY: callers pass the fd of a socket they own and keep open for the
-    // duration of the call; SockRef never closes it.
+fn with_sock<T>(fd: impl AsFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
+    f(SockRef::from(&fd))
+}
+
+/// For a socket known only by its number, because its owner was moved
+/// into a task or future that is still running (a listener in its accept
+/// loop, a client inside its handshake): the callers below keep that owner
+/// alive across the call.
+fn with_raw_sock<T>(fd: RawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
+    // SAFETY: the caller's owner keeps `fd` open for the duration of the
+    // call; SockRef never closes it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     f(SockRef::from(&borrowed))
 }
@@ -317,8 +325,14 @@ pub fn accept_nonblocking(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, std:
 
 /// Makes the next close() send RST instead of FIN, so that a reset on one
 /// side of a tunnel reaches the other side as a reset.
-pub fn set_linger_zero(fd: RawFd) {
+pub fn set_linger_zero(fd: impl AsFd) {
     let _ = with_sock(fd, |s| s.set_linger(Some(Duration::ZERO)));
+}
+
+/// [`set_linger_zero`] on a socket whose owner is running elsewhere and
+/// keeps it open (see `with_raw_sock`).
+pub fn set_linger_zero_raw(fd: RawFd) {
+    let _ = with_raw_sock(fd, |s| s.set_linger(Some(Duration::ZERO)));
 }
 
 /// The kernel's count of segments this TCP socket retransmitted in its
@@ -582,7 +596,7 @@ pub fn peer_closed(socket: BorrowedFd<'_>) -> io::Result<bool> {
 }
 
 /// TCP_NODELAY: a relay must not add Nagle delay to small messages.
-pub fn set_nodelay(fd: RawFd) {
+pub fn set_nodelay(fd: impl AsFd) {
     let _ = with_sock(fd, |s| s.set_tcp_nodelay(true));
 }
 
@@ -590,15 +604,21 @@ pub fn set_nodelay(fd: RawFd) {
 /// a request on it (the kernel keeps the file open until the request is
 /// cancelled); shutdown() moves a listener out of LISTEN, so new connection
 /// attempts are refused right away, and ends pending accepts and receives.
-pub fn stop_listening(fd: RawFd) {
+pub fn stop_listening(fd: impl AsFd) {
     let _ = with_sock(fd, |s| s.shutdown(std::net::Shutdown::Both));
+}
+
+/// [`stop_listening`] on a listener whose owner (its accept loop, BIND's
+/// wait) is running elsewhere and keeps it open (see `with_raw_sock`).
+pub fn stop_listening_raw(fd: RawFd) {
+    let _ = with_raw_sock(fd, |s| s.shutdown(std::net::Shutdown::Both));
 }
 
 /// Puts a descriptor in O_NONBLOCK mode. splice(2) on a socket blocks
 /// unless the socket itself is non-blocking (SPLICE_F_NONBLOCK only covers
 /// the pipe end), and glommio's accept leaves its sockets blocking (it uses
 /// MSG_DONTWAIT per call).
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: impl AsFd) -> io::Result<()> {
     with_sock(fd, |s| s.set_nonblocking(true))
 }
 
@@ -635,7 +655,8 @@ impl Pipe {
 /// splice(2) with SPLICE_F_NONBLOCK | SPLICE_F_MOVE between two
 /// descriptors, one of which is a pipe. Ok(0) means end of stream on a
 /// socket source.
-pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
+    let (from, to) = (from.as_fd().as_raw_fd(), to.as_fd().as_raw_fd());
     // SAFETY: plain syscall on descriptors the caller owns; null offsets
     // mean "current position", as required for pipes and sockets.
     let n = unsafe {
@@ -657,7 +678,8 @@ pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 
 /// recv(2) without blocking (MSG_DONTWAIT: glommio leaves its sockets
 /// blocking). Ok(0) is end of stream.
-pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+pub fn recv(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+    let fd = fd.as_fd().as_raw_fd();
     // SAFETY: writes at most buf.len() bytes into buf, which we own.
     let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
     if n < 0 {
@@ -669,7 +691,8 @@ pub fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
 
 /// send(2) without blocking, and without SIGPIPE on a closed peer (EPIPE
 /// instead).
-pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+pub fn send(fd: impl AsFd, buf: &[u8]) -> io::Result<usize> {
+    let fd = fd.as_fd().as_raw_fd();
     // SAFETY: reads at most buf.len() bytes from buf.
     let n = unsafe {
         libc::send(
@@ -687,7 +710,8 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
 }
 
 /// Reads one byte from a non-blocking descriptor.
-pub fn read_one(fd: RawFd) -> io::Result<Option<u8>> {
+pub fn read_one(fd: impl AsFd) -> io::Result<Option<u8>> {
+    let fd = fd.as_fd().as_raw_fd();
     let mut b = 0u8;
     // SAFETY: reads at most one byte into a local.
     let n = unsafe { libc::read(fd, (&mut b as *mut u8).cast(), 1) };
@@ -710,7 +734,7 @@ pub fn pipe_max_size() -> Option<usize> {
 
 /// recvfrom(2) without blocking into `buf`; a datagram longer than `buf`
 /// is truncated (callers pass a buffer of the largest UDP payload).
-pub fn udp_recv_from(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
+pub fn udp_recv_from(fd: impl AsFd, buf: &mut [u8]) -> io::Result<(usize, std::net::SocketAddr)> {
     with_sock(fd, |s| {
         // SAFETY: MaybeUninit<u8> has the layout of u8, and recv only
         // writes initialised bytes into the slice.
@@ -750,7 +774,8 @@ impl DatagramBatch {
     /// blocking; each lands at `offset` in its slot (room before it for a
     /// header). Returns how many; WouldBlock when none was queued. Fewer
     /// than `SLOTS` means the socket was empty at the time.
-    pub fn recv(&mut self, fd: RawFd, offset: usize) -> io::Result<usize> {
+    pub fn recv(&mut self, fd: impl AsFd, offset: usize) -> io::Result<usize> {
+        let fd = fd.as_fd().as_raw_fd();
         const N: usize = DatagramBatch::SLOTS;
         // SAFETY (for the zeroed values): all-zero is a valid iovec,
         // mmsghdr and sockaddr_storage.
@@ -836,7 +861,7 @@ fn socket_addr(name: &libc::sockaddr_storage) -> Option<std::net::SocketAddr> {
 
 /// sendto(2) without blocking. A full send buffer is WouldBlock, which UDP
 /// callers treat as a dropped datagram.
-pub fn udp_send_to(fd: RawFd, buf: &[u8], to: std::net::SocketAddr) -> io::Result<usize> {
+pub fn udp_send_to(fd: impl AsFd, buf: &[u8], to: std::net::SocketAddr) -> io::Result<usize> {
     with_sock(fd, |s| s.send_to(buf, &to.into()))
 }
 
@@ -890,7 +915,8 @@ pub fn read_password_line() -> io::Result<String> {
 pub const MAX_FDS: usize = 253;
 
 /// Sends `data` with `fds` attached (SCM_RIGHTS) on a Unix stream socket.
-pub fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+pub fn send_fds(sock: impl AsFd, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    let sock = sock.as_fd().as_raw_fd();
     if fds.len() > MAX_FDS {
         return Err(io::Error::other(format!(
             "{} sockets are more than one message carries ({MAX_FDS})",
@@ -934,7 +960,12 @@ pub fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
 
 /// Receives one message and the descriptors attached to it (at most
 /// `max_fds`), each close-on-exec.
-pub fn recv_fds(sock: RawFd, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
+pub fn recv_fds(
+    sock: impl AsFd,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let sock = sock.as_fd().as_raw_fd();
     use std::os::fd::FromRawFd;
     let fd_bytes = max_fds * std::mem::size_of::<RawFd>();
     // SAFETY: arithmetic.

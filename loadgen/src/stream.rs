@@ -55,7 +55,7 @@ pub fn shutdown_write(fd: RawFd) {
 
 /// Makes close() send RST: no TIME_WAIT on our side (see README).
 pub fn set_linger_zero(stream: &TcpStream) {
-    coresocks::sys::set_linger_zero(stream.as_raw_fd());
+    coresocks::sys::set_linger_zero(coresocks::sys::borrow(stream));
 }
 
 /// Splits a stream so one task (or two futures) can read while writing.

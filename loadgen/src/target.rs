@@ -353,8 +353,7 @@ async fn duplex(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
 /// The UDP echo: waits with a 1-byte peek (no large buffer held while
 /// idle), then drains the socket with non-blocking calls.
 async fn udp_echo(sock: UdpSocket, c: Rc<Counters>, drop_every: Option<u64>) {
-    use std::os::fd::AsRawFd;
-    let fd = sock.as_raw_fd();
+    let fd = coresocks::sys::borrow(&sock);
     let mut buf = vec![0u8; UDP_BUF];
     loop {
         if udp_readable(&sock).await.is_err() {

@@ -47,7 +47,7 @@ impl Listener {
                 let stream = l.accept().await?;
                 // Non-blocking like every relayed socket (splice needs it);
                 // one that cannot be is closed like a client that left.
-                if crate::sys::set_nonblocking(stream.as_raw_fd()).is_err() {
+                if crate::sys::set_nonblocking(crate::sys::borrow(&stream)).is_err() {
                     return Ok(None);
                 }
                 Ok(stream

@@ -71,6 +71,10 @@ pub struct EventRing {
     free: RefCell<Vec<usize>>,
     setup: &'static str,
     eventfd: OwnedFd,
+    /// The driver is between looks (it will look again before it parks):
+    /// submissions wait for that look, so every wait armed in one round
+    /// costs one io_uring_enter, not one each.
+    driving: std::cell::Cell<bool>,
 }
 
 impl Drop for EventRing {
@@ -111,6 +115,7 @@ impl EventRing {
             free: RefCell::new(Vec::new()),
             setup,
             eventfd,
+            driving: std::cell::Cell::new(false),
         });
         // SAFETY: `wake` is a descriptor of our own whose ownership moves
         // into glommio's file here. Reading an eventfd through glommio is an
@@ -166,27 +171,20 @@ impl EventRing {
         loop {
             crate::sys::eventfd_reset(self.eventfd.as_fd());
             if self.collect() == 0 {
+                // Parked from here on: nobody would submit for us.
+                self.driving.set(false);
                 return;
             }
+            self.driving.set(true);
             futures_lite::future::yield_now().await;
         }
     }
 
-    /// Runs the deferred completion work and hands each completion to its
-    /// waiter; returns how many there were.
+    /// Submits what waits, runs the deferred completion work and hands
+    /// each completion to its waiter; returns how many there were.
     fn collect(&self) -> usize {
         let mut ring = self.ring.borrow_mut();
-        // SAFETY: an enter with no submissions and no argument; GETEVENTS
-        // is what runs DEFER_TASKRUN's work (and COOP_TASKRUN's, when the
-        // kernel flagged some).
-        if let Err(e) = unsafe {
-            ring.submitter().enter::<libc::sigset_t>(
-                0,
-                0,
-                io_uring::EnterFlags::GETEVENTS.bits(),
-                None,
-            )
-        } {
+        if let Err(e) = enter(&mut ring) {
             if e.raw_os_error() != Some(libc::EINTR) {
                 tracing::warn!("event ring: collecting completions failed: {e}");
             }
@@ -273,16 +271,7 @@ impl EventRing {
     /// the driver): a cancelled poll lets go of its socket only then, and
     /// the socket must be closed for real when its owner drops it.
     fn run_deferred(&self) {
-        let ring = self.ring.borrow();
-        // SAFETY: an enter with no submissions and no argument.
-        let _ = unsafe {
-            ring.submitter().enter::<libc::sigset_t>(
-                0,
-                0,
-                io_uring::EnterFlags::GETEVENTS.bits(),
-                None,
-            )
-        };
+        let _ = enter(&mut self.ring.borrow_mut());
     }
 
     fn submit(&self, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
@@ -295,7 +284,9 @@ impl EventRing {
             unsafe { ring.submission().push(sqe) }
                 .map_err(|_| io::Error::other("event ring: submission queue full"))?;
         }
-        ring.submit()?;
+        if !self.driving.get() {
+            ring.submit()?;
+        }
         Ok(())
     }
 
@@ -357,6 +348,23 @@ impl EventRing {
         if let Err(e) = self.submit(&sqe) {
             tracing::warn!("event ring: removing a wait failed: {e}");
         }
+    }
+}
+
+/// One io_uring_enter that submits every queued SQE and, with GETEVENTS,
+/// runs the deferred completion work (DEFER_TASKRUN's, and COOP_TASKRUN's
+/// when the kernel flagged some).
+fn enter(ring: &mut IoUring) -> io::Result<usize> {
+    let queued = ring.submission().len() as u32;
+    // SAFETY: the queued SQEs reference no memory of ours (POLL_ADD and
+    // POLL_REMOVE); no argument is passed.
+    unsafe {
+        ring.submitter().enter::<libc::sigset_t>(
+            queued,
+            0,
+            io_uring::EnterFlags::GETEVENTS.bits(),
+            None,
+        )
     }
 }
 

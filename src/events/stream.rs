@@ -89,14 +89,13 @@ impl Stream {
             Stream::Glommio(g) => return Pin::new(&mut **g).poll_read(cx, buf),
             Stream::Ring(s) => s,
         };
-        let fd = s.fd.as_raw_fd();
         // Reports before this recv are covered by it; later ones count.
         if !s.watch.take_fired() && s.drained && !s.watch.hung_up() {
             std::task::ready!(s.watch.poll_readable(cx))?;
         }
         s.drained = false;
         loop {
-            match sys::recv(fd, buf) {
+            match sys::recv(&s.fd, buf) {
                 Err(e) if would_block(&e) => std::task::ready!(s.watch.poll_readable(cx))?,
                 Ok(n) => {
                     s.drained = n > 0 && n < buf.len();
@@ -114,7 +113,7 @@ impl Stream {
             Stream::Ring(s) => s,
         };
         loop {
-            match sys::send(s.fd.as_raw_fd(), buf) {
+            match sys::send(&s.fd, buf) {
                 Err(e) if would_block(&e) => std::task::ready!(s.watch.poll_writable(cx))?,
                 done => return Poll::Ready(done),
             }

@@ -23,7 +23,6 @@ mod tunnel;
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use std::rc::Rc;
@@ -216,7 +215,7 @@ impl Relay {
         // Both sockets arrive non-blocking (accept4 and BIND's accept make
         // them so, connects start that way), which splice(2) needs: no
         // fcntl per tunnel here.
-        crate::sys::set_nodelay(target.as_raw_fd());
+        crate::sys::set_nodelay(&target);
         let mut tunnel = Tunnel {
             relay: self,
             up: Direction::new(Side::Client, Side::Target, self, throttle.clone()),
@@ -252,11 +251,11 @@ pub struct Sealed {
 /// learns that the tunnel broke rather than seeing a clean end of stream.
 pub(super) fn close_after(end: &TunnelEnd, client: &Stream, target: &Stream) {
     match end {
-        TunnelEnd::Failed(Side::Client, _) => crate::sys::set_linger_zero(target.as_raw_fd()),
-        TunnelEnd::Failed(Side::Target, _) => crate::sys::set_linger_zero(client.as_raw_fd()),
+        TunnelEnd::Failed(Side::Client, _) => crate::sys::set_linger_zero(target),
+        TunnelEnd::Failed(Side::Target, _) => crate::sys::set_linger_zero(client),
         TunnelEnd::Stopped(_) => {
-            crate::sys::set_linger_zero(client.as_raw_fd());
-            crate::sys::set_linger_zero(target.as_raw_fd());
+            crate::sys::set_linger_zero(client);
+            crate::sys::set_linger_zero(target);
         }
         TunnelEnd::IdleTimeout | TunnelEnd::Closed => {}
     }

@@ -21,7 +21,6 @@
 //! Either way the order of bytes is kept, and an idle tunnel holds no pipe.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::task::{Context, Poll};
 
 use super::pipes::PipePool;
@@ -80,7 +79,7 @@ impl SpliceState {
         if self.in_pipe == 0 {
             return Ok(Flush::Empty);
         }
-        match sys::splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), self.in_pipe) {
+        match sys::splice(&pipe.read, &*dst, self.in_pipe) {
             Ok(n) => {
                 self.in_pipe -= n;
                 self.return_pipe_if_empty(pipes);
@@ -96,7 +95,7 @@ impl SpliceState {
             Err(e) if would_block(&e) => {
                 // The socket's send buffer is full. Take one byte out of
                 // the pipe and let glommio's write path wait for POLLOUT.
-                match sys::read_one(pipe.read.as_raw_fd())? {
+                match sys::read_one(&pipe.read)? {
                     Some(b) => {
                         self.in_pipe -= 1;
                         self.held = Some(b);
@@ -131,7 +130,7 @@ impl SpliceState {
             return Ok(Fill::NoPipe);
         };
         let len = pipes.pipe_size().min(limit);
-        match sys::splice(src.as_raw_fd(), pipe.write.as_raw_fd(), len) {
+        match sys::splice(&*src, &pipe.write, len) {
             Ok(0) => {
                 self.return_pipe_if_empty(pipes);
                 Ok(Fill::Eof)

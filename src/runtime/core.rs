@@ -196,7 +196,7 @@ pub async fn run_core(
     // upgrade the sockets are the new process's too: only let go of them.
     if !handed_over.load(Ordering::Relaxed) {
         for &fd in &raw_fds {
-            crate::sys::stop_listening(fd);
+            crate::sys::stop_listening_raw(fd);
         }
     }
     // Each loop owns its listener: cancelling it closes the socket.

@@ -17,7 +17,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -96,8 +96,7 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
         .write_all(format!("TAKEOVER {}\n", std::process::id()).as_bytes())
         .map_err(stranger)?;
     let mut buf = vec![0u8; 64 * 1024];
-    let (n, fds) =
-        crate::sys::recv_fds(conn.as_raw_fd(), &mut buf, crate::sys::MAX_FDS).map_err(stranger)?;
+    let (n, fds) = crate::sys::recv_fds(&conn, &mut buf, crate::sys::MAX_FDS).map_err(stranger)?;
     let text = String::from_utf8_lossy(&buf[..n]).into_owned();
     let mut lines = text.lines();
     if lines.next() != Some(HELLO) {
@@ -196,13 +195,13 @@ impl Offer {
         let mut fds = Vec::new();
         for (addr, group) in &self.listeners {
             text.push_str(&format!("listen {addr} {}\n", group.len()));
-            fds.extend(group.iter().map(|fd| fd.as_raw_fd()));
+            fds.extend(group.iter().map(|fd| fd.as_fd()));
         }
         if let Some((addr, fd)) = &self.metrics {
             text.push_str(&format!("metrics {addr}\n"));
-            fds.push(fd.as_raw_fd());
+            fds.push(fd.as_fd());
         }
-        crate::sys::send_fds(conn.as_raw_fd(), text.as_bytes(), &fds)?;
+        crate::sys::send_fds(conn, text.as_bytes(), &fds)?;
         tracing::info!(
             "upgrade: process {pid} asked for the listeners; sent {} socket(s)",
             fds.len()

@@ -90,7 +90,7 @@ impl Session<'_> {
         let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         self.record.resolved = Some(peer);
         let refuse = |e: SessionError| {
-            crate::sys::set_linger_zero(std::os::fd::AsRawFd::as_raw_fd(&incoming));
+            crate::sys::set_linger_zero(&incoming);
             Err(e)
         };
         if let Some(ip) = expected {
@@ -113,7 +113,7 @@ struct StopListening(std::os::fd::RawFd);
 
 impl Drop for StopListening {
     fn drop(&mut self) {
-        crate::sys::stop_listening(self.0);
+        crate::sys::stop_listening_raw(self.0);
     }
 }
 

@@ -156,7 +156,7 @@ pub fn serve(
         let stopped = async {
             let stop = ticket.stop.wait().await;
             // A reset, not a FIN: the client must not take this for an answer.
-            crate::sys::set_linger_zero(client_fd);
+            crate::sys::set_linger_zero_raw(client_fd);
             Err(SessionError::Stopped(stop))
         };
         let outcome = future::or(work, stopped).await;
@@ -367,7 +367,7 @@ impl<'a> Relaying<'a> {
     }
 
     fn start(core: &'a Core, t: Established, record: &AccessRecord, stop: &'a StopSignal) -> Self {
-        crate::sys::set_nodelay(t.client.as_raw_fd());
+        crate::sys::set_nodelay(&t.client);
         let throttle = core
             .bandwidth
             .throttle(record.user.as_deref(), record.client.ip().to_canonical());

@@ -290,7 +290,7 @@ impl Association<'_> {
             self.count(|r| r.dropped_bandwidth += 1);
             return;
         }
-        match sys::udp_send_to(sock.as_raw_fd(), payload, target) {
+        match sys::udp_send_to(sys::borrow(sock), payload, target) {
             Ok(_) => self.count(|r| {
                 r.datagrams_up += 1;
                 r.bytes_up += payload.len() as u64;
@@ -348,7 +348,7 @@ impl Association<'_> {
     ) -> io::Result<Option<(usize, Option<Lookup>)>> {
         let batch = &mut *self.table.batch.borrow_mut();
         let n = loop {
-            match batch.recv(self.client.as_raw_fd(), 0) {
+            match batch.recv(sys::borrow(&self.client), 0) {
                 Ok(n) => break n,
                 Err(e) if would_block(&e) => return Ok(None),
                 // ICMP errors for earlier datagrams; nothing to do.
@@ -470,7 +470,7 @@ impl Association<'_> {
                 }
             }
             let mut batch = self.table.batch.borrow_mut();
-            let n = match batch.recv(sock.as_raw_fd(), MAX_HEADER) {
+            let n = match batch.recv(sys::borrow(sock), MAX_HEADER) {
                 Ok(n) => n,
                 Err(e) if would_block(&e) => {
                     drained = true;
@@ -530,7 +530,7 @@ impl Association<'_> {
                 &sealed[..]
             }
         };
-        match sys::udp_send_to(self.client.as_raw_fd(), datagram, client) {
+        match sys::udp_send_to(sys::borrow(&self.client), datagram, client) {
             Ok(_) => self.count(|r| {
                 r.datagrams_down += 1;
                 r.bytes_down += n as u64;
@@ -675,7 +675,7 @@ pub async fn serve(
     .await;
     if let UdpEnd::Stopped(_) = end {
         // The client must learn that the association was cut, not closed.
-        sys::set_linger_zero(control.as_raw_fd());
+        sys::set_linger_zero(&control);
     }
     // Pending io_uring receives hold the sockets open until cancelled;
     // shutdown(2) ends them now, so the relay port is freed promptly.
@@ -687,7 +687,7 @@ pub async fn serve(
     .into_iter()
     .flatten()
     {
-        sys::stop_listening(sock.as_raw_fd());
+        sys::stop_listening(sys::borrow(sock));
     }
     let report = assoc.report.borrow().clone();
     (report, end)

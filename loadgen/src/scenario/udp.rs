@@ -387,7 +387,7 @@ async fn run_association(a: Association, schedule: Schedule, shared: Rc<Shared>)
 }
 
 async fn send(a: &Association, schedule: Schedule, shared: &Shared, progress: &Progress) {
-    let fd = a.sock.as_raw_fd();
+    let fd = coresocks::sys::borrow(&a.sock);
     let w = shared.window;
     let size = shared.args.size;
     let end = shared.header_len + size;
@@ -511,7 +511,7 @@ fn drain(
     progress: &Progress,
     seen: &mut [u64],
 ) -> bool {
-    let fd = a.sock.as_raw_fd();
+    let fd = coresocks::sys::borrow(&a.sock);
     let w = shared.window;
     let mut buf = shared.recv_buf.borrow_mut();
     let mut s = shared.stats.borrow_mut();
