@@ -93,20 +93,7 @@ pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
 
 /// recv(2) with MSG_PEEK, without blocking: what is waiting stays queued.
 pub fn peek(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: writes at most buf.len() bytes into buf, which we own.
-    let n = unsafe {
-        libc::recv(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    recv_with(fd.as_raw_fd(), buf, libc::MSG_PEEK | libc::MSG_DONTWAIT)
 }
 
 /// A non-blocking TCP socket with IP_RECVERR (IPV6_RECVERR) set, whose
@@ -572,26 +559,13 @@ pub fn force_buffers(socket: BorrowedFd<'_>, size: libc::c_int) {
 /// not block. `Ok(false)` while the connection looks alive; an error is the
 /// reset (or other failure) waiting on the socket.
 pub fn peer_closed(socket: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut b = 0u8;
-    // SAFETY: peeks at most one byte into a local, on a borrowed socket.
-    let n = unsafe {
-        libc::recv(
-            std::os::fd::AsRawFd::as_raw_fd(&socket),
-            (&mut b as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        0 => Ok(true),
-        n if n > 0 => Ok(false),
-        _ => {
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
-                _ => Err(e),
-            }
-        }
+    match peek(socket, &mut [0u8]) {
+        Ok(0) => Ok(true),
+        Ok(_) => Ok(false),
+        Err(e) => match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(false),
+            _ => Err(e),
+        },
     }
 }
 
@@ -679,9 +653,12 @@ pub fn splice(from: impl AsFd, to: impl AsFd, len: usize) -> io::Result<usize> {
 /// recv(2) without blocking (MSG_DONTWAIT: glommio leaves its sockets
 /// blocking). Ok(0) is end of stream.
 pub fn recv(fd: impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
-    let fd = fd.as_fd().as_raw_fd();
+    recv_with(fd.as_fd().as_raw_fd(), buf, libc::MSG_DONTWAIT)
+}
+
+fn recv_with(fd: RawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
     // SAFETY: writes at most buf.len() bytes into buf, which we own.
-    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
