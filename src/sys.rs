@@ -989,6 +989,46 @@ pub fn recv_fds(
 mod tests {
     use super::*;
 
+    /// A batch takes at most SLOTS datagrams per call, each whole at the
+    /// offset asked for with its source, the rest on the next call; an
+    /// empty socket is WouldBlock.
+    #[test]
+    fn a_datagram_batch_takes_sixteen_at_a_time_whole_and_with_their_sources() {
+        for (bind, from) in [("127.0.0.1:0", "127.0.0.1:0"), ("[::1]:0", "[::1]:0")] {
+            let rx = std::net::UdpSocket::bind(bind).unwrap();
+            rx.set_nonblocking(true).unwrap();
+            let tx = std::net::UdpSocket::bind(from).unwrap();
+            let to = rx.local_addr().unwrap();
+            let sizes: Vec<usize> = (0..20)
+                .map(|i| if i == 3 { 65_000 } else { i + 1 })
+                .collect();
+            for (i, &n) in sizes.iter().enumerate() {
+                tx.send_to(&vec![i as u8; n], to).unwrap();
+            }
+            let mut batch = DatagramBatch::new(8 + 65_527);
+            let mut got = Vec::new();
+            let first = batch.recv(&rx, 8).unwrap();
+            assert_eq!(first, DatagramBatch::SLOTS, "{bind}");
+            for i in 0..first {
+                let (data, source) = batch.datagram(i, 8).unwrap();
+                assert_eq!(source, tx.local_addr().unwrap());
+                got.push(data.to_vec());
+            }
+            let rest = batch.recv(&rx, 8).unwrap();
+            assert_eq!(rest, 4, "{bind}");
+            for i in 0..rest {
+                let (slot, len, source) = batch.slot_mut(i);
+                assert_eq!(source, Some(tx.local_addr().unwrap()));
+                got.push(slot[8..8 + len].to_vec());
+            }
+            for (i, data) in got.iter().enumerate() {
+                assert_eq!(data, &vec![i as u8; sizes[i]], "{bind}: datagram {i}");
+            }
+            let e = batch.recv(&rx, 8).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        }
+    }
+
     /// Pins the calling thread to one CPU.
     fn pin_to(cpu: usize) {
         // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it.

@@ -41,32 +41,36 @@ fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
     s
 }
 
+/// Both ways BIND waits: its listener and the incoming connection on the
+/// core's ring (the default), and on glommio (`--event-ring off`).
 #[test]
 fn two_replies_then_data_both_ways() {
-    let proxy = Proxy::start(&[]);
-    let (mut control, listen) = bind_request(&proxy, "127.0.0.1:0");
-    let mut incoming = connect_from("127.0.0.1:0", listen);
-    let peer = second_reply(&mut control).unwrap();
-    assert_eq!(
-        peer,
-        TargetAddr::Ip(incoming.local_addr().unwrap()),
-        "second reply names the peer"
-    );
-    incoming.write_all(b"from the peer").unwrap();
-    let mut buf = [0u8; 13];
-    control.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"from the peer");
-    control.write_all(b"from the client").unwrap();
-    let mut buf = [0u8; 15];
-    incoming.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"from the client");
-    // Bulk, to exercise the relay engine under BIND too.
-    let data = pattern(4 << 20, 11);
-    control.write_all(&data).unwrap();
-    control.shutdown(std::net::Shutdown::Write).unwrap();
-    assert!(read_to_end(&mut incoming) == data);
-    drop(incoming);
-    proxy.wait_for_log(&["cmd=bind", "end=closed"]);
+    for flags in [&[][..], &["--event-ring", "off"]] {
+        let proxy = Proxy::start(flags);
+        let (mut control, listen) = bind_request(&proxy, "127.0.0.1:0");
+        let mut incoming = connect_from("127.0.0.1:0", listen);
+        let peer = second_reply(&mut control).unwrap();
+        assert_eq!(
+            peer,
+            TargetAddr::Ip(incoming.local_addr().unwrap()),
+            "second reply names the peer ({flags:?})"
+        );
+        incoming.write_all(b"from the peer").unwrap();
+        let mut buf = [0u8; 13];
+        control.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"from the peer");
+        control.write_all(b"from the client").unwrap();
+        let mut buf = [0u8; 15];
+        incoming.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"from the client");
+        // Bulk, to exercise the relay engine under BIND too.
+        let data = pattern(4 << 20, 11);
+        control.write_all(&data).unwrap();
+        control.shutdown(std::net::Shutdown::Write).unwrap();
+        assert!(read_to_end(&mut incoming) == data, "{flags:?}");
+        drop(incoming);
+        proxy.wait_for_log(&["cmd=bind", "end=closed"]);
+    }
 }
 
 #[test]
