@@ -15,12 +15,14 @@
 //!
 //! Its users: the connect path (POLLOUT | POLLERR on a connecting socket,
 //! so an ICMP error queued by IP_RECVERR is seen at once, which glommio's
-//! write path does not do), and the relay engines, whose sockets each get
-//! a [`Watch`]: one multishot POLL_ADD(POLLIN) for the tunnel's life
+//! write path does not do), and every listener, TCP connection (handshake
+//! and relay: [`super::Stream`]) and UDP association socket, each with a
+//! [`Watch`]: one multishot POLL_ADD(POLLIN) for the socket's life
 //! (re-armed only when the kernel ends it) and a one-shot POLLOUT only
-//! while a send would block. So a busy core collects readiness with one
-//! io_uring_enter per batch and is interrupted only when it had gone idle
-//! (the driver's eventfd read was waiting on an empty counter).
+//! while a send would block. So a busy core collects readiness, and
+//! submits the waits armed meanwhile, with one io_uring_enter per batch,
+//! and is interrupted only when it had gone idle (the driver's eventfd
+//! read was waiting on an empty counter).
 
 use std::cell::RefCell;
 use std::future::Future;
