@@ -163,17 +163,31 @@ impl Report {
         mut self,
         measures: [(&'static str, Option<Recorder>); N],
     ) -> Report {
+        let last = self.series.len().saturating_sub(1);
         for (name, recorder) in measures {
             let Some(recorder) = recorder else { continue };
-            for point in &mut self.series {
+            for (i, point) in self.series.iter_mut().enumerate() {
                 // The interval a point covers, by its midpoint (the last
                 // point may be shorter than a second).
                 let k = ((point.t_s - point.dt_s / 2.0) / INTERVAL.as_secs_f64()).floor();
-                let hist = (k >= 0.0)
-                    .then(|| recorder.intervals.get(k as usize))
-                    .flatten();
-                if let Some(h) = hist.filter(|h| !h.is_empty()) {
-                    point.percentiles.insert(name, Percentiles::of(h));
+                if k < 0.0 {
+                    continue;
+                }
+                let k = (k as usize).min(recorder.intervals.len());
+                // The last point also takes what completed after the window
+                // (answers to requests sent in it, collected in the drain),
+                // so that the points add up to the run's count.
+                let until = if i == last {
+                    recorder.intervals.len()
+                } else {
+                    (k + 1).min(recorder.intervals.len())
+                };
+                let mut h = crate::stats::new_histogram();
+                for from in &recorder.intervals[k..until] {
+                    crate::stats::merge(&mut h, from);
+                }
+                if !h.is_empty() {
+                    point.percentiles.insert(name, Percentiles::of(&h));
                 }
             }
             self.latencies.push((name, recorder));
