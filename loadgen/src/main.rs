@@ -8,6 +8,7 @@ mod net;
 mod output;
 mod procstat;
 mod result;
+mod ring;
 mod runner;
 mod scenario;
 mod serve;

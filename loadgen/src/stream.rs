@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use coresocks::events::Stream;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use socket2::SockRef;
@@ -59,16 +60,17 @@ pub fn set_linger_zero(stream: &TcpStream) {
 }
 
 /// Splits a stream so one task (or two futures) can read while writing.
-/// glommio keeps separate read and write readiness sources per stream, so
-/// both halves can wait at once. The RefCell is only borrowed inside a poll,
-/// never across an await: no lock on the data path.
-pub fn split(stream: TcpStream) -> (ReadHalf, WriteHalf) {
+/// A stream keeps separate read and write waits (on the ring: a multishot
+/// poll and a one-shot POLLOUT; in glommio: two sources), so both halves
+/// can wait at once. The RefCell is only borrowed inside a poll, never
+/// across an await: no lock on the data path.
+pub fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
     let shared = Rc::new(RefCell::new(stream));
     (ReadHalf(shared.clone()), WriteHalf(shared))
 }
 
-pub struct ReadHalf(Rc<RefCell<TcpStream>>);
-pub struct WriteHalf(Rc<RefCell<TcpStream>>);
+pub struct ReadHalf(Rc<RefCell<Stream>>);
+pub struct WriteHalf(Rc<RefCell<Stream>>);
 
 impl WriteHalf {
     pub fn fd(&self) -> RawFd {

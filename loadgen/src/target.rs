@@ -240,7 +240,8 @@ async fn serve_connection(mut stream: TcpStream, c: Rc<Counters>, hook: Option<P
     };
 }
 
-async fn echo(mut stream: TcpStream, c: &Counters, hook: Option<PauseHook>) -> io::Result<()> {
+async fn echo(stream: TcpStream, c: &Counters, hook: Option<PauseHook>) -> io::Result<()> {
+    let mut stream = crate::ring::on_ring(stream);
     let mut buf = vec![0u8; ECHO_BUF];
     loop {
         let n = stream.read(&mut buf).await?;
@@ -285,7 +286,7 @@ async fn sink(mut stream: TcpStream, c: &Counters) -> io::Result<()> {
 /// Sends until the client's FIN (seen by a reader running beside the
 /// writer), so the client decides when the flow ends.
 async fn source(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
-    let (mut rd, mut wr) = split(stream);
+    let (mut rd, mut wr) = split(crate::ring::on_ring(stream));
     let fd = wr.fd();
     let eof = Rc::new(Cell::new(false));
     let reader = {
@@ -313,7 +314,7 @@ async fn source(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
 }
 
 async fn duplex(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
-    let (mut rd, mut wr) = split(stream);
+    let (mut rd, mut wr) = split(crate::ring::on_ring(stream));
     let fd = wr.fd();
     let received = Rc::new(Cell::new(0u64));
     let eof = Rc::new(Cell::new(false));

@@ -243,10 +243,11 @@ async fn run_stream(
     timeout: std::time::Duration,
     pace: Option<f64>,
 ) -> StreamOutcome {
+    let stream = crate::ring::on_ring(stream);
     let fd = stream.as_raw_fd();
     // A second descriptor of the socket, to read its TCP_INFO after the
     // halves (which own the stream) are gone.
-    let info_fd = coresocks::sys::borrow(&stream).try_clone_to_owned().ok();
+    let info_fd = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
     let (rd, wr) = split(stream);
     let seen = Seen::default();
     sleep_until(w.start).await;
