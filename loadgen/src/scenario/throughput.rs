@@ -243,7 +243,10 @@ async fn run_stream(
     timeout: std::time::Duration,
     pace: Option<f64>,
 ) -> StreamOutcome {
-    let stream = crate::ring::on_ring(stream);
+    // Bulk stays on glommio's stream: on the ring, direct downloads looked
+    // slower in a first trial (not yet measured apart from this machine's
+    // noise), and one IPI per 64 KiB read costs little.
+    let stream = coresocks::events::Stream::glommio(stream);
     let fd = stream.as_raw_fd();
     // A second descriptor of the socket, to read its TCP_INFO after the
     // halves (which own the stream) are gone.
