@@ -333,8 +333,14 @@ impl EventRing {
         }
     }
 
-    /// Gives up a wait: the POLL_ADD is removed so that the ring lets go of
-    /// the socket before its owner closes it.
+    /// Gives up a wait: the POLL_ADD is cancelled so that the ring lets go
+    /// of the socket before its owner closes it. ASYNC_CANCEL, not
+    /// POLL_REMOVE: a poll that has fired but whose completion the ring has
+    /// not yet run (DEFER_TASKRUN runs it at the next io_uring_enter) is
+    /// owned by that completion, and POLL_REMOVE then answers EALREADY and
+    /// leaves it armed, holding the socket open for the ring's life
+    /// (measured: sockets that stayed established after their owner closed
+    /// them); ASYNC_CANCEL marks it cancelled, and that completion ends it.
     fn cancel(&self, i: usize) {
         let mut slots = self.slots.borrow_mut();
         if let Slot::Ready(_) | Slot::Multi { armed: false, .. } = slots[i] {
@@ -344,7 +350,7 @@ impl EventRing {
         }
         slots[i] = Slot::Abandoned;
         drop(slots);
-        let sqe = opcode::PollRemove::new(i as u64)
+        let sqe = opcode::AsyncCancel::new(i as u64)
             .build()
             .user_data(REMOVE_TAG | i as u64);
         if let Err(e) = self.submit(&sqe) {
@@ -574,5 +580,68 @@ impl Drop for Watch {
         if removed {
             self.ring.run_deferred();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::task::{Context, Waker};
+
+    use super::*;
+    use crate::config::EventRingSetup;
+
+    /// Each setup the kernel accepts, on an executor of its own.
+    fn on_each_setup(test: impl Fn(Rc<EventRing>) + Clone + Send + 'static) {
+        for setup in [
+            EventRingSetup::DeferTaskrun,
+            EventRingSetup::CoopTaskrun,
+            EventRingSetup::Plain,
+        ] {
+            let test = test.clone();
+            glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+                .make()
+                .expect("executor")
+                .run(async move {
+                    match EventRing::start(setup, true) {
+                        Ok(ring) => test(ring),
+                        Err(e) => eprintln!("{setup:?} not available here: {e}"),
+                    }
+                });
+        }
+    }
+
+    /// A watch dropped while its poll has fired but the ring has not yet
+    /// run that completion (with DEFER_TASKRUN it waits for the next
+    /// io_uring_enter) must still let go of the socket: POLL_REMOVE
+    /// answers EALREADY then and leaves a multishot poll armed, holding the
+    /// socket open after its owner closed it, so the peer never sees the
+    /// close.
+    #[test]
+    fn a_watch_dropped_just_after_its_poll_fired_lets_the_socket_close() {
+        on_each_setup(|ring| {
+            let (ours, peer) = UnixStream::pair().expect("socketpair");
+            ours.set_nonblocking(true).expect("non-blocking");
+            peer.set_nonblocking(true).expect("non-blocking");
+            let mut watch = Watch::new(ring.clone(), ours.as_raw_fd());
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(watch.poll_readable(&mut cx).is_pending());
+            // The poll fires; its completion is now pending in the ring.
+            (&peer).write_all(b"x").expect("write");
+            drop(watch);
+            drop(ours);
+            for _ in 0..3 {
+                ring.run_deferred();
+                ring.collect();
+            }
+            // Closed with our byte unread: a reset, not an end of stream.
+            let mut buf = [0u8; 4];
+            let read = (&peer).read(&mut buf);
+            assert!(
+                matches!(&read, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+                "the peer should see the close, got {read:?}"
+            );
+        });
     }
 }
