@@ -182,6 +182,12 @@ pub struct RunArgs {
     /// place on a terminal, a line each otherwise)
     #[arg(long)]
     pub quiet: bool,
+    /// Wait on glommio's io_uring for every socket instead of on loadgen's
+    /// own event ring per executor (the ring is set up as coresocks'
+    /// cores set theirs, so completions from the proxy's CPU do not
+    /// interrupt loadgen's); to compare, or where the ring is refused
+    #[arg(long)]
+    pub glommio_io: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -325,6 +331,12 @@ pub struct ServeArgs {
     /// core), to check that losses are counted
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub udp_drop_every: Option<u64>,
+    /// Wait on glommio's io_uring for every socket instead of on loadgen's
+    /// own event ring per executor (the ring is set up as coresocks'
+    /// cores set theirs, so completions from the proxy's CPU do not
+    /// interrupt loadgen's); to compare, or where the ring is refused
+    #[arg(long)]
+    pub glommio_io: bool,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -8,10 +8,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use coresocks::client::{self, Credentials, GssapiOptions};
+use coresocks::events::Stream;
 use coresocks::gssapi::Protection;
 use coresocks::proto::{Command, TargetAddr};
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 
 use crate::error::{describe, Failure, LoadgenError, Stage};
 use crate::wire::{HELLO_REPLY, MODE_HELLO};
@@ -90,7 +90,7 @@ pub async fn open(
     path: &PathSpec,
     stage: &std::cell::Cell<Stage>,
     linger_zero: bool,
-) -> Result<TcpStream, Failure> {
+) -> Result<Stream, Failure> {
     match open_protected(path, stage, linger_zero).await? {
         (s, None) => Ok(s),
         // Only throughput relays protected data; the CLI refuses the rest.
@@ -103,15 +103,15 @@ pub async fn open_protected(
     path: &PathSpec,
     stage: &std::cell::Cell<Stage>,
     linger_zero: bool,
-) -> Result<(TcpStream, Option<Protection>), Failure> {
+) -> Result<(Stream, Option<Protection>), Failure> {
     stage.set(Stage::Connect);
-    let mut stream = TcpStream::connect(path.first_hop())
+    let mut stream = crate::ring::connect(path.first_hop())
         .await
-        .map_err(|e| Failure::from_io(&io::Error::from(e), Stage::Connect))?;
+        .map_err(|e| Failure::from_io(&e, Stage::Connect))?;
     if linger_zero {
-        crate::stream::set_linger_zero(&stream);
+        coresocks::sys::set_linger_zero(&stream);
     }
-    let _ = stream.set_nodelay(true);
+    coresocks::sys::set_nodelay(&stream);
     let mut protection = None;
     if path.proxy.is_some() {
         stage.set(Stage::Handshake);

@@ -5,45 +5,104 @@
 //! costs the proxy's CPU too. Direct pays none of that (loadgen and its
 //! targets share a CPU), so without this the proxy path is measured with a
 //! handicap of loadgen's making.
+//!
+//! Every TCP connection loadgen opens or its targets accept, and every
+//! UDP wait, goes through here; `--glommio-io` turns the ring off (to
+//! compare, or on a kernel without one).
 
 use std::cell::OnceCell;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use coresocks::config::EventRingSetup;
-use coresocks::events::{EventRing, Stream};
+use coresocks::events::{EventRing, Listener, Stream, Watch};
+use glommio::net::UdpSocket;
+
+/// Cleared by `--glommio-io`, before any executor starts.
+static ENABLED: AtomicBool = AtomicBool::new(true);
 
 thread_local! {
-    /// This executor thread's ring; `None` when the kernel gave none.
+    /// This executor thread's ring; `None` when turned off or the kernel
+    /// gave none.
     static RING: OnceCell<Option<Rc<EventRing>>> = const { OnceCell::new() };
+}
+
+/// Makes every executor wait through glommio instead (call before they
+/// start).
+pub fn disable() {
+    ENABLED.store(false, Ordering::Relaxed);
+}
+
+/// Whether this run's executors wait on their own rings.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
 }
 
 fn ring() -> Option<Rc<EventRing>> {
     RING.with(|r| {
-        r.get_or_init(|| EventRing::start(EventRingSetup::Auto, true).ok())
-            .clone()
+        r.get_or_init(|| {
+            enabled()
+                .then(|| EventRing::start(EventRingSetup::Auto, true).ok())
+                .flatten()
+        })
+        .clone()
     })
 }
 
-/// `stream` moved onto this thread's ring (a stream of glommio's if there
-/// is none, or its descriptor cannot be taken over).
-pub fn on_ring(stream: glommio::net::TcpStream) -> Stream {
+/// A TCP connection to `addr`, on this thread's ring when it has one.
+pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
     let Some(ring) = ring() else {
-        return Stream::glommio(stream);
+        return Ok(Stream::glommio(
+            glommio::net::TcpStream::connect(addr).await?,
+        ));
     };
-    // glommio's stream does not give its descriptor up: take a duplicate
-    // and let glommio close its own.
-    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the stream keeps open; the
-    // new descriptor is ours alone.
-    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
-    if fd < 0 {
-        return Stream::glommio(stream);
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            // POLLOUT once connected; POLLERR | POLLHUP once refused.
+            ring.readiness(socket.as_fd(), libc::POLLOUT).await?;
+            if let Some(e) = socket.take_error()? {
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
     }
-    drop(stream);
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    if coresocks::sys::set_nonblocking(&fd).is_err() {
-        return Stream::new(fd, None);
+    Ok(Stream::new(socket.into(), Some(&ring)))
+}
+
+/// A listening, non-blocking socket whose accepts wait on this thread's
+/// ring (glommio's accept without one).
+pub fn listener(fd: OwnedFd) -> Listener {
+    Listener::new(fd, ring().as_ref())
+}
+
+/// How one task waits for a UDP socket to have a datagram, without taking
+/// it: the ring's multishot poll (the caller drains to EAGAIN between
+/// waits), or glommio's 1-byte peek.
+pub struct DatagramWait(Option<Watch>);
+
+impl DatagramWait {
+    pub fn new(sock: &UdpSocket) -> DatagramWait {
+        DatagramWait(ring().map(|r| Watch::new(r, sock.as_raw_fd())))
     }
-    Stream::new(fd, Some(&ring))
+
+    /// `sock` is the socket this wait was made for.
+    pub async fn readable(&mut self, sock: &UdpSocket) -> io::Result<()> {
+        match &mut self.0 {
+            Some(w) => futures_lite::future::poll_fn(|cx| w.poll_read_ready(cx)).await,
+            None => {
+                let mut b = [0u8; 1];
+                sock.peek_from(&mut b).await.map(|_| ()).map_err(Into::into)
+            }
+        }
+    }
 }

@@ -26,6 +26,9 @@ struct ServeReport {
 }
 
 pub fn run(args: &ServeArgs) -> Result<(), LoadgenError> {
+    if args.glommio_io {
+        crate::ring::disable();
+    }
     check_memlock()?;
     let _ = coresocks::sys::raise_nofile_limit();
     let allowed = coresocks::sys::allowed_cpus()

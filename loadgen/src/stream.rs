@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use coresocks::events::Stream;
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use glommio::net::TcpStream;
 use socket2::SockRef;
 
 use crate::error::{Failure, Stage};
@@ -52,11 +51,6 @@ pub fn shutdown_write(fd: RawFd) {
     // SAFETY: callers pass the fd of a socket they still hold open.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let _ = SockRef::from(&borrowed).shutdown(Shutdown::Write);
-}
-
-/// Makes close() send RST: no TIME_WAIT on our side (see README).
-pub fn set_linger_zero(stream: &TcpStream) {
-    coresocks::sys::set_linger_zero(coresocks::sys::borrow(stream));
 }
 
 /// Splits a stream so one task (or two futures) can read while writing.

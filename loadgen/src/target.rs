@@ -27,8 +27,9 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+use coresocks::events::{Listener, Stream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::{TcpListener, TcpStream, UdpSocket};
+use glommio::net::UdpSocket;
 use serde::Serialize;
 
 use crate::stream::{fair_share, shutdown_write, split};
@@ -148,7 +149,7 @@ impl TargetCore {
     /// Starts accepting on `listener` (a bound, listening socket) and
     /// echoing datagrams on `udp` (a bound UDP socket).
     pub fn start(listener: OwnedFd, udp: Option<OwnedFd>, hooks: TargetHooks) -> TargetCore {
-        let listener = coresocks::sys::glommio_tcp_listener(listener);
+        let listener = crate::ring::listener(listener);
         let counters = Rc::new(Counters::default());
         let task =
             glommio::spawn_local(accept_loop(listener, counters.clone(), hooks.pause)).detach();
@@ -191,12 +192,14 @@ impl TargetCore {
     }
 }
 
-async fn accept_loop(listener: TcpListener, counters: Rc<Counters>, hook: Option<PauseHook>) {
+async fn accept_loop(mut listener: Listener, counters: Rc<Counters>, hook: Option<PauseHook>) {
     loop {
-        match listener.accept().await {
-            Ok(stream) => {
+        match listener.next().await {
+            // The client left before it was taken.
+            Ok(None) => {}
+            Ok(Some((stream, _))) => {
                 bump(&counters.accepted, 1);
-                let _ = stream.set_nodelay(true);
+                coresocks::sys::set_nodelay(&stream);
                 glommio::spawn_local(serve_connection(stream, counters.clone(), hook)).detach();
             }
             // Out of descriptors and the like: back off instead of spinning.
@@ -205,7 +208,7 @@ async fn accept_loop(listener: TcpListener, counters: Rc<Counters>, hook: Option
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, c: Rc<Counters>, hook: Option<PauseHook>) {
+async fn serve_connection(mut stream: Stream, c: Rc<Counters>, hook: Option<PauseHook>) {
     let mut mode = [0u8; 1];
     if stream.read_exact(&mut mode).await.is_err() {
         bump(&c.other, 1);
@@ -240,8 +243,7 @@ async fn serve_connection(mut stream: TcpStream, c: Rc<Counters>, hook: Option<P
     };
 }
 
-async fn echo(stream: TcpStream, c: &Counters, hook: Option<PauseHook>) -> io::Result<()> {
-    let mut stream = crate::ring::on_ring(stream);
+async fn echo(mut stream: Stream, c: &Counters, hook: Option<PauseHook>) -> io::Result<()> {
     let mut buf = vec![0u8; ECHO_BUF];
     loop {
         let n = stream.read(&mut buf).await?;
@@ -263,7 +265,7 @@ async fn echo(stream: TcpStream, c: &Counters, hook: Option<PauseHook>) -> io::R
     }
 }
 
-async fn sink(mut stream: TcpStream, c: &Counters) -> io::Result<()> {
+async fn sink(mut stream: Stream, c: &Counters) -> io::Result<()> {
     let mut buf = vec![0u8; BULK_BUF];
     let mut total = 0u64;
     let mut acked = 0u64;
@@ -285,9 +287,8 @@ async fn sink(mut stream: TcpStream, c: &Counters) -> io::Result<()> {
 
 /// Sends until the client's FIN (seen by a reader running beside the
 /// writer), so the client decides when the flow ends.
-async fn source(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
-    // Bulk: glommio's stream, as the throughput client's.
-    let (mut rd, mut wr) = split(coresocks::events::Stream::glommio(stream));
+async fn source(stream: Stream, c: Rc<Counters>) -> io::Result<()> {
+    let (mut rd, mut wr) = split(stream);
     let fd = wr.fd();
     let eof = Rc::new(Cell::new(false));
     let reader = {
@@ -314,9 +315,8 @@ async fn source(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
     Ok(())
 }
 
-async fn duplex(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
-    // Bulk: glommio's stream, as the throughput client's.
-    let (mut rd, mut wr) = split(coresocks::events::Stream::glommio(stream));
+async fn duplex(stream: Stream, c: Rc<Counters>) -> io::Result<()> {
+    let (mut rd, mut wr) = split(stream);
     let fd = wr.fd();
     let received = Rc::new(Cell::new(0u64));
     let eof = Rc::new(Cell::new(false));
@@ -358,8 +358,9 @@ async fn duplex(stream: TcpStream, c: Rc<Counters>) -> io::Result<()> {
 async fn udp_echo(sock: UdpSocket, c: Rc<Counters>, drop_every: Option<u64>) {
     let fd = coresocks::sys::borrow(&sock);
     let mut buf = vec![0u8; UDP_BUF];
+    let mut wait = crate::ring::DatagramWait::new(&sock);
     loop {
-        if udp_readable(&sock).await.is_err() {
+        if wait.readable(&sock).await.is_err() {
             glommio::timer::sleep(Duration::from_millis(10)).await;
             continue;
         }
@@ -390,14 +391,6 @@ const UDP_BATCH: usize = 64;
 /// Socket buffers asked for on loadgen's UDP sockets (the kernel caps them
 /// at net.core.rmem_max / wmem_max unless loadgen may force them).
 pub const UDP_SOCKET_BUFFER: usize = 4 << 20;
-
-/// Waits until `sock` has a datagram, without taking it. glommio's receive
-/// calls hold a buffer of the requested size while they wait; a 1-byte peek
-/// holds one byte.
-pub async fn udp_readable(sock: &UdpSocket) -> io::Result<()> {
-    let mut b = [0u8; 1];
-    sock.peek_from(&mut b).await.map(|_| ()).map_err(Into::into)
-}
 
 /// A non-blocking UDP socket with large buffers, bound to `addr`.
 pub fn udp_socket(addr: std::net::SocketAddr, reuse_port: bool) -> io::Result<socket2::Socket> {
@@ -473,7 +466,13 @@ fn bind_listeners(
     let mut bound = addr;
     let mut fds = Vec::with_capacity(count);
     for _ in 0..count {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // Non-blocking: accepts on loadgen's ring take connections until
+        // EAGAIN.
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM.nonblocking().cloexec(),
+            Some(Protocol::TCP),
+        )?;
         socket.set_reuse_port(true)?;
         socket.set_reuse_address(true)?;
         socket.bind(&bound.into())?;

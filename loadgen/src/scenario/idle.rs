@@ -18,8 +18,8 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use coresocks::events::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use crate::cli::IdleArgs;
 use crate::error::{Failure, FailureCounts, LoadgenError, Stage};
@@ -152,7 +152,7 @@ struct Opener {
     request: Vec<u8>,
     /// Tunnels this core still has to open.
     left: Cell<u64>,
-    open: RefCell<Vec<TcpStream>>,
+    open: RefCell<Vec<Stream>>,
     failures: RefCell<FailureCounts>,
     live: Live,
 }
@@ -235,7 +235,7 @@ async fn open_one(
     stage: &Cell<Stage>,
     request: &[u8],
     answer: &mut [u8],
-) -> Result<TcpStream, Failure> {
+) -> Result<Stream, Failure> {
     // SO_LINGER 0: closing at the end sends RST, no TIME_WAIT here.
     let mut s = net::open(path, stage, true).await?;
     let io = |e: std::io::Error| Failure::from_io(&e, Stage::Target);

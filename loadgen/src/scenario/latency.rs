@@ -197,7 +197,7 @@ async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, Loadgen
                 ));
             }
             let schedule = Schedule::new(&window, j, tunnels, args.rate);
-            let (rd, wr) = split(crate::ring::on_ring(stream));
+            let (rd, wr) = split(stream);
             glommio::spawn_local(run_tunnel(
                 rd,
                 wr,
@@ -278,14 +278,13 @@ async fn run_tunnel(
 /// until the end of the window. Each round trip inside the window counts;
 /// one still unanswered an I/O timeout after the window is lost.
 async fn ping_pong(
-    stream: glommio::net::TcpStream,
+    mut stream: coresocks::events::Stream,
     w: Window,
     size: usize,
     timeout: Duration,
     stats: Rc<RefCell<CoreStats>>,
     live: Live,
 ) {
-    let mut stream = crate::ring::on_ring(stream);
     let request: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
     let mut answer = vec![0u8; size];
     sleep_until(w.start).await;

@@ -146,6 +146,9 @@ impl RunSetup {
                 return Err(LoadgenError::Cores("no CPU for the targets".into()));
             }
         }
+        if run.glommio_io {
+            crate::ring::disable();
+        }
         let proxy_pid = path.proxy_pid.or(run.proxy_pid);
         if let Some(pid) = proxy_pid {
             procstat::check(pid)?;
@@ -187,6 +190,7 @@ impl RunSetup {
             "warmup_s": self.plan.warmup.as_secs_f64(),
             "duration_s": self.run.duration.as_secs_f64(),
             "timeout_s": self.run.timeout.as_secs_f64(),
+            "io": if crate::ring::enabled() { "event-ring" } else { "glommio" },
         });
         if let (Some(all), serde_json::Value::Object(extra)) =
             (parameters.as_object_mut(), scenario_params)

@@ -13,9 +13,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use coresocks::events::Stream;
 use coresocks::gssapi::{Protection, MAX_PLAIN_PER_MESSAGE};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
 
 use crate::cli::{Direction, ThroughputArgs};
 use crate::error::{describe, Failure, FailureCounts, LoadgenError, Stage};
@@ -234,7 +234,7 @@ struct Seen {
 async fn run_stream(
     index: usize,
     core: usize,
-    stream: TcpStream,
+    stream: Stream,
     seal: Option<RefCell<Protection>>,
     w: Window,
     direction: Direction,
@@ -243,10 +243,6 @@ async fn run_stream(
     timeout: std::time::Duration,
     pace: Option<f64>,
 ) -> StreamOutcome {
-    // Bulk stays on glommio's stream: on the ring, direct downloads looked
-    // slower in a first trial (not yet measured apart from this machine's
-    // noise), and one IPI per 64 KiB read costs little.
-    let stream = coresocks::events::Stream::glommio(stream);
     let fd = stream.as_raw_fd();
     // A second descriptor of the socket, to read its TCP_INFO after the
     // halves (which own the stream) are gone.

@@ -17,9 +17,8 @@
 //! association catches duplicates, and datagrams still unanswered when the
 //! drain after the window ends count as lost.
 //!
-//! Sockets wait for readability with a 1-byte peek (glommio's receive holds
-//! a buffer of the requested size while pending; one byte per socket), then
-//! drain with non-blocking recvfrom into one 64 KiB buffer per core. Sends
+//! Sockets wait for readability on loadgen's event ring (`crate::ring`; a
+//! 1-byte peek through glommio with `--glommio-io`), then drain with non-blocking recvfrom into one 64 KiB buffer per core. Sends
 //! are non-blocking sendto from one buffer per core; only when the socket's
 //! send buffer is full does a datagram wait (through glommio, on a copy).
 
@@ -32,8 +31,9 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
+use coresocks::events::Stream;
 use coresocks::proto::{Codec, Command, Decoded, TargetAddr, UdpHeader};
-use glommio::net::{TcpStream, UdpSocket};
+use glommio::net::UdpSocket;
 
 use crate::cli::UdpArgs;
 use crate::error::{Failure, FailureCounts, LoadgenError, Stage};
@@ -44,7 +44,7 @@ use crate::scenario::latency::Schedule;
 use crate::scenario::{PathChoice, RunSetup};
 use crate::stats::{self, Recorder};
 use crate::stream::{self, sleep_until};
-use crate::target::{udp_readable, udp_socket};
+use crate::target::udp_socket;
 
 /// Bytes of the payload that carry the sequence number and send time.
 pub const STAMP: usize = 16;
@@ -187,7 +187,7 @@ struct Association {
     index: usize,
     sock: UdpSocket,
     dest: SocketAddr,
-    control: Option<TcpStream>,
+    control: Option<Stream>,
 }
 
 async fn open_association(
@@ -211,13 +211,11 @@ async fn open_association(
             control: None,
         });
     };
-    let mut control = TcpStream::connect(proxy)
+    let mut control = crate::ring::connect(proxy)
         .await
-        .map_err(|e| Failure::from_io(&std::io::Error::from(e), Stage::Connect))?;
-    let _ = control.set_nodelay(true);
-    let local = control
-        .local_addr()
-        .map_err(|e| Failure::from_io(&std::io::Error::from(e), Stage::Connect))?;
+        .map_err(io(Stage::Connect))?;
+    coresocks::sys::set_nodelay(&control);
+    let local = control.local_addr().map_err(io(Stage::Connect))?;
     // The client's address goes in the request, so the relay knows it.
     let sock = udp_socket(SocketAddr::new(local.ip(), 0), false).map_err(io(Stage::Connect))?;
     let me = sock
@@ -466,16 +464,17 @@ enum Attempt {
 
 async fn receive(a: &Association, schedule: Schedule, shared: &Shared, progress: &Progress) {
     let mut seen = vec![0u64; schedule.total.div_ceil(64) as usize];
+    let mut wait = crate::ring::DatagramWait::new(&a.sock);
     loop {
         let done = progress.sender_done.is_set();
         if done && progress.received.get() >= progress.sent.get() {
             return;
         }
         let ready = if done {
-            udp_readable(&a.sock).await.map(|()| true)
+            wait.readable(&a.sock).await.map(|()| true)
         } else {
             futures_lite::future::or(
-                async { udp_readable(&a.sock).await.map(|()| true) },
+                async { wait.readable(&a.sock).await.map(|()| true) },
                 async {
                     progress.sender_done.wait().await;
                     Ok(false)
