@@ -21,6 +21,10 @@ use coresocks::config::EventRingSetup;
 use coresocks::events::{EventRing, Listener, Stream, Watch};
 use glommio::net::UdpSocket;
 
+/// loadgen's rings park in glommio at once: a wait in the ring would hold
+/// back glommio's timers, which pace the open-loop senders.
+const LINGER: std::time::Duration = std::time::Duration::ZERO;
+
 /// Cleared by `--glommio-io`, before any executor starts.
 static ENABLED: AtomicBool = AtomicBool::new(true);
 
@@ -45,7 +49,7 @@ fn ring() -> Option<Rc<EventRing>> {
     RING.with(|r| {
         r.get_or_init(|| {
             enabled()
-                .then(|| EventRing::start(EventRingSetup::Auto, true).ok())
+                .then(|| EventRing::start(EventRingSetup::Auto, true, LINGER).ok())
                 .flatten()
         })
         .clone()

@@ -77,6 +77,11 @@ pub struct EventRing {
     /// submissions wait for that look, so every wait armed in one round
     /// costs one io_uring_enter, not one each.
     driving: std::cell::Cell<bool>,
+    /// How long the driver sleeps in this ring for the next completion
+    /// before it parks in glommio: glommio's park and wake-up (a timer
+    /// armed and cancelled, its rings linked) cost more than this wait,
+    /// and under load the next report usually comes within it.
+    linger: std::time::Duration,
 }
 
 impl Drop for EventRing {
@@ -95,8 +100,20 @@ impl EventRing {
     /// the one asked for) and spawns its driver task. Must run on the
     /// core's own executor thread: with SINGLE_ISSUER only this thread may
     /// submit.
-    pub fn start(asked: EventRingSetup, multishot: bool) -> io::Result<Rc<EventRing>> {
+    /// `linger`: how long the driver waits in this ring for more before
+    /// it parks in glommio (zero where the kernel cannot wait with a
+    /// timeout, IORING_FEAT_EXT_ARG, Linux 5.11).
+    pub fn start(
+        asked: EventRingSetup,
+        multishot: bool,
+        linger: std::time::Duration,
+    ) -> io::Result<Rc<EventRing>> {
         let (ring, setup) = create_ring(asked)?;
+        let linger = if ring.params().is_feature_ext_arg() {
+            linger
+        } else {
+            std::time::Duration::ZERO
+        };
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         if !probe.is_supported(opcode::PollAdd::CODE) {
@@ -118,6 +135,7 @@ impl EventRing {
             setup,
             eventfd,
             driving: std::cell::Cell::new(false),
+            linger,
         });
         // SAFETY: `wake` is a descriptor of our own whose ownership moves
         // into glommio's file here. Reading an eventfd through glommio is an
@@ -146,7 +164,14 @@ impl EventRing {
         } else {
             "one-shot polls"
         };
-        format!("{}, {polls}", self.setup)
+        if self.linger.is_zero() {
+            format!("{}, {polls}, parks at once", self.setup)
+        } else {
+            format!(
+                "{}, {polls}, waits {:?} before parking",
+                self.setup, self.linger
+            )
+        }
     }
 
     /// Waits until `fd` reports one of `events` (POLLERR and POLLHUP are
@@ -162,17 +187,20 @@ impl EventRing {
 
     /// Collects completions for as long as they keep coming: after a batch
     /// the woken tasks run (a yield) and the ring is asked again, until a
-    /// look finds nothing. Only then does the driver go back to its eventfd
-    /// read through glommio, whose wake-up is the one that may cost an
-    /// interrupt. The eventfd's count is reset before each look, so a
-    /// completion posted after the last look always leaves that read
-    /// something to return. (Spinning on for 20 to 100 µs more before
-    /// parking was measured: no gain in ping-pong round trips, and a
-    /// quarter more CPU at low rates.)
+    /// look finds nothing and a wait of `linger` in this ring (asleep, not
+    /// spinning) brings nothing either. Only then does the driver go back
+    /// to its eventfd read through glommio, whose park and wake-up cost
+    /// more than that wait, and whose wake-up may cost an interrupt. The
+    /// eventfd's count is reset before each look, so a completion posted
+    /// after the last look always leaves that read something to return.
+    /// (Spinning for 20 to 100 µs instead was measured: no gain in
+    /// ping-pong round trips, and a quarter more CPU at low rates.)
     async fn drain_while_busy(&self) {
         loop {
             crate::sys::eventfd_reset(self.eventfd.as_fd());
-            if self.collect() == 0 {
+            if self.collect() == 0
+                && (self.linger.is_zero() || self.collect_within(self.linger) == 0)
+            {
                 // Parked from here on: nobody would submit for us.
                 self.driving.set(false);
                 return;
@@ -191,6 +219,29 @@ impl EventRing {
                 tracing::warn!("event ring: collecting completions failed: {e}");
             }
         }
+        drop(ring);
+        self.dispatch()
+    }
+
+    /// [`collect`](Self::collect), but sleeps in this ring for up to
+    /// `wait` until a completion comes.
+    fn collect_within(&self, wait: std::time::Duration) -> usize {
+        let ring = self.ring.borrow_mut();
+        let ts = types::Timespec::from(wait);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => {}
+            Err(e) => tracing::warn!("event ring: waiting for completions failed: {e}"),
+        }
+        drop(ring);
+        self.dispatch()
+    }
+
+    /// Hands each completion in the queue to its waiter; returns how many
+    /// there were.
+    fn dispatch(&self) -> usize {
+        let mut ring = self.ring.borrow_mut();
         let mut slots = self.slots.borrow_mut();
         let mut count = 0;
         for cqe in ring.completion() {
@@ -604,7 +655,7 @@ mod tests {
                 .make()
                 .expect("executor")
                 .run(async move {
-                    match EventRing::start(setup, true) {
+                    match EventRing::start(setup, true, std::time::Duration::ZERO) {
                         Ok(ring) => test(ring),
                         Err(e) => eprintln!("{setup:?} not available here: {e}"),
                     }

@@ -49,7 +49,11 @@ impl Core {
         all_metrics: AllMetrics,
         limits: &Limits,
     ) -> Core {
-        let events = match EventRing::start(config.event_ring, config.multishot_poll) {
+        let events = match EventRing::start(
+            config.event_ring,
+            config.multishot_poll,
+            config.event_ring_linger,
+        ) {
             Ok(ring) => {
                 if index == 0 {
                     tracing::info!("event ring: {}", ring.setup());
