@@ -2,40 +2,49 @@
 
 use crate::common::*;
 
+/// On loadgen's own event ring (the default) and on glommio's sockets
+/// (`--glommio-io`), client and target alike.
 #[test]
 fn direct_connections_match_the_targets_accepts() {
     let _serial = serial();
-    let counters = TempFile::new("serve.json");
-    let target = serve(&counters, &[]);
-    let json = TempFile::new("cps.json");
-    loadgen(&[
-        "cps",
-        "--direct",
-        "--target",
-        &target.arg(),
-        "--concurrency",
-        "2",
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "--json",
-        json.arg(),
-    ])
-    .assert_ok();
-    target.stop();
-    let r = json.json();
-    let served = counters.json();
-    let ok = u64_at(&r, "/result/connections_ok_total");
-    assert!(ok > 0);
-    assert_eq!(u64_at(&r, "/errors/total"), 0);
-    assert_eq!(u64_at(&r, "/result/attempts_total"), ok);
-    assert_eq!(ok, u64_at(&served, "/counters/echo_connections"));
-    // Plus the one check made before the load.
-    assert_eq!(u64_at(&served, "/counters/hello_connections"), 1);
-    assert_eq!(u64_at(&served, "/counters/accepted"), ok + 1);
-    // With no warmup, the window holds them all.
-    assert_eq!(u64_at(&r, "/result/connections"), ok);
+    for (io, flags) in [("event-ring", &[][..]), ("glommio", &["--glommio-io"][..])] {
+        let counters = TempFile::new("serve.json");
+        let target = serve(&counters, flags);
+        let json = TempFile::new("cps.json");
+        let mut args = vec![
+            "cps",
+            "--direct",
+            "--concurrency",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            json.arg(),
+        ];
+        args.extend_from_slice(flags);
+        let target_arg = target.arg();
+        args.extend(["--target", &target_arg]);
+        loadgen(&args).assert_ok();
+        target.stop();
+        let r = json.json();
+        let served = counters.json();
+        assert_eq!(
+            r.pointer("/parameters/io").and_then(|v| v.as_str()),
+            Some(io)
+        );
+        let ok = u64_at(&r, "/result/connections_ok_total");
+        assert!(ok > 0, "{io}");
+        assert_eq!(u64_at(&r, "/errors/total"), 0, "{io}");
+        assert_eq!(u64_at(&r, "/result/attempts_total"), ok, "{io}");
+        assert_eq!(ok, u64_at(&served, "/counters/echo_connections"), "{io}");
+        // Plus the one check made before the load.
+        assert_eq!(u64_at(&served, "/counters/hello_connections"), 1, "{io}");
+        assert_eq!(u64_at(&served, "/counters/accepted"), ok + 1, "{io}");
+        // With no warmup, the window holds them all.
+        assert_eq!(u64_at(&r, "/result/connections"), ok, "{io}");
+    }
 }
 
 #[test]
