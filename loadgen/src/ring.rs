@@ -80,7 +80,7 @@ pub async fn connect(addr: SocketAddr) -> io::Result<Stream> {
         }
         Err(e) => return Err(e),
     }
-    Ok(Stream::new(socket.into(), Some(&ring)))
+    Ok(Stream::outgoing(socket.into(), Some(&ring)))
 }
 
 /// A listening, non-blocking socket whose accepts wait on this thread's

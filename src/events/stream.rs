@@ -37,12 +37,15 @@ pub enum Stream {
 pub struct RingStream {
     watch: Watch,
     fd: OwnedFd,
-    /// The last read was short, so the socket was empty then: the next
-    /// read waits for the ring's next readiness report instead of first
-    /// paying for a recv that would say EAGAIN (one syscall less per
-    /// small message). Data that arrives later always raises a report.
-    /// Not once the peer's FIN was reported: it may already be queued
-    /// behind the data that read took.
+    /// The last read was short or said EAGAIN (or, for a socket we
+    /// connected, nothing was read yet), so the socket was empty then: the
+    /// next read waits for the ring's next readiness report instead of
+    /// first paying for a recv that would say EAGAIN (one syscall less per
+    /// small message, and none for a task woken by its other direction).
+    /// Data that arrives later always raises a report, and a poll armed
+    /// on a socket that has data reports at once. Not once the peer's FIN
+    /// was reported: it may already be queued behind the data that read
+    /// took.
     drained: bool,
 }
 
@@ -54,11 +57,22 @@ impl Stream {
     /// A connected, non-blocking socket: on `ring` when there is one,
     /// else wrapped in glommio's stream.
     pub fn new(fd: OwnedFd, ring: Option<&Rc<EventRing>>) -> Stream {
+        Stream::with_state(fd, ring, false)
+    }
+
+    /// A socket we connected: its peer has sent nothing yet (and seldom
+    /// has when the connect completes), so its first read waits for the
+    /// ring's report rather than try a recv first.
+    pub fn outgoing(fd: OwnedFd, ring: Option<&Rc<EventRing>>) -> Stream {
+        Stream::with_state(fd, ring, true)
+    }
+
+    fn with_state(fd: OwnedFd, ring: Option<&Rc<EventRing>>, drained: bool) -> Stream {
         match ring {
             Some(ring) => Stream::Ring(RingStream {
                 watch: Watch::new(ring.clone(), fd.as_raw_fd()),
                 fd,
-                drained: false,
+                drained,
             }),
             None => Stream::glommio(sys::glommio_tcp_stream(fd)),
         }
@@ -90,13 +104,16 @@ impl Stream {
             Stream::Ring(s) => s,
         };
         // Reports before this recv are covered by it; later ones count.
-        if !s.watch.take_fired() && s.drained && !s.watch.hung_up() {
+        if s.drained && !s.watch.take_reported() && !s.watch.hung_up() {
             std::task::ready!(s.watch.poll_readable(cx))?;
         }
         s.drained = false;
         loop {
             match sys::recv(&s.fd, buf) {
-                Err(e) if would_block(&e) => std::task::ready!(s.watch.poll_readable(cx))?,
+                Err(e) if would_block(&e) => {
+                    s.drained = true;
+                    std::task::ready!(s.watch.poll_readable(cx))?
+                }
                 Ok(n) => {
                     s.drained = n > 0 && n < buf.len();
                     return Poll::Ready(Ok(n));

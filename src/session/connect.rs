@@ -128,7 +128,7 @@ async fn connect_one(
         }
         None => false,
     };
-    let mut stream = Stream::new(socket.into(), events.as_ref());
+    let mut stream = Stream::outgoing(socket.into(), events.as_ref());
     if events.is_none() {
         // Without the event ring, a zero-length send waits through
         // glommio's write path: EAGAIN while the handshake is in flight, 0
