@@ -13,12 +13,12 @@
 use std::cell::OnceCell;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use coresocks::config::EventRingSetup;
-use coresocks::events::{EventRing, Listener, Stream, Watch};
+use coresocks::events::{DatagramWait, EventRing, Listener, Stream};
 use glommio::net::UdpSocket;
 
 /// loadgen's rings park in glommio at once: a wait in the ring would hold
@@ -89,24 +89,7 @@ pub fn listener(fd: OwnedFd) -> Listener {
     Listener::new(fd, ring().as_ref())
 }
 
-/// How one task waits for a UDP socket to have a datagram, without taking
-/// it: the ring's multishot poll (the caller drains to EAGAIN between
-/// waits), or glommio's 1-byte peek.
-pub struct DatagramWait(Option<Watch>);
-
-impl DatagramWait {
-    pub fn new(sock: &UdpSocket) -> DatagramWait {
-        DatagramWait(ring().map(|r| Watch::new(r, sock.as_raw_fd())))
-    }
-
-    /// `sock` is the socket this wait was made for.
-    pub async fn readable(&mut self, sock: &UdpSocket) -> io::Result<()> {
-        match &mut self.0 {
-            Some(w) => futures_lite::future::poll_fn(|cx| w.poll_read_ready(cx)).await,
-            None => {
-                let mut b = [0u8; 1];
-                sock.peek_from(&mut b).await.map(|_| ()).map_err(Into::into)
-            }
-        }
-    }
+/// A wait for a datagram on `sock`, on this thread's ring when it has one.
+pub fn datagram_wait(sock: &UdpSocket) -> DatagramWait {
+    DatagramWait::new(ring().as_ref(), sock)
 }

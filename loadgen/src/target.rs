@@ -358,7 +358,7 @@ async fn duplex(stream: Stream, c: Rc<Counters>) -> io::Result<()> {
 async fn udp_echo(sock: UdpSocket, c: Rc<Counters>, drop_every: Option<u64>) {
     let fd = coresocks::sys::borrow(&sock);
     let mut buf = vec![0u8; UDP_BUF];
-    let mut wait = crate::ring::DatagramWait::new(&sock);
+    let mut wait = crate::ring::datagram_wait(&sock);
     loop {
         if wait.readable(&sock).await.is_err() {
             glommio::timer::sleep(Duration::from_millis(10)).await;

@@ -5,11 +5,13 @@
 //! the signals, so that the relay, UDP and sessions that wait on them do
 //! not depend on the runtime.
 
+mod datagram;
 mod listener;
 pub mod ring;
 mod stop;
 mod stream;
 
+pub use datagram::DatagramWait;
 pub use listener::Listener;
 pub use ring::{EventRing, Watch};
 pub use stop::{ShedReason, Stop, StopSignal};

@@ -2,7 +2,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,7 @@ use glommio::net::UdpSocket;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
-use crate::events::{EventRing, Stream, Watch};
+use crate::events::{DatagramWait, EventRing, Stream};
 use crate::events::{Stop, StopSignal};
 use crate::gssapi::Protection;
 use crate::policy::source::Outbound;
@@ -197,26 +196,6 @@ fn into_glommio(s: Socket) -> io::Result<UdpSocket> {
     Ok(crate::sys::glommio_udp_socket(s.into()))
 }
 
-/// Waits until `sock` has a datagram, without taking it and without
-/// holding a receive buffer: through the core's event ring (a multishot
-/// poll armed once for the association's life; callers drain the socket
-/// to EAGAIN between waits), or without one through glommio, which peeks
-/// one byte.
-async fn readable(sock: &UdpSocket, watch: &mut Option<Watch>) -> io::Result<()> {
-    match watch {
-        Some(w) => future::poll_fn(|cx| w.poll_read_ready(cx)).await,
-        None => {
-            let mut b = [0u8; 1];
-            sock.peek_from(&mut b).await.map(|_| ()).map_err(Into::into)
-        }
-    }
-}
-
-/// `sock`'s watch on the core's ring, if there is one.
-fn watch(events: Option<&Rc<EventRing>>, sock: &UdpSocket) -> Option<Watch> {
-    events.map(|ring| Watch::new(ring.clone(), sock.as_raw_fd()))
-}
-
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
@@ -304,7 +283,7 @@ impl Association<'_> {
 
     /// Client -> targets.
     async fn client_loop(&self, events: Option<&Rc<EventRing>>) -> UdpEnd {
-        let mut watch = watch(events, &self.client);
+        let mut wait = DatagramWait::new(events, &self.client);
         // Datagrams already taken from the socket that wait behind one that
         // needs a name lookup, copied out of the core's batch (which other
         // associations use while this one waits).
@@ -318,7 +297,7 @@ impl Association<'_> {
                 }
             }
             if drained {
-                if let Err(e) = readable(&self.client, &mut watch).await {
+                if let Err(e) = wait.readable(&self.client).await {
                     return UdpEnd::Failed(e);
                 }
             }
@@ -461,11 +440,11 @@ impl Association<'_> {
     /// Targets -> client, each datagram prefixed with the header naming
     /// its source, written into the room before it in its slot.
     async fn target_loop(&self, sock: &UdpSocket, events: Option<&Rc<EventRing>>) -> UdpEnd {
-        let mut watch = watch(events, sock);
+        let mut wait = DatagramWait::new(events, sock);
         let mut drained = true;
         loop {
             if drained {
-                if let Err(e) = readable(sock, &mut watch).await {
+                if let Err(e) = wait.readable(sock).await {
                     return UdpEnd::Failed(e);
                 }
             }

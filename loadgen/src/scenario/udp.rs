@@ -464,7 +464,7 @@ enum Attempt {
 
 async fn receive(a: &Association, schedule: Schedule, shared: &Shared, progress: &Progress) {
     let mut seen = vec![0u64; schedule.total.div_ceil(64) as usize];
-    let mut wait = crate::ring::DatagramWait::new(&a.sock);
+    let mut wait = crate::ring::datagram_wait(&a.sock);
     loop {
         let done = progress.sender_done.is_set();
         if done && progress.received.get() >= progress.sent.get() {
