@@ -13,6 +13,6 @@ mod stream;
 
 pub use datagram::DatagramWait;
 pub use listener::Listener;
-pub use ring::{EventRing, Watch};
+pub use ring::{wake_again, yield_now, EventRing, Watch};
 pub use stop::{ShedReason, Stop, StopSignal};
 pub use stream::Stream;

@@ -64,6 +64,37 @@ enum Slot {
     },
 }
 
+thread_local! {
+    /// How many times a task of this thread asked to be polled again after
+    /// the others ([`wake_again`]).
+    static REQUEUED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Wakes the current task to be polled again once the others have run: for
+/// a task that gives up its turn with work left. Use this rather than
+/// `cx.waker().wake_by_ref()`, so that this thread's event ring driver knows
+/// a task is waiting to run and does not sleep in the ring (its linger)
+/// meanwhile; glommio's run queue cannot be asked.
+pub fn wake_again(cx: &Context<'_>) {
+    REQUEUED.set(REQUEUED.get().wrapping_add(1));
+    cx.waker().wake_by_ref();
+}
+
+/// Gives up this task's turn with work left (see [`wake_again`]): the
+/// others run, then this task again.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if std::mem::replace(&mut yielded, true) {
+            Poll::Ready(())
+        } else {
+            wake_again(cx);
+            Poll::Pending
+        }
+    })
+    .await
+}
+
 pub struct EventRing {
     ring: RefCell<IoUring>,
     /// Whether watches arm multishot polls: asked for, and accepted by the
@@ -187,8 +218,9 @@ impl EventRing {
 
     /// Collects completions for as long as they keep coming: after a batch
     /// the woken tasks run (a yield) and the ring is asked again, until a
-    /// look finds nothing and a wait of `linger` in this ring (asleep, not
-    /// spinning) brings nothing either. Only then does the driver go back
+    /// look finds nothing, no task asked to run again during the yield, and
+    /// a wait of `linger` in this ring (asleep, not spinning) brings nothing
+    /// either. Only then does the driver go back
     /// to its eventfd read through glommio, whose park and wake-up cost
     /// more than that wait, and whose wake-up may cost an interrupt. The
     /// eventfd's count is reset before the last look, so a completion
@@ -196,8 +228,13 @@ impl EventRing {
     /// (Spinning for 20 to 100 µs instead was measured: no gain in
     /// ping-pong round trips, and a quarter more CPU at low rates.)
     async fn drain_while_busy(&self) {
+        // A task that asked to run again while the driver yielded
+        // ([`wake_again`]) is queued behind it: sleeping in the ring now
+        // would hold it back for the whole linger.
+        let mut requeued = false;
         loop {
             let found = self.collect() > 0
+                || requeued
                 || (!self.linger.is_zero() && self.collect_within(self.linger) > 0)
                 || {
                     // About to park: clear the eventfd, then look once more,
@@ -214,7 +251,9 @@ impl EventRing {
                 return;
             }
             self.driving.set(true);
+            let before = REQUEUED.get();
             futures_lite::future::yield_now().await;
+            requeued = REQUEUED.get() != before;
         }
     }
 
@@ -337,7 +376,7 @@ impl EventRing {
 
     fn submit(&self, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
         let mut ring = self.ring.borrow_mut();
-        // SAFETY: POLL_ADD and POLL_REMOVE reference no memory of ours; the
+        // SAFETY: POLL_ADD and ASYNC_CANCEL reference no memory of ours; the
         // fd stays open until the request is removed (see `Readiness`).
         if unsafe { ring.submission().push(sqe) }.is_err() {
             ring.submit()?;
@@ -675,6 +714,42 @@ mod tests {
                     }
                 });
         }
+    }
+
+    /// A task that gives up its turn with work left (`yield_now`) while the
+    /// driver is busy is queued behind the driver: the driver must not then
+    /// sleep in the ring for its linger (here 50 ms) with that task waiting.
+    /// Twenty rounds of a readiness report and two yields take
+    /// milliseconds; held back, they take a linger each, a second in all.
+    #[test]
+    fn the_driver_does_not_linger_while_a_yielded_task_waits() {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .make()
+            .expect("executor")
+            .run(async {
+                let linger = std::time::Duration::from_millis(50);
+                let ring = EventRing::start(EventRingSetup::Auto, true, linger).expect("a ring");
+                let (ours, peer) = UnixStream::pair().expect("socketpair");
+                ours.set_nonblocking(true).expect("non-blocking");
+                let mut watch = Watch::new(ring.clone(), ours.as_raw_fd());
+                let start = std::time::Instant::now();
+                for _ in 0..20 {
+                    // A report wakes the driver: it is busy when the yields
+                    // come.
+                    (&peer).write_all(b"x").expect("write");
+                    std::future::poll_fn(|cx| watch.poll_read_ready(cx))
+                        .await
+                        .expect("readable");
+                    (&ours).read_exact(&mut [0u8; 1]).expect("read");
+                    super::yield_now().await;
+                    super::yield_now().await;
+                }
+                let took = start.elapsed();
+                assert!(
+                    took < linger * 10,
+                    "20 rounds took {took:?}: the driver slept in the ring while a task waited to run"
+                );
+            });
     }
 
     /// A watch dropped while its poll has fired but the ring has not yet

@@ -184,7 +184,7 @@ impl Direction {
             }
         }
         // Out of rounds with work left: come back after the others ran.
-        cx.waker().wake_by_ref();
+        crate::events::wake_again(cx);
         Ok(Step::Progress)
     }
 
