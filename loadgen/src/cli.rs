@@ -249,6 +249,20 @@ pub struct CpsArgs {
     /// Bytes of the one request echoed on each connection
     #[arg(long, default_value = "32", value_parser = parse_size)]
     pub size: usize,
+    /// How each connection ends once the answer is in: `fin`, a plain
+    /// close(2), as most clients close; or `rst`, SO_LINGER 0, which leaves
+    /// no TIME_WAIT behind on loadgen's side but lets a proxy pass a reset
+    /// on instead of closing its target connection with a FIN
+    #[arg(long, value_enum, default_value_t = CpsClose::Fin)]
+    pub close: CpsClose,
+}
+
+/// How `cps` closes each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpsClose {
+    Fin,
+    Rst,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -138,6 +138,7 @@ fn print_counters(r: &ServeReport) {
         ("other connections", c.other_connections),
         ("echo reads", c.echo_reads),
         ("echo bytes", c.echo_bytes),
+        ("echo ended with FIN", c.echo_ended_with_fin),
         ("bytes received", c.bytes_received),
         ("bytes sent", c.bytes_sent),
         ("udp datagrams", c.udp_datagrams),

@@ -60,6 +60,10 @@ pub struct TargetStats {
     /// Echo: read calls and bytes echoed.
     pub echo_reads: u64,
     pub echo_bytes: u64,
+    /// Echo connections that ended with the client's FIN (an end of
+    /// stream), not a reset or an error.
+    #[serde(default)]
+    pub echo_ended_with_fin: u64,
     /// Sink and duplex: bytes received after the mode byte.
     pub bytes_received: u64,
     /// Source and duplex: bytes sent (headers included).
@@ -89,6 +93,7 @@ impl TargetStats {
         self.other_connections += o.other_connections;
         self.echo_reads += o.echo_reads;
         self.echo_bytes += o.echo_bytes;
+        self.echo_ended_with_fin += o.echo_ended_with_fin;
         self.bytes_received += o.bytes_received;
         self.bytes_sent += o.bytes_sent;
         self.udp_datagrams += o.udp_datagrams;
@@ -125,6 +130,7 @@ struct Counters {
     other: Cell<u64>,
     echo_reads: Cell<u64>,
     echo_bytes: Cell<u64>,
+    echo_fin: Cell<u64>,
     received: Cell<u64>,
     sent: Cell<u64>,
     paused: Cell<bool>,
@@ -182,6 +188,7 @@ impl TargetCore {
             other_connections: c.other.get(),
             echo_reads: c.echo_reads.get(),
             echo_bytes: c.echo_bytes.get(),
+            echo_ended_with_fin: c.echo_fin.get(),
             bytes_received: c.received.get(),
             bytes_sent: c.sent.get(),
             udp_datagrams: c.udp_datagrams.get(),
@@ -248,6 +255,7 @@ async fn echo(mut stream: Stream, c: &Counters, hook: Option<PauseHook>) -> io::
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
+            bump(&c.echo_fin, 1);
             return Ok(());
         }
         bump(&c.echo_reads, 1);

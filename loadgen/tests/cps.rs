@@ -47,30 +47,46 @@ fn direct_connections_match_the_targets_accepts() {
     }
 }
 
+/// Both ways of closing (`--close`): with a FIN, every echo connection
+/// the proxy opened ends with a FIN too (coresocks passes the client's
+/// end of stream on); with a RST, none does (coresocks passes the reset
+/// on).
 #[test]
 fn through_coresocks_connections_match_the_targets_accepts() {
     let _serial = serial();
     let proxy = coresocks(&[]);
-    let json = TempFile::new("cps.json");
-    loadgen(&[
-        "cps",
-        "--proxy",
-        &proxy.arg(),
-        "--duration",
-        "1",
-        "--warmup",
-        "0",
-        "--json",
-        json.arg(),
-    ])
-    .assert_ok();
-    let r = json.json();
-    let ok = u64_at(&r, "/result/connections_ok_total");
-    assert!(ok > 0);
-    assert_eq!(u64_at(&r, "/errors/total"), 0);
-    assert_eq!(ok, u64_at(&r, "/target/echo_connections"));
-    assert_eq!(u64_at(&r, "/result/handshake/count"), ok);
-    assert_eq!(u64_at(&r, "/result/first_byte/count"), ok);
-    assert!(f64_at(&r, "/result/first_byte/p50_us") >= f64_at(&r, "/result/handshake/min_us"));
-    assert_eq!(r["result"]["close"], "rst");
+    for close in ["fin", "rst"] {
+        let json = TempFile::new("cps.json");
+        loadgen(&[
+            "cps",
+            "--proxy",
+            &proxy.arg(),
+            "--close",
+            close,
+            "--duration",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            json.arg(),
+        ])
+        .assert_ok();
+        let r = json.json();
+        let ok = u64_at(&r, "/result/connections_ok_total");
+        assert!(ok > 0, "{close}");
+        assert_eq!(u64_at(&r, "/errors/total"), 0, "{close}");
+        assert_eq!(ok, u64_at(&r, "/target/echo_connections"), "{close}");
+        assert_eq!(u64_at(&r, "/result/handshake/count"), ok, "{close}");
+        assert_eq!(u64_at(&r, "/result/first_byte/count"), ok, "{close}");
+        assert!(
+            f64_at(&r, "/result/first_byte/p50_us") >= f64_at(&r, "/result/handshake/min_us"),
+            "{close}"
+        );
+        assert_eq!(r["result"]["close"], close);
+        let fins = u64_at(&r, "/target/echo_ended_with_fin");
+        match close {
+            "fin" => assert_eq!(fins, ok, "every FIN passed on"),
+            _ => assert_eq!(fins, 0, "every reset passed on"),
+        }
+    }
 }

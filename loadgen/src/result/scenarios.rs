@@ -72,8 +72,9 @@ pub struct CpsResult {
     pub handshake: Percentiles,
     /// From the start of the connect to the first byte of the answer.
     pub first_byte: Percentiles,
-    /// How loadgen closes: "rst" (SO_LINGER 0).
-    pub close: &'static str,
+    /// How loadgen closed each connection: "fin" (close(2)) or "rst"
+    /// (SO_LINGER 0).
+    pub close: crate::cli::CpsClose,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -2,9 +2,11 @@
 //! CONNECTs, sends one small request to the echo target, reads the answer
 //! and closes.
 //!
-//! The client closes with SO_LINGER 0, so each connection ends with a RST
-//! and leaves no TIME_WAIT behind on loadgen's side: a connection-rate loop
-//! would otherwise fill the loopback ephemeral port range within a minute.
+//! The client closes with a plain close(2) (`--close fin`, a FIN), as the
+//! issue's probe and most clients do; its sockets then wait in TIME_WAIT,
+//! which Linux lets loopback connects reuse (`net.ipv4.tcp_tw_reuse` = 2,
+//! the default). `--close rst` closes with SO_LINGER 0 instead: a RST, no
+//! TIME_WAIT on loadgen's side.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -13,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
-use crate::cli::CpsArgs;
+use crate::cli::{CpsArgs, CpsClose};
 use crate::error::{Failure, FailureCounts, LoadgenError, Stage};
 use crate::net::{self, PathSpec};
 use crate::result::{CpsResult, Report, ScenarioResult};
@@ -74,7 +76,7 @@ pub fn run(path: &PathChoice, args: &CpsArgs) -> Result<Report, LoadgenError> {
         attempts_total: attempts,
         handshake: stats::percentiles(&handshake),
         first_byte: stats::percentiles(&first_byte),
-        close: "rst",
+        close: args.close,
     };
     Ok(setup
         .report(
@@ -113,6 +115,7 @@ async fn core(ctx: CoreCtx, args: Arc<CpsArgs>) -> Result<CoreOut, LoadgenError>
                 request.clone(),
                 stats.clone(),
                 ctx.live(),
+                args.close,
             ))
         })
         .collect();
@@ -133,6 +136,7 @@ async fn connection_loop(
     request: Rc<[u8]>,
     stats: Rc<RefCell<CoreStats>>,
     live: Live,
+    close: CpsClose,
 ) {
     let mut answer = vec![0u8; request.len() - 1];
     crate::stream::sleep_until(w.start).await;
@@ -144,7 +148,7 @@ async fn connection_loop(
         let stage = Cell::new(Stage::Connect);
         let result = net::within(
             timeout,
-            one_connection(&path, &stage, &request, &mut answer, begin),
+            one_connection(&path, &stage, &request, &mut answer, begin, close),
             || net::timeout_failure(stage.get()),
         )
         .await;
@@ -181,8 +185,10 @@ async fn one_connection(
     request: &[u8],
     answer: &mut [u8],
     begin: Instant,
+    close: CpsClose,
 ) -> Result<(Duration, Duration), Failure> {
-    let mut s = net::open(path, stage, true).await?;
+    // Dropping the stream closes it: with SO_LINGER 0 a RST, else a FIN.
+    let mut s = net::open(path, stage, close == CpsClose::Rst).await?;
     let handshake = begin.elapsed();
     let io = |e: std::io::Error| Failure::from_io(&e, Stage::Target);
     s.write_all(request).await.map_err(io)?;
