@@ -22,8 +22,9 @@ use crate::error::{Failure, Stage};
 /// syscall before waiting) would otherwise never return to the executor and
 /// starve the rest of the core, including the other half of a duplex tunnel.
 pub async fn fair_share() {
-    // Through the event ring's yield, so that its driver does not sleep in
-    // the ring while this task waits for its next turn.
+    // Through the event ring's yield, which its driver counts: a ring that
+    // lingers (loadgen's park at once today) then does not sleep while
+    // this task waits for its next turn.
     coresocks::events::yield_now().await;
 }
 

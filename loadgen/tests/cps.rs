@@ -2,6 +2,21 @@
 
 use crate::common::*;
 
+/// `loadgen cps ARGS` for one second with no warmup, its JSON in `json`.
+fn cps_for_a_second(json: &TempFile, args: &[&str]) {
+    let mut all = vec![
+        "cps",
+        "--duration",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        json.arg(),
+    ];
+    all.extend_from_slice(args);
+    loadgen(&all).assert_ok();
+}
+
 /// On loadgen's own event ring (the default) and on glommio's sockets
 /// (`--glommio-io`), client and target alike.
 #[test]
@@ -11,22 +26,10 @@ fn direct_connections_match_the_targets_accepts() {
         let counters = TempFile::new("serve.json");
         let target = serve(&counters, flags);
         let json = TempFile::new("cps.json");
-        let mut args = vec![
-            "cps",
-            "--direct",
-            "--concurrency",
-            "2",
-            "--duration",
-            "1",
-            "--warmup",
-            "0",
-            "--json",
-            json.arg(),
-        ];
-        args.extend_from_slice(flags);
         let target_arg = target.arg();
-        args.extend(["--target", &target_arg]);
-        loadgen(&args).assert_ok();
+        let mut args = vec!["--direct", "--concurrency", "2", "--target", &target_arg];
+        args.extend_from_slice(flags);
+        cps_for_a_second(&json, &args);
         target.stop();
         let r = json.json();
         let served = counters.json();
@@ -57,20 +60,7 @@ fn through_coresocks_connections_match_the_targets_accepts() {
     let proxy = coresocks(&[]);
     for close in ["fin", "rst"] {
         let json = TempFile::new("cps.json");
-        loadgen(&[
-            "cps",
-            "--proxy",
-            &proxy.arg(),
-            "--close",
-            close,
-            "--duration",
-            "1",
-            "--warmup",
-            "0",
-            "--json",
-            json.arg(),
-        ])
-        .assert_ok();
+        cps_for_a_second(&json, &["--proxy", &proxy.arg(), "--close", close]);
         let r = json.json();
         let ok = u64_at(&r, "/result/connections_ok_total");
         assert!(ok > 0, "{close}");

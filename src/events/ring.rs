@@ -36,8 +36,8 @@ use io_uring::{opcode, types, IoUring};
 
 use crate::config::EventRingSetup;
 
-/// Marks the user_data of POLL_REMOVE requests, whose completions carry no
-/// slot.
+/// Marks the user_data of cancel requests (ASYNC_CANCEL, and the start-up
+/// probe's POLL_REMOVE), whose completions carry no slot.
 const REMOVE_TAG: u64 = 1 << 63;
 
 /// Submission queue size. A wait takes one entry until it is submitted,
@@ -220,9 +220,9 @@ impl EventRing {
     /// the woken tasks run (a yield) and the ring is asked again, until a
     /// look finds nothing, no task asked to run again during the yield, and
     /// a wait of `linger` in this ring (asleep, not spinning) brings nothing
-    /// either. Only then does the driver go back
-    /// to its eventfd read through glommio, whose park and wake-up cost
-    /// more than that wait, and whose wake-up may cost an interrupt. The
+    /// either. Only then does the driver go back to its eventfd read
+    /// through glommio, whose park and wake-up cost more than that wait,
+    /// and whose wake-up may cost an interrupt. The
     /// eventfd's count is reset before the last look, so a completion
     /// posted after it always leaves that read something to return.
     /// (Spinning for 20 to 100 µs instead was measured: no gain in
@@ -625,7 +625,7 @@ impl Watch {
     /// the socket has reported readiness since the last ready (the first
     /// call arms the poll, which reports at once if data is waiting).
     pub fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.read.is_some() && self.take_fired() {
+        if self.take_reported() {
             return Poll::Ready(Ok(()));
         }
         self.poll_readable(cx)
@@ -634,14 +634,8 @@ impl Watch {
     /// Whether the socket reported readiness since the last call; no
     /// before the first wait armed the poll.
     pub fn take_reported(&mut self) -> bool {
-        self.read.is_some() && self.take_fired()
-    }
-
-    /// Whether the socket reported readiness since the last call (the
-    /// first call, before any wait, says yes).
-    pub fn take_fired(&mut self) -> bool {
         let Some(i) = self.read else {
-            return true;
+            return false;
         };
         match &mut self.ring.slots.borrow_mut()[i] {
             Slot::Multi { fired, .. } => std::mem::take(fired),

@@ -18,8 +18,9 @@
 //! drain after the window ends count as lost.
 //!
 //! Sockets wait for readability on loadgen's event ring (`crate::ring`; a
-//! 1-byte peek through glommio with `--glommio-io`), then drain with non-blocking recvfrom into one 64 KiB buffer per core. Sends
-//! are non-blocking sendto from one buffer per core; only when the socket's
+//! 1-byte peek through glommio with `--glommio-io`), then drain with
+//! non-blocking recvfrom into one 64 KiB buffer per core. Sends are
+//! non-blocking sendto from one buffer per core; only when the socket's
 //! send buffer is full does a datagram wait (through glommio, on a copy).
 
 use std::cell::{Cell, RefCell};
