@@ -33,3 +33,9 @@ $v "$out/buffers-delay.json" '--queues 2 --delay 2ms' 'autotuned=' \
   'fixed-64k=--socket-receive-buffer 65536 --socket-send-buffer 65536' \
   'fixed-4m=--socket-receive-buffer 4194304 --socket-send-buffer 4194304' \
   -- --rounds "$rounds" throughput --streams 1 --direction down --duration "$duration"
+# The congestion control toward targets on a long, lossy path (5 ms each
+# way, 0.1% of frames lost, between proxy and target): an upload, so the
+# proxy's target socket is the sender over that path.
+$v "$out/congestion-lossy-upload.json" '--queues 2 --delay 5ms --loss 0.1%' \
+  'cubic=--target-congestion cubic' 'bbr=--target-congestion bbr' \
+  -- --rounds "$rounds" throughput --streams 1 --direction up --duration "$duration"

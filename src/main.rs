@@ -102,6 +102,12 @@ fn check_config(file: &std::path::Path) -> ExitCode {
     let checked = Settings::from_file(file).and_then(Config::from_settings);
     match checked {
         Ok(c) => {
+            // The kernel's side of the file: whether it has the congestion
+            // controls named.
+            if let Err(e) = c.sockets.check_congestion() {
+                eprintln!("coresocks: {e}");
+                return ExitCode::from(2);
+            }
             println!(
                 "{}: ok ({} listener(s), {} rule(s), {} user(s){})",
                 file.display(),

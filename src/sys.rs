@@ -396,6 +396,18 @@ pub fn set_busy_poll(socket: BorrowedFd<'_>, usecs: u32, prefer: bool) -> io::Re
     Ok(())
 }
 
+/// TCP_CONGESTION: the socket's congestion control, by the kernel's name.
+pub fn set_congestion(socket: BorrowedFd<'_>, name: &str) -> io::Result<()> {
+    SockRef::from(&socket).set_tcp_congestion(name.as_bytes())
+}
+
+/// A TCP/IPv4 socket that is never connected, for start-up probes of
+/// socket options.
+pub fn tcp_socket_v4() -> io::Result<OwnedFd> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    Ok(Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?.into())
+}
+
 /// SO_RCVBUF and SO_SNDBUF, each when given.
 pub fn set_buffer_sizes(
     socket: BorrowedFd<'_>,

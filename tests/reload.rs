@@ -83,6 +83,17 @@ fn a_bad_or_restart_only_change_keeps_the_running_configuration() {
     );
     proxy.wait_for_log(&["SIGHUP: cores changed, which needs a restart"]);
     reload(&proxy, &file, "users = \"/nonexistent/users\"\n", KEPT, 4);
+    reload(
+        &proxy,
+        &file,
+        &format!("client-congestion = \"reno\"\n{OPEN_LOOPBACK}"),
+        KEPT,
+        5,
+    );
+    proxy.wait_for_log(&[
+        "SIGHUP: ",
+        "congestion control changed, which needs a restart",
+    ]);
     // Each refusal is one line that says what is wrong; the rules stay.
     proxy.wait_for_log(&["SIGHUP: config file", "no-such-setting", KEPT]);
     proxy.wait_for_log(&["SIGHUP:", "/nonexistent/users", KEPT]);
@@ -215,6 +226,10 @@ fn check_config_validates_without_starting() {
         ("listen = 5\n", "listen"),
         ("users = \"/nonexistent/users\"\n", "/nonexistent/users"),
         ("[[rule]]\naction = \"maybe\"\n", "maybe"),
+        (
+            "target-congestion = \"no_such_cc\"\n",
+            "the kernel has no algorithm of that name",
+        ),
     ] {
         let (code, _, err) = check(text);
         assert_eq!(code, Some(2), "{text}");

@@ -1,5 +1,6 @@
 //! The steering and tuning socket options (`--listen-steering`,
-//! `--defer-accept`, `--listen-fastopen`, `--busy-poll`, socket buffers):
+//! `--defer-accept`, `--listen-fastopen`, `--busy-poll`, socket buffers,
+//! congestion control):
 //! each one starts, says so in one log line, and serves; bad values are one
 //! clear error at start; and the options that have an effect a test can see
 //! from outside have it. (Which listener the kernel picks by CPU is checked
@@ -36,6 +37,15 @@ fn each_option_starts_logs_what_it_set_and_serves() {
             ],
             "receive buffer 262144, send buffer 131072",
         ),
+        (
+            &[
+                "--client-congestion",
+                "reno",
+                "--target-congestion",
+                "cubic",
+            ],
+            "client congestion control reno, target congestion control cubic",
+        ),
     ];
     for (args, said) in cases {
         let proxy = Proxy::start(args);
@@ -61,6 +71,18 @@ fn bad_values_stop_the_start_with_one_clear_line() {
         (
             &["--listen-steering", "round-robin"],
             "invalid value 'round-robin'",
+        ),
+        (
+            &["--target-congestion", "no_such_cc"],
+            "cannot use congestion control 'no_such_cc' (--target-congestion): the kernel has no algorithm of that name (it offers: ",
+        ),
+        (
+            &["--client-congestion", "no_such_cc"],
+            "cannot use congestion control 'no_such_cc' (--client-congestion)",
+        ),
+        (
+            &["--client-congestion", "cubic;reno"],
+            "'cubic;reno' is not a congestion control name",
         ),
     ];
     for (args, needle) in cases {
@@ -124,6 +146,34 @@ fn socket_buffers_apply_to_both_sides_of_a_tunnel() {
         assert!(text.contains("rb400000"), "{filter}: {text}");
         assert!(text.contains("tb200000"), "{filter}: {text}");
     }
+    drop(tunnel);
+    proxy.assert_serves(&echo);
+}
+
+/// Each side gets its own congestion control: the client socket through
+/// the listener it was accepted from, the target socket before its
+/// connect. `ss -ti` names the algorithm of each.
+#[test]
+fn congestion_control_applies_to_each_side_of_a_tunnel() {
+    let echo = echo_server("127.0.0.1:0");
+    let proxy = Proxy::start(&[
+        "--client-congestion",
+        "reno",
+        "--target-congestion",
+        "cubic",
+    ]);
+    let mut tunnel = proxy.connect(&echo.target()).unwrap();
+    tunnel.write_all(b"x").unwrap();
+    // The proxy's end toward the client (sport = proxy) and toward the
+    // target (dport = echo).
+    assert_eq!(
+        congestion_of(&format!("sport = :{}", proxy.addr.port())),
+        "reno"
+    );
+    assert_eq!(
+        congestion_of(&format!("dport = :{}", echo.addr.port())),
+        "cubic"
+    );
     drop(tunnel);
     proxy.assert_serves(&echo);
 }

@@ -157,6 +157,40 @@ fn a_new_process_takes_over_and_nothing_is_refused_reset_or_broken() {
     eprintln!("upgrade: {ok} connections through two swaps, 0 failed");
 }
 
+/// The one listener option that takes on a listening socket follows the
+/// new process: clients it accepts through the inherited listeners get its
+/// congestion control.
+#[test]
+fn inherited_listeners_take_the_new_processs_congestion_control() {
+    let echo = echo_server("127.0.0.1:0");
+    let sock = TempPath::new("upgrade-cc.sock");
+    let mut old = Proxy::start(&[
+        "--upgrade-socket",
+        sock.arg(),
+        "--client-congestion",
+        "cubic",
+    ]);
+    let addr = old.addr.to_string();
+    let filter = format!("sport = :{}", old.addr.port());
+    let mut tunnel = old.connect(&echo.target()).unwrap();
+    echo_once(&mut tunnel, b"through the old process");
+    assert_eq!(congestion_of(&filter), "cubic");
+    drop(tunnel);
+    let new = Proxy::start(&[
+        "--upgrade-socket",
+        sock.arg(),
+        "--listen",
+        &addr,
+        "--client-congestion",
+        "reno",
+    ]);
+    new.wait_for_log(&["upgrade: the old process stopped accepting and drains"]);
+    assert_eq!(old.wait_exit(IO_TIMEOUT), Some(0), "the old one exits");
+    let mut tunnel = new.connect(&echo.target()).unwrap();
+    echo_once(&mut tunnel, b"through the new process");
+    assert_eq!(congestion_of(&filter), "reno");
+}
+
 #[test]
 fn without_a_running_process_the_socket_is_simply_created() {
     let echo = echo_server("127.0.0.1:0");

@@ -18,7 +18,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 pub use cores::CoreSpec;
-pub use sockets::{BusyPoll, SocketTuning, Steering};
+pub use sockets::{BusyPoll, Congestion, CongestionError, SocketTuning, Steering};
 
 use crate::policy::source::{Outbound, SourcePick};
 use crate::policy::Policy;
@@ -152,6 +152,17 @@ pub struct Settings {
     /// send autotuning off for them) [default: autotuned]
     #[arg(long, value_name = "BYTES")]
     pub socket_send_buffer: Option<usize>,
+
+    /// TCP congestion control of client sockets (TCP_CONGESTION: `cubic`,
+    /// `bbr`, `reno`, ... as in /proc/sys/net/ipv4/tcp_available_congestion_control)
+    /// [default: the system's, net.ipv4.tcp_congestion_control]
+    #[arg(long, value_name = "NAME")]
+    pub client_congestion: Option<Congestion>,
+
+    /// TCP congestion control of target sockets, as --client-congestion
+    /// [default: the system's]
+    #[arg(long, value_name = "NAME")]
+    pub target_congestion: Option<Congestion>,
 
     /// Set IPV6_V6ONLY on IPv6 listeners, so that [::] takes IPv6 only
     /// [default: false]
@@ -444,6 +455,8 @@ impl Settings {
                 prefer_busy_poll,
                 socket_receive_buffer,
                 socket_send_buffer,
+                client_congestion,
+                target_congestion,
                 ipv6_only,
                 users,
                 gssapi_keytab,
@@ -659,7 +672,7 @@ impl Config {
             cores => "cores",
             backlog => "backlog",
             ipv6_only => "ipv6-only",
-            sockets => "listen-steering, defer-accept, listen-fastopen, busy-poll, socket buffers",
+            sockets => "listen-steering, defer-accept, listen-fastopen, busy-poll, socket buffers, congestion control",
             max_tunnels_per_core => "max-tunnels-per-core",
             max_handshakes_per_core => "max-handshakes-per-core",
             max_handshakes_per_client => "max-handshakes-per-client",
@@ -944,6 +957,8 @@ fn socket_tuning(s: &Settings) -> Result<SocketTuning, ConfigError> {
         busy_poll,
         receive_buffer: buffer("socket-receive-buffer", s.socket_receive_buffer)?,
         send_buffer: buffer("socket-send-buffer", s.socket_send_buffer)?,
+        client_congestion: s.client_congestion,
+        target_congestion: s.target_congestion,
     })
 }
 
@@ -1026,6 +1041,44 @@ mod tests {
         for bad in ["", "fast", "10 parsecs", "0", "0.1", "-5M", "1..2M"] {
             assert!(parse_rate(bad).is_err(), "{bad:?} was taken");
         }
+    }
+
+    #[test]
+    fn congestion_names_are_checked_for_shape_and_read_from_the_file() {
+        for good in [
+            "cubic",
+            "bbr",
+            "reno",
+            "dctcp",
+            "bbr2",
+            "tcp-nv",
+            "a_15_chars_long",
+        ] {
+            let cc: Congestion = good.parse().unwrap();
+            assert_eq!(cc.as_str(), good);
+        }
+        for bad in ["", "sixteen_chars_xx", "cubic reno", "bbr;", "cub/ic", "é"] {
+            assert!(bad.parse::<Congestion>().is_err(), "{bad:?} was taken");
+        }
+        let file: Settings =
+            toml::from_str("client-congestion = \"cubic\"\ntarget-congestion = \"bbr\"\n").unwrap();
+        let config = parse(&[]).settings.over(file);
+        let tuning = socket_tuning(&config).unwrap();
+        assert_eq!(
+            tuning
+                .client_congestion
+                .map(|c| c.as_str().to_owned())
+                .as_deref(),
+            Some("cubic")
+        );
+        assert_eq!(
+            tuning
+                .target_congestion
+                .map(|c| c.as_str().to_owned())
+                .as_deref(),
+            Some("bbr")
+        );
+        assert!(toml::from_str::<Settings>("target-congestion = \"no way\"\n").is_err());
     }
 
     #[test]

@@ -113,6 +113,14 @@ pub fn open_listeners(
                 fds.push(OwnedFd::from(socket));
             }
             steer(&fds, setup).map_err(|e| listen_error(addr, e))?;
+            // Unlike the options that must precede listen(2), this one
+            // takes on a listening socket: this process's choice holds.
+            if let Some(cc) = setup.tuning.client_congestion {
+                for fd in &fds {
+                    crate::sys::set_congestion(fd.as_fd(), cc.as_str())
+                        .map_err(|e| listen_error(addr, e))?;
+                }
+            }
             out.push((addr, fds));
             continue;
         }

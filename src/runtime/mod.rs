@@ -39,6 +39,8 @@ pub enum RuntimeError {
     MemLock { have: u64, need: u64 },
     #[error(transparent)]
     Listen(#[from] ListenError),
+    #[error(transparent)]
+    Congestion(#[from] crate::config::CongestionError),
     #[error("cannot start the metrics endpoint on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -87,6 +89,7 @@ pub fn run(config: Config, reloader: Reloader, serve: Serve) -> Result<(), Runti
             path.display()
         );
     }
+    config.sockets.check_congestion()?;
     let setup = ListenSetup {
         backlog: config.backlog,
         ipv6_only: config.ipv6_only,

@@ -115,7 +115,7 @@ async fn connect_one(
     tuning: SocketTuning,
 ) -> io::Result<Stream> {
     let socket = crate::sys::connecting_socket(addr, source, interface.as_deref(), |fd| {
-        tuning.apply_to_stream(fd)
+        tuning.apply_to_target(fd)
     })?;
     // POLLOUT without POLLERR or POLLHUP means established: a failed
     // connect is always POLLERR | POLLHUP (TCP_CLOSE with an error), and a

@@ -486,3 +486,18 @@ pub fn udp_echo(bind: &str) -> SocketAddr {
     });
     addr
 }
+
+/// The congestion control of the established TCP socket that an `ss`
+/// filter (e.g. `sport = :1080`) picks out, as `ss -ti` names it.
+pub fn congestion_of(filter: &str) -> &'static str {
+    let out = std::process::Command::new("ss")
+        .args(["-tniH", "state", "established"])
+        .arg(filter)
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    ["reno", "cubic", "bbr"]
+        .into_iter()
+        .find(|cc| text.split_whitespace().any(|w| w == *cc))
+        .unwrap_or_else(|| panic!("{filter}: no congestion control in {text:?}"))
+}
