@@ -8,7 +8,6 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::common::*;
@@ -137,12 +136,7 @@ fn socket_buffers_apply_to_both_sides_of_a_tunnel() {
         format!("dport = :{echo_port}"),
         format!("sport = :{proxy_port}"),
     ] {
-        let out = Command::new("ss")
-            .args(["-tnmH", "state", "established"])
-            .arg(&filter)
-            .output()
-            .expect("ss (iproute2) runs");
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = ss_established("nm", &filter);
         assert!(text.contains("rb400000"), "{filter}: {text}");
         assert!(text.contains("tb200000"), "{filter}: {text}");
     }

@@ -487,15 +487,22 @@ pub fn udp_echo(bind: &str) -> SocketAddr {
     addr
 }
 
-/// The congestion control of the established TCP socket that an `ss`
-/// filter (e.g. `sport = :1080`) picks out, as `ss -ti` names it.
-pub fn congestion_of(filter: &str) -> &'static str {
+/// What `ss -t<options>H` prints of the established TCP sockets that a
+/// filter (e.g. `sport = :1080`) picks out.
+pub fn ss_established(options: &str, filter: &str) -> String {
     let out = std::process::Command::new("ss")
-        .args(["-tniH", "state", "established"])
+        .arg(format!("-t{options}H"))
+        .args(["state", "established"])
         .arg(filter)
         .output()
         .expect("ss (iproute2) runs");
-    let text = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The congestion control of the socket a filter picks out, as `ss -ti`
+/// names it.
+pub fn congestion_of(filter: &str) -> &'static str {
+    let text = ss_established("ni", filter);
     ["reno", "cubic", "bbr"]
         .into_iter()
         .find(|cc| text.split_whitespace().any(|w| w == *cc))
