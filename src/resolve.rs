@@ -44,13 +44,16 @@ pub async fn resolve(
         return Ok(vec![SocketAddr::new(ip, port)]);
     }
     let owned = name.to_owned();
-    let lookup = glommio::executor().spawn_blocking(move || {
-        (owned.as_str(), port)
-            .to_socket_addrs()
-            .map(|addrs| addrs.collect::<Vec<_>>())
-    });
+    let lookup = async move {
+        crate::events::blocking(move || {
+            (owned.as_str(), port)
+                .to_socket_addrs()
+                .map(|addrs| addrs.collect::<Vec<_>>())
+        })
+        .await?
+    };
     let timed_out = async {
-        glommio::timer::sleep(timeout).await;
+        crate::events::sleep(timeout).await;
         Err(io::ErrorKind::TimedOut.into())
     };
     match future::or(lookup, timed_out).await {

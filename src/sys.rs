@@ -513,13 +513,6 @@ pub fn glommio_udp_socket(fd: OwnedFd) -> glommio::net::UdpSocket {
     unsafe { std::os::fd::FromRawFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
 }
 
-/// An owned descriptor (an eventfd) as a glommio file, read through
-/// io_uring by polling.
-pub fn glommio_file(fd: OwnedFd) -> glommio::io::BufferedFile {
-    // SAFETY: `fd` is owned and open; ownership moves into the file.
-    unsafe { std::os::fd::FromRawFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
-}
-
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`: the unit of
 /// /proc/PID/stat's CPU times).
 pub fn clock_ticks() -> u64 {

@@ -137,7 +137,7 @@ pub async fn within<T>(
     on_timeout: impl FnOnce() -> Failure,
 ) -> Result<T, Failure> {
     futures_lite::future::or(fut, async move {
-        glommio::timer::sleep(limit).await;
+        coresocks::events::sleep(limit).await;
         Err(on_timeout())
     })
     .await

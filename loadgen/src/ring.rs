@@ -21,9 +21,9 @@ use coresocks::config::EventRingSetup;
 use coresocks::events::{DatagramWait, EventRing, Listener, Stream};
 use glommio::net::UdpSocket;
 
-/// loadgen's rings park in glommio at once: a wait in the ring would hold
-/// back glommio's timers, which pace the open-loop senders.
-const LINGER: std::time::Duration = std::time::Duration::ZERO;
+/// Off-core helper threads per ring (loadgen resolves no names on its
+/// cores; one is the least a ring has).
+const HELPERS: usize = 1;
 
 /// Cleared by `--glommio-io`, before any executor starts.
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -49,10 +49,21 @@ fn ring() -> Option<Rc<EventRing>> {
     RING.with(|r| {
         r.get_or_init(|| {
             enabled()
-                .then(|| EventRing::start(EventRingSetup::Auto, true, LINGER).ok())
+                .then(|| EventRing::start(EventRingSetup::Auto, true, HELPERS).ok())
                 .flatten()
         })
         .clone()
+    })
+}
+
+/// Runs an executor's root future with this thread's ring started first,
+/// so that every timer of the thread (open-loop pacing among them) wakes
+/// the core through the ring, where it sleeps; counted like every task
+/// (`coresocks::events::spawn`).
+pub fn on_core<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
+    coresocks::events::counted(async move {
+        ring();
+        f.await
     })
 }
 

@@ -169,7 +169,7 @@ impl CoreCtx {
             if let Some(w) = self.control.window(self.warmup, self.duration) {
                 return Ok(w);
             }
-            glommio::timer::sleep(Duration::from_millis(1)).await;
+            coresocks::events::sleep(Duration::from_millis(1)).await;
         }
     }
 }
@@ -226,7 +226,7 @@ pub fn executor(cpu: usize, name: &str) -> LocalExecutorBuilder {
 
 async fn wait_for(flag: impl Fn() -> bool, every: Duration) {
     while !flag() {
-        glommio::timer::sleep(every).await;
+        coresocks::events::sleep(every).await;
     }
 }
 
@@ -301,51 +301,53 @@ where
         let core_fn = core_fn.clone();
         let path = path.clone();
         let (timeout, warmup, duration) = (plan.timeout, plan.warmup, plan.duration);
-        let spawned = executor(cpu, &format!("loadgen-{cpu}")).spawn(move || async move {
-            let target = listener
-                .map(|(tcp, udp)| TargetCore::start(tcp, Some(udp), TargetHooks::default()));
-            control.running.fetch_add(1, Ordering::AcqRel);
-            let load = match load_index {
-                Some(index) => {
-                    wait_for(
-                        || {
-                            control.go.load(Ordering::Acquire)
-                                || control.abort.load(Ordering::Acquire)
-                        },
-                        Duration::from_millis(1),
-                    )
-                    .await;
-                    let result = if control.abort.load(Ordering::Acquire) {
-                        Err(LoadgenError::Aborted)
-                    } else {
-                        let ctx = CoreCtx {
-                            index,
-                            cores: n_load,
-                            path,
-                            timeout,
-                            warmup,
-                            duration,
-                            control: control.clone(),
+        let spawned = executor(cpu, &format!("loadgen-{cpu}")).spawn(move || {
+            crate::ring::on_core(async move {
+                let target = listener
+                    .map(|(tcp, udp)| TargetCore::start(tcp, Some(udp), TargetHooks::default()));
+                control.running.fetch_add(1, Ordering::AcqRel);
+                let load = match load_index {
+                    Some(index) => {
+                        wait_for(
+                            || {
+                                control.go.load(Ordering::Acquire)
+                                    || control.abort.load(Ordering::Acquire)
+                            },
+                            Duration::from_millis(1),
+                        )
+                        .await;
+                        let result = if control.abort.load(Ordering::Acquire) {
+                            Err(LoadgenError::Aborted)
+                        } else {
+                            let ctx = CoreCtx {
+                                index,
+                                cores: n_load,
+                                path,
+                                timeout,
+                                warmup,
+                                duration,
+                                control: control.clone(),
+                            };
+                            (core_fn)(ctx).await
                         };
-                        (core_fn)(ctx).await
-                    };
-                    if result.is_err() {
-                        control.abort.store(true, Ordering::Release);
+                        if result.is_err() {
+                            control.abort.store(true, Ordering::Release);
+                        }
+                        control.done.fetch_add(1, Ordering::AcqRel);
+                        Some(result)
                     }
-                    control.done.fetch_add(1, Ordering::AcqRel);
-                    Some(result)
+                    None => None,
+                };
+                wait_for(
+                    || control.stop.load(Ordering::Acquire),
+                    Duration::from_millis(5),
+                )
+                .await;
+                ExecOutput {
+                    load,
+                    target: target.map(TargetCore::finish),
                 }
-                None => None,
-            };
-            wait_for(
-                || control.stop.load(Ordering::Acquire),
-                Duration::from_millis(5),
-            )
-            .await;
-            ExecOutput {
-                load,
-                target: target.map(TargetCore::finish),
-            }
+            })
         });
         match spawned {
             Ok(handle) => handles.push(handle),

@@ -61,13 +61,15 @@ pub fn run(args: &ServeArgs) -> Result<(), LoadgenError> {
     let mut first_error = None;
     for ((&cpu, fd), udp) in cpus.iter().zip(sockets.tcp).zip(sockets.udp) {
         let (stop_flag, running) = (stop.clone(), running.clone());
-        let spawned = executor(cpu, &format!("loadgen-serve-{cpu}")).spawn(move || async move {
-            let target = TargetCore::start(fd, Some(udp), hooks);
-            running.fetch_add(1, Ordering::AcqRel);
-            while !stop_flag.load(Ordering::Acquire) {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
-            }
-            target.finish()
+        let spawned = executor(cpu, &format!("loadgen-serve-{cpu}")).spawn(move || {
+            crate::ring::on_core(async move {
+                let target = TargetCore::start(fd, Some(udp), hooks);
+                running.fetch_add(1, Ordering::AcqRel);
+                while !stop_flag.load(Ordering::Acquire) {
+                    coresocks::events::sleep(Duration::from_millis(20)).await;
+                }
+                target.finish()
+            })
         });
         match spawned {
             Ok(h) => handles.push(h),

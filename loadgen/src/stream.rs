@@ -22,17 +22,16 @@ use crate::error::{Failure, Stage};
 /// syscall before waiting) would otherwise never return to the executor and
 /// starve the rest of the core, including the other half of a duplex tunnel.
 pub async fn fair_share() {
-    // Through the event ring's yield, which its driver counts: a ring that
-    // lingers (loadgen's park at once today) then does not sleep while
-    // this task waits for its next turn.
-    coresocks::events::yield_now().await;
+    // The event ring's driver counts this task's next poll, so it does not
+    // sleep while the task waits for its turn.
+    futures_lite::future::yield_now().await;
 }
 
 /// Sleeps until `at` (returns at once when it has passed).
 pub async fn sleep_until(at: Instant) {
     let now = Instant::now();
     if at > now {
-        glommio::timer::sleep(at - now).await;
+        coresocks::events::sleep(at - now).await;
     }
 }
 

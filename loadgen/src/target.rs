@@ -158,10 +158,11 @@ impl TargetCore {
         let listener = crate::ring::listener(listener);
         let counters = Rc::new(Counters::default());
         let task =
-            glommio::spawn_local(accept_loop(listener, counters.clone(), hooks.pause)).detach();
+            coresocks::events::spawn(accept_loop(listener, counters.clone(), hooks.pause)).detach();
         let udp_loop = udp.map(|fd| {
             let sock = coresocks::sys::glommio_udp_socket(fd);
-            glommio::spawn_local(udp_echo(sock, counters.clone(), hooks.udp_drop_every)).detach()
+            coresocks::events::spawn(udp_echo(sock, counters.clone(), hooks.udp_drop_every))
+                .detach()
         });
         TargetCore {
             accept_loop: task,
@@ -207,10 +208,10 @@ async fn accept_loop(mut listener: Listener, counters: Rc<Counters>, hook: Optio
             Ok(Some((stream, _))) => {
                 bump(&counters.accepted, 1);
                 coresocks::sys::set_nodelay(&stream);
-                glommio::spawn_local(serve_connection(stream, counters.clone(), hook)).detach();
+                coresocks::events::spawn(serve_connection(stream, counters.clone(), hook)).detach();
             }
             // Out of descriptors and the like: back off instead of spinning.
-            Err(_) => glommio::timer::sleep(Duration::from_millis(10)).await,
+            Err(_) => coresocks::events::sleep(Duration::from_millis(10)).await,
         }
     }
 }
@@ -301,7 +302,7 @@ async fn source(stream: Stream, c: Rc<Counters>) -> io::Result<()> {
     let eof = Rc::new(Cell::new(false));
     let reader = {
         let eof = eof.clone();
-        glommio::spawn_local(async move {
+        coresocks::events::spawn(async move {
             let mut scratch = [0u8; 512];
             // Anything but more data (EOF or an error) ends the flow.
             while let Ok(n) = rd.read(&mut scratch).await {
@@ -330,7 +331,7 @@ async fn duplex(stream: Stream, c: Rc<Counters>) -> io::Result<()> {
     let eof = Rc::new(Cell::new(false));
     let reader = {
         let (received, eof, c) = (received.clone(), eof.clone(), c.clone());
-        glommio::spawn_local(async move {
+        coresocks::events::spawn(async move {
             let mut buf = vec![0u8; BULK_BUF];
             while let Ok(n) = rd.read(&mut buf).await {
                 if n == 0 {
@@ -369,7 +370,7 @@ async fn udp_echo(sock: UdpSocket, c: Rc<Counters>, drop_every: Option<u64>) {
     let mut wait = crate::ring::datagram_wait(&sock);
     loop {
         if wait.readable(&sock).await.is_err() {
-            glommio::timer::sleep(Duration::from_millis(10)).await;
+            coresocks::events::sleep(Duration::from_millis(10)).await;
             continue;
         }
         // A bounded batch, then the other tasks of the core get a turn.

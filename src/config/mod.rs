@@ -271,15 +271,6 @@ pub struct Settings {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub multishot_poll: Option<bool>,
 
-    /// When a core runs out of work, wait this long in its event ring for
-    /// the next readiness report before parking in glommio, whose park and
-    /// wake-up cost more than the wait; the core sleeps either way (no
-    /// spinning), and glommio's timers and other wake-ups wait at most
-    /// this long. 0 parks at once [default: 500us; at most 10ms]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(default, deserialize_with = "de_duration")]
-    pub event_ring_linger: Option<Duration>,
-
     /// Size of one copy-relay buffer in bytes [default: 65536]
     #[arg(long, value_name = "BYTES")]
     pub buffer_size: Option<usize>,
@@ -476,7 +467,6 @@ impl Settings {
                 relay,
                 event_ring,
                 multishot_poll,
-                event_ring_linger,
                 buffer_size,
                 pipe_size,
                 max_pipes_per_core,
@@ -594,7 +584,6 @@ pub struct Config {
     pub relay: RelayMode,
     pub event_ring: EventRingSetup,
     pub multishot_poll: bool,
-    pub event_ring_linger: Duration,
     pub buffer_size: usize,
     pub pipe_size: usize,
     pub max_pipes_per_core: Option<usize>,
@@ -680,7 +669,6 @@ impl Config {
             relay => "relay",
             event_ring => "event-ring",
             multishot_poll => "multishot-poll",
-            event_ring_linger => "event-ring-linger",
             buffer_size => "buffer-size",
             pipe_size => "pipe-size",
             max_pipes_per_core => "max-pipes-per-core",
@@ -872,16 +860,6 @@ impl Config {
             relay: s.relay.unwrap_or(RelayMode::Auto),
             event_ring: s.event_ring.unwrap_or(EventRingSetup::Auto),
             multishot_poll: s.multishot_poll.unwrap_or(true),
-            event_ring_linger: match s.event_ring_linger {
-                Some(d) if d > MAX_EVENT_RING_LINGER => {
-                    return Err(invalid(
-                        "event-ring-linger",
-                        "must be at most 10ms: glommio's timers wait that long",
-                    ))
-                }
-                Some(d) => d,
-                None => Duration::from_micros(500),
-            },
             buffer_size,
             pipe_size,
             max_pipes_per_core: s.max_pipes_per_core,
@@ -961,10 +939,6 @@ fn socket_tuning(s: &Settings) -> Result<SocketTuning, ConfigError> {
         target_congestion: s.target_congestion,
     })
 }
-
-/// Longest `--event-ring-linger`: what glommio's timers and cross-thread
-/// wake-ups (name lookups) may be kept waiting.
-const MAX_EVENT_RING_LINGER: Duration = Duration::from_millis(10);
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. \"10s\", \"500ms\", \"5m\")"))
@@ -1181,26 +1155,6 @@ mod tests {
         assert_eq!(c.event_ring, EventRingSetup::Auto);
         let c = Config::from_settings(parse(&["--event-ring", "coop-taskrun"]).settings).unwrap();
         assert_eq!(c.event_ring, EventRingSetup::CoopTaskrun);
-    }
-
-    #[test]
-    fn event_ring_linger_defaults_to_500us_and_is_bounded() {
-        let linger = |args: &[&str]| {
-            Config::from_settings(parse(args).settings).map(|c| c.event_ring_linger)
-        };
-        assert_eq!(linger(&[]).unwrap(), Duration::from_micros(500));
-        assert_eq!(
-            linger(&["--event-ring-linger", "0s"]).unwrap(),
-            Duration::ZERO
-        );
-        assert_eq!(
-            linger(&["--event-ring-linger", "2ms"]).unwrap(),
-            Duration::from_millis(2)
-        );
-        let err = linger(&["--event-ring-linger", "20ms"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("event-ring-linger"), "{err}");
     }
 
     #[test]

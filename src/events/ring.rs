@@ -1,47 +1,65 @@
-//! The core's own io_uring (io-uring crate) for waiting on socket
-//! readiness, set up so that a completion does not interrupt the core.
+//! The core's own io_uring (io-uring crate): where a core sleeps, and
+//! everything that can wake it.
+//!
+//! A core sleeps in exactly one place, this ring. Its driver task (one per
+//! core) looks for completions, fires due timers ([`super::timer`]), and,
+//! when neither found anything and no other task ran since its last look,
+//! sleeps in `io_uring_enter` until the next completion or the nearest
+//! timer deadline. Everything that can wake a core arrives here: socket
+//! readiness (multishot POLL_ADD), timers (the sleep's timeout), and
+//! off-core work ([`super::offcore`]: its helpers write an eventfd that a
+//! poll in this ring watches). glommio stays the task executor and pins
+//! the thread, but its reactor never parks the core: the driver is always
+//! either running or asleep in this ring, so glommio always has a task to
+//! run (glommio's own I/O is polled, without sleeping, at its preemption
+//! points, and nothing on a core waits on it). Before this, a core parked
+//! in glommio and this ring woke it through an eventfd read: each idle to
+//! busy hand-over cost two rings and an interrupt, and halved single-stream
+//! bulk (docs/ARCHITECTURE.md, "One sleep point per core").
 //!
 //! glommio 0.9 creates its rings without COOP_TASKRUN or DEFER_TASKRUN, so
 //! every completion raised from another CPU sends our core an IPI
 //! (`../shared/DESIGN-NOTES.md` has the measurements). This ring is created
 //! with SINGLE_ISSUER + DEFER_TASKRUN where the kernel has it (completion
-//! work then runs only when this core asks for it), else COOP_TASKRUN +
-//! TASKRUN_FLAG, else plain. An eventfd registered with the ring tells
-//! glommio when there is something to collect: one driver task per core
-//! awaits it through glommio (an io_uring read, parked by polling), runs the
-//! deferred work and the completion queue, and wakes the waiting futures.
-//! Nothing here crosses cores: each core makes its own ring on its own
-//! thread.
+//! work then runs only when this core asks for it, and a sleeping core is
+//! woken only once enough completions are queued to end its wait), else
+//! COOP_TASKRUN + TASKRUN_FLAG, else plain. Nothing here crosses cores:
+//! each core makes its own ring on its own thread.
 //!
 //! Its users: the connect path (POLLOUT | POLLERR on a connecting socket,
-//! so an ICMP error queued by IP_RECVERR is seen at once, which glommio's
-//! write path does not do), and every listener, TCP connection (handshake
-//! and relay: [`super::Stream`]) and UDP association socket, each with a
-//! [`Watch`]: one multishot POLL_ADD(POLLIN) for the socket's life
-//! (re-armed only when the kernel ends it) and a one-shot POLLOUT only
-//! while a send would block. So a busy core collects readiness, and
-//! submits the waits armed meanwhile, with one io_uring_enter per batch,
-//! and is interrupted only when it had gone idle (the driver's eventfd
-//! read was waiting on an empty counter).
+//! so an ICMP error queued by IP_RECVERR is seen at once), and every
+//! listener, TCP connection (handshake and relay: [`super::Stream`]) and
+//! UDP association socket, each with a [`Watch`]: one multishot
+//! POLL_ADD(POLLIN) for the socket's life (re-armed only when the kernel
+//! ends it) and a one-shot POLLOUT only while a send would block. Waits
+//! armed by tasks are submitted by the driver's next look, so a busy core
+//! submits and collects with one io_uring_enter per round.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::pin::Pin;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use io_uring::{opcode, types, IoUring};
 
+use super::offcore::OffCore;
+use super::timer::Timers;
 use crate::config::EventRingSetup;
 
 /// Marks the user_data of cancel requests (ASYNC_CANCEL, and the start-up
 /// probe's POLL_REMOVE), whose completions carry no slot.
 const REMOVE_TAG: u64 = 1 << 63;
 
-/// Submission queue size. A wait takes one entry until it is submitted,
-/// which happens at once, so this bounds a burst, not the number of waits.
+/// The user_data of the poll on the off-core inbox's eventfd.
+const INBOX_TAG: u64 = (1 << 63) - 2;
+
+/// Submission queue size. A wait takes one entry until the driver's next
+/// look submits it, so this bounds what one round of tasks arms, not the
+/// number of waits (a full queue is submitted at once).
 const ENTRIES: u32 = 256;
 
 enum Slot {
@@ -65,86 +83,121 @@ enum Slot {
 }
 
 thread_local! {
-    /// How many times a task of this thread asked to be polled again after
-    /// the others ([`wake_again`]).
-    static REQUEUED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    /// This thread's ring, for the timers and off-core work of the tasks
+    /// that run on it.
+    static CURRENT: RefCell<Weak<EventRing>> = const { RefCell::new(Weak::new()) };
+    /// How many times a task of this thread (other than the driver) was
+    /// polled or woken: the driver sleeps only if neither happened since
+    /// its last look.
+    static ACTIVITY: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Wakes the current task to be polled again once the others have run: for
-/// a task that gives up its turn with work left. Use this rather than
-/// `cx.waker().wake_by_ref()`, so that this thread's event ring driver knows
-/// a task is waiting to run and does not sleep in the ring (its linger)
-/// meanwhile; glommio's run queue cannot be asked.
-pub fn wake_again(cx: &Context<'_>) {
-    REQUEUED.set(REQUEUED.get().wrapping_add(1));
-    cx.waker().wake_by_ref();
+fn note_activity() {
+    ACTIVITY.set(ACTIVITY.get().wrapping_add(1));
 }
 
-/// Gives up this task's turn with work left (see [`wake_again`]): the
-/// others run, then this task again.
-pub async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if std::mem::replace(&mut yielded, true) {
-            Poll::Ready(())
-        } else {
-            wake_again(cx);
-            Poll::Pending
-        }
-    })
-    .await
+/// This thread's ring, if it has one.
+pub(super) fn current() -> Option<Rc<EventRing>> {
+    CURRENT.with(|c| c.borrow().upgrade())
+}
+
+/// Every task of a thread with a ring must be spawned through here (or
+/// wrapped in [`counted`]): the driver must know whether any task may be
+/// runnable before it sleeps, and glommio's run queue cannot be asked. A
+/// task the count does not see could wait behind a sleeping driver until
+/// the next completion or deadline.
+pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> glommio::Task<T> {
+    glommio::spawn_local(counted(future))
+}
+
+/// `future`, counting each of its polls and each wake-up of it for this
+/// thread's driver (see [`spawn`]); for an executor's root future. Wakes
+/// are counted as well as polls because glommio wakes some tasks without
+/// running a counted poll first: the waiter of a task it cancels, say.
+pub fn counted<F: Future>(future: F) -> Counted<F> {
+    Counted {
+        future,
+        waker: None,
+    }
+}
+
+pub struct Counted<F> {
+    future: F,
+    /// glommio's waker of this task and ours around it, made at the first
+    /// poll (a task's waker does not change).
+    waker: Option<(Waker, Waker)>,
+}
+
+/// A task's waker that notes the wake-up before passing it on.
+struct CountingWaker(Waker);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        note_activity();
+        self.0.wake_by_ref();
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        note_activity();
+        // SAFETY: structural pinning: `future` is never moved out of
+        // `self`; `waker` is not pinned.
+        let this = unsafe { self.get_unchecked_mut() };
+        let waker = match &this.waker {
+            Some((theirs, ours)) if theirs.will_wake(cx.waker()) => ours,
+            _ => {
+                let ours = Waker::from(std::sync::Arc::new(CountingWaker(cx.waker().clone())));
+                &this.waker.insert((cx.waker().clone(), ours)).1
+            }
+        };
+        // SAFETY: as above.
+        let future = unsafe { Pin::new_unchecked(&mut this.future) };
+        future.poll(&mut Context::from_waker(waker))
+    }
 }
 
 pub struct EventRing {
     ring: RefCell<IoUring>,
     /// Whether watches arm multishot polls: asked for, and accepted by the
     /// kernel (probed at start; a later EINVAL turns it off too).
-    multishot: std::cell::Cell<bool>,
+    multishot: Cell<bool>,
     slots: RefCell<Vec<Slot>>,
     free: RefCell<Vec<usize>>,
     setup: &'static str,
-    eventfd: OwnedFd,
-    /// The driver is between looks (it will look again before it parks):
-    /// submissions wait for that look, so every wait armed in one round
-    /// costs one io_uring_enter, not one each.
-    driving: std::cell::Cell<bool>,
-    /// How long the driver sleeps in this ring for the next completion
-    /// before it parks in glommio: glommio's park and wake-up (a timer
-    /// armed and cancelled, its rings linked) cost more than this wait,
-    /// and under load the next report usually comes within it.
-    linger: std::time::Duration,
-}
-
-impl Drop for EventRing {
-    /// Completes the driver's pending eventfd read, so that the driver finds
-    /// the ring gone and ends: glommio's executor waits for every read in
-    /// flight before it exits, and nothing else would ever signal it.
-    fn drop(&mut self) {
-        if let Err(e) = crate::sys::eventfd_signal(self.eventfd.as_fd()) {
-            tracing::warn!("event ring: waking the driver to end it failed: {e}");
-        }
-    }
+    pub(super) timers: RefCell<Timers>,
+    pub(super) offcore: OffCore,
+    /// Whether the poll on the off-core inbox is armed (a one-shot poll,
+    /// or a multishot one the kernel ended, must be armed again).
+    inbox_armed: Cell<bool>,
 }
 
 impl EventRing {
-    /// Creates this core's ring with the best setup the kernel accepts (or
-    /// the one asked for) and spawns its driver task. Must run on the
-    /// core's own executor thread: with SINGLE_ISSUER only this thread may
-    /// submit.
-    /// `linger`: how long the driver waits in this ring for more before
-    /// it parks in glommio (zero where the kernel cannot wait with a
-    /// timeout, IORING_FEAT_EXT_ARG, Linux 5.11).
+    /// Creates this thread's ring with the best setup the kernel accepts
+    /// (or the one asked for), its `helpers` off-core threads, and its
+    /// driver task. Must run on the core's own executor thread: with
+    /// SINGLE_ISSUER only this thread may submit, and the timers and
+    /// off-core work of this thread's tasks go to this ring from now on.
     pub fn start(
         asked: EventRingSetup,
         multishot: bool,
-        linger: std::time::Duration,
+        helpers: usize,
     ) -> io::Result<Rc<EventRing>> {
         let (ring, setup) = create_ring(asked)?;
-        let linger = if ring.params().is_feature_ext_arg() {
-            linger
-        } else {
-            std::time::Duration::ZERO
-        };
+        if !ring.params().is_feature_ext_arg() {
+            // A sleep bounded by the nearest timer needs a timeout on
+            // io_uring_enter (Linux 5.11).
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the kernel's io_uring cannot wait with a timeout (IORING_FEAT_EXT_ARG, Linux 5.11)",
+            ));
+        }
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         if !probe.is_supported(opcode::PollAdd::CODE) {
@@ -153,38 +206,24 @@ impl EventRing {
                 "the kernel's io_uring lacks POLL_ADD",
             ));
         }
-        let eventfd = crate::sys::eventfd()?;
-        ring.submitter().register_eventfd(eventfd.as_raw_fd())?;
-        // glommio closes what it is given: hand it a duplicate.
-        let wake = eventfd.try_clone()?;
-        let multishot = multishot && probe_multishot_poll(&ring, eventfd.as_raw_fd());
+        let name = std::thread::current().name().unwrap_or("core").to_owned();
+        let offcore = OffCore::start(helpers, &name)?;
+        let multishot = multishot && probe_multishot_poll(&ring, offcore.inbox.eventfd.as_raw_fd());
         let this = Rc::new(EventRing {
             ring: RefCell::new(ring),
-            multishot: std::cell::Cell::new(multishot),
+            multishot: Cell::new(multishot),
             slots: RefCell::new(Vec::new()),
             free: RefCell::new(Vec::new()),
             setup,
-            eventfd,
-            driving: std::cell::Cell::new(false),
-            linger,
+            timers: RefCell::new(Timers::default()),
+            offcore,
+            inbox_armed: Cell::new(false),
         });
-        // SAFETY: `wake` is a descriptor of our own whose ownership moves
-        // into glommio's file here. Reading an eventfd through glommio is an
-        // io_uring READ that waits by polling, not on a worker thread.
-        let file = crate::sys::glommio_file(wake);
-        let driver = Rc::downgrade(&this);
-        glommio::spawn_local(async move {
-            loop {
-                if file.read_at(0, 8).await.is_err() {
-                    glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-                }
-                match driver.upgrade() {
-                    Some(ring) => ring.drain_while_busy().await,
-                    None => return,
-                }
-            }
-        })
-        .detach();
+        this.arm_inbox()?;
+        CURRENT.with(|c| *c.borrow_mut() = Rc::downgrade(&this));
+        // The driver is not counted: its own polls say nothing about the
+        // other tasks.
+        glommio::spawn_local(drive(Rc::downgrade(&this))).detach();
         Ok(this)
     }
 
@@ -195,14 +234,7 @@ impl EventRing {
         } else {
             "one-shot polls"
         };
-        if self.linger.is_zero() {
-            format!("{}, {polls}, parks at once", self.setup)
-        } else {
-            format!(
-                "{}, {polls}, waits {:?} before parking",
-                self.setup, self.linger
-            )
-        }
+        format!("{}, {polls}, the core sleeps only here", self.setup)
     }
 
     /// Waits until `fd` reports one of `events` (POLLERR and POLLHUP are
@@ -213,47 +245,6 @@ impl EventRing {
             fd,
             events,
             slot: None,
-        }
-    }
-
-    /// Collects completions for as long as they keep coming: after a batch
-    /// the woken tasks run (a yield) and the ring is asked again, until a
-    /// look finds nothing, no task asked to run again during the yield, and
-    /// a wait of `linger` in this ring (asleep, not spinning) brings nothing
-    /// either. Only then does the driver go back to its eventfd read
-    /// through glommio, whose park and wake-up cost more than that wait,
-    /// and whose wake-up may cost an interrupt. The
-    /// eventfd's count is reset before the last look, so a completion
-    /// posted after it always leaves that read something to return.
-    /// (Spinning for 20 to 100 µs instead was measured: no gain in
-    /// ping-pong round trips, and a quarter more CPU at low rates.)
-    async fn drain_while_busy(&self) {
-        // A task that asked to run again while the driver yielded
-        // ([`wake_again`]) is queued behind it: sleeping in the ring now
-        // would hold it back for the whole linger.
-        let mut requeued = false;
-        loop {
-            let found = self.collect() > 0
-                || requeued
-                || (!self.linger.is_zero() && self.collect_within(self.linger) > 0)
-                || {
-                    // About to park: clear the eventfd, then look once more,
-                    // so a completion posted after the clear leaves the read
-                    // something. (Clearing before every look instead cost a
-                    // read(2) per round: half a syscall per round trip under
-                    // ping-pong.)
-                    crate::sys::eventfd_reset(self.eventfd.as_fd());
-                    self.collect() > 0
-                };
-            if !found {
-                // Parked from here on: nobody would submit for us.
-                self.driving.set(false);
-                return;
-            }
-            self.driving.set(true);
-            let before = REQUEUED.get();
-            futures_lite::future::yield_now().await;
-            requeued = REQUEUED.get() != before;
         }
     }
 
@@ -270,19 +261,23 @@ impl EventRing {
         self.dispatch()
     }
 
-    /// [`collect`](Self::collect), but sleeps in this ring for up to
-    /// `wait` until a completion comes.
-    fn collect_within(&self, wait: std::time::Duration) -> usize {
+    /// Sleeps in this ring until a completion comes or `deadline` passes,
+    /// submitting what waits first.
+    fn sleep(&self, deadline: Option<Instant>) {
         let ring = self.ring.borrow_mut();
-        let ts = types::Timespec::from(wait);
-        let args = types::SubmitArgs::new().timespec(&ts);
-        match ring.submitter().submit_with_args(1, &args) {
+        let result = match deadline {
+            Some(deadline) => {
+                let ts = types::Timespec::from(deadline.saturating_duration_since(Instant::now()));
+                let args = types::SubmitArgs::new().timespec(&ts);
+                ring.submitter().submit_with_args(1, &args)
+            }
+            None => ring.submitter().submit_and_wait(1),
+        };
+        match result {
             Ok(_) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR)) => {}
             Err(e) => tracing::warn!("event ring: waiting for completions failed: {e}"),
         }
-        drop(ring);
-        self.dispatch()
     }
 
     /// Hands each completion in the queue to its waiter; returns how many
@@ -291,9 +286,18 @@ impl EventRing {
         let mut ring = self.ring.borrow_mut();
         let mut slots = self.slots.borrow_mut();
         let mut count = 0;
+        let mut inbox = false;
         for cqe in ring.completion() {
             count += 1;
             let data = cqe.user_data();
+            let more = io_uring::cqueue::more(cqe.flags());
+            if data == INBOX_TAG {
+                inbox = true;
+                if !more {
+                    self.inbox_armed.set(false);
+                }
+                continue;
+            }
             if data & REMOVE_TAG != 0 {
                 continue;
             }
@@ -301,7 +305,6 @@ impl EventRing {
             let Some(slot) = slots.get_mut(i) else {
                 continue;
             };
-            let more = io_uring::cqueue::more(cqe.flags());
             match slot {
                 Slot::Multi {
                     waker,
@@ -336,7 +339,30 @@ impl EventRing {
                 Slot::Free | Slot::Ready(_) => {}
             }
         }
+        drop((ring, slots));
+        if inbox {
+            self.offcore.collect();
+            if !self.inbox_armed.get() {
+                if let Err(e) = self.arm_inbox() {
+                    tracing::warn!("event ring: watching for off-core results failed: {e}");
+                }
+            }
+        }
         count
+    }
+
+    /// Arms the poll on the off-core inbox's eventfd.
+    fn arm_inbox(&self) -> io::Result<()> {
+        let sqe = opcode::PollAdd::new(
+            types::Fd(self.offcore.inbox.eventfd.as_raw_fd()),
+            libc::POLLIN as u32,
+        )
+        .multi(self.multishot.get())
+        .build()
+        .user_data(INBOX_TAG);
+        self.submit(&sqe)?;
+        self.inbox_armed.set(true);
+        Ok(())
     }
 
     fn alloc(&self, slot: Slot) -> usize {
@@ -383,9 +409,6 @@ impl EventRing {
             // SAFETY: as above.
             unsafe { ring.submission().push(sqe) }
                 .map_err(|_| io::Error::other("event ring: submission queue full"))?;
-        }
-        if !self.driving.get() {
-            ring.submit()?;
         }
         Ok(())
     }
@@ -454,6 +477,33 @@ impl EventRing {
         if let Err(e) = self.submit(&sqe) {
             tracing::warn!("event ring: removing a wait failed: {e}");
         }
+    }
+}
+
+/// The core's driver: looks for completions and due timers, lets the
+/// tasks they woke run (a yield), and sleeps in the ring when a look found
+/// nothing and no other task was polled or woken since the last one. Only
+/// then is nothing on this core runnable: a task woken meanwhile is queued
+/// behind the driver, and the count says so.
+async fn drive(ring: Weak<EventRing>) {
+    // glommio runs a task it spawns at once, inside the spawner's poll
+    // (here the ring's start): never sleep there, but from the run queue.
+    futures_lite::future::yield_now().await;
+    let mut seen = ACTIVITY.get();
+    loop {
+        let Some(ring) = ring.upgrade() else {
+            return;
+        };
+        let found = ring.collect();
+        let fired = ring.timers.borrow_mut().fire(Instant::now());
+        if found == 0 && fired == 0 && ACTIVITY.get() == seen {
+            let deadline = ring.timers.borrow_mut().next_deadline();
+            ring.sleep(deadline);
+            continue;
+        }
+        drop(ring);
+        seen = ACTIVITY.get();
+        futures_lite::future::yield_now().await;
     }
 }
 
@@ -702,7 +752,7 @@ mod tests {
                 .make()
                 .expect("executor")
                 .run(async move {
-                    match EventRing::start(setup, true, std::time::Duration::ZERO) {
+                    match EventRing::start(setup, true, 1) {
                         Ok(ring) => test(ring),
                         Err(e) => eprintln!("{setup:?} not available here: {e}"),
                     }
@@ -710,40 +760,87 @@ mod tests {
         }
     }
 
-    /// A task that gives up its turn with work left (`yield_now`) while the
-    /// driver is busy is queued behind the driver: the driver must not then
-    /// sleep in the ring for its linger (here 50 ms) with that task waiting.
-    /// Twenty rounds of a readiness report and two yields take
-    /// milliseconds; held back, they take a linger each, a second in all.
-    #[test]
-    fn the_driver_does_not_linger_while_a_yielded_task_waits() {
+    /// Runs `test` on an executor whose thread has a ring (the default
+    /// setup), its root future counted as the runtime's is.
+    fn on_a_ring<F: Future<Output = ()> + 'static>(
+        test: impl FnOnce(Rc<EventRing>) -> F + Send + 'static,
+    ) {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .make()
             .expect("executor")
-            .run(async {
-                let linger = std::time::Duration::from_millis(50);
-                let ring = EventRing::start(EventRingSetup::Auto, true, linger).expect("a ring");
-                let (ours, peer) = UnixStream::pair().expect("socketpair");
-                ours.set_nonblocking(true).expect("non-blocking");
-                let mut watch = Watch::new(ring.clone(), ours.as_raw_fd());
-                let start = std::time::Instant::now();
-                for _ in 0..20 {
-                    // A report wakes the driver: it is busy when the yields
-                    // come.
-                    (&peer).write_all(b"x").expect("write");
+            .run(counted(async move {
+                let ring = EventRing::start(EventRingSetup::Auto, true, 1).expect("a ring");
+                test(ring).await
+            }));
+    }
+
+    /// A task woken by another task (not by the ring) must run before the
+    /// driver sleeps: the driver sees from the poll count that a task ran.
+    /// Held back, the woken task would wait for the next completion or
+    /// deadline; the only deadline here is the 2 s watchdog.
+    #[test]
+    fn a_task_woken_by_another_task_runs_before_the_core_sleeps() {
+        on_a_ring(|ring| async move {
+            let (ours, peer) = UnixStream::pair().expect("socketpair");
+            ours.set_nonblocking(true).expect("non-blocking");
+            let signal = Rc::new(crate::events::StopSignal::default());
+            let woken = spawn({
+                let signal = signal.clone();
+                async move { signal.wait().await }
+            });
+            let waker_task = spawn({
+                let signal = signal.clone();
+                async move {
+                    let mut watch = Watch::new(ring.clone(), ours.as_raw_fd());
                     std::future::poll_fn(|cx| watch.poll_read_ready(cx))
                         .await
                         .expect("readable");
-                    (&ours).read_exact(&mut [0u8; 1]).expect("read");
-                    super::yield_now().await;
-                    super::yield_now().await;
+                    signal.fire(crate::events::Stop::ShutdownCut);
                 }
-                let took = start.elapsed();
-                assert!(
-                    took < linger * 10,
-                    "20 rounds took {took:?}: the driver slept in the ring while a task waited to run"
-                );
             });
+            let _watchdog = spawn(super::super::timer::sleep(std::time::Duration::from_secs(
+                2,
+            )));
+            super::super::timer::sleep(std::time::Duration::from_millis(10)).await;
+            let start = Instant::now();
+            (&peer).write_all(b"x").expect("write");
+            waker_task.await;
+            woken.await;
+            let took = start.elapsed();
+            assert!(
+                took < std::time::Duration::from_millis(500),
+                "the woken task ran after {took:?}: the driver slept while it was runnable"
+            );
+        });
+    }
+
+    /// A core asleep in its ring wakes for its nearest timer, and for
+    /// off-core work that finishes, with nothing else to wake it.
+    #[test]
+    fn a_sleeping_core_wakes_for_its_timers_and_off_core_work() {
+        on_a_ring(|_ring| async move {
+            let start = Instant::now();
+            super::super::timer::sleep(std::time::Duration::from_millis(30)).await;
+            let slept = start.elapsed();
+            assert!(
+                slept >= std::time::Duration::from_millis(30)
+                    && slept < std::time::Duration::from_millis(500),
+                "a 30 ms timer fired after {slept:?}"
+            );
+            let start = Instant::now();
+            let answer = super::super::offcore::blocking(|| {
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                42
+            })
+            .await
+            .expect("queued");
+            let took = start.elapsed();
+            assert_eq!(answer, 42);
+            assert!(
+                took < std::time::Duration::from_millis(500),
+                "30 ms of off-core work came back after {took:?}"
+            );
+        });
     }
 
     /// A watch dropped while its poll has fired but the ring has not yet

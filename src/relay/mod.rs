@@ -266,7 +266,7 @@ pub(super) fn close_after(end: &TunnelEnd, client: &Stream, target: &Stream) {
 pub(crate) struct IdleClock {
     timeout: Duration,
     last_activity: Instant,
-    timer: glommio::timer::Timer,
+    timer: crate::events::Timer,
 }
 
 impl IdleClock {
@@ -274,7 +274,7 @@ impl IdleClock {
         IdleClock {
             timeout,
             last_activity: Instant::now(),
-            timer: glommio::timer::Timer::new(timeout),
+            timer: crate::events::Timer::new(timeout),
         }
     }
 

@@ -56,7 +56,7 @@ pub(super) struct Direction {
     /// the timer it waits on when they are empty.
     way: Way,
     throttle: Throttle,
-    refill: Option<glommio::timer::Timer>,
+    refill: Option<crate::events::Timer>,
     pub(super) copied: u64,
     pub(super) spliced: u64,
     /// Times this direction waited for its bandwidth buckets.
@@ -184,7 +184,7 @@ impl Direction {
             }
         }
         // Out of rounds with work left: come back after the others ran.
-        crate::events::wake_again(cx);
+        cx.waker().wake_by_ref();
         Ok(Step::Progress)
     }
 
@@ -204,7 +204,7 @@ impl Direction {
                 Ok(limit) => return Poll::Ready(limit),
                 Err(wait) => {
                     self.throttled += 1;
-                    self.refill = Some(glommio::timer::Timer::new(wait));
+                    self.refill = Some(crate::events::Timer::new(wait));
                 }
             }
         }

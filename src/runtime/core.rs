@@ -52,7 +52,7 @@ impl Core {
         let events = match EventRing::start(
             config.event_ring,
             config.multishot_poll,
-            config.event_ring_linger,
+            config.resolver_threads,
         ) {
             Ok(ring) => {
                 if index == 0 {
@@ -152,7 +152,7 @@ const TRIM_INTERVAL: Duration = Duration::from_secs(5);
 /// mark), so a steady load keeps what it uses and a quiet core keeps none.
 async fn return_spare_buffers(core: Rc<Core>) {
     loop {
-        glommio::timer::sleep(TRIM_INTERVAL).await;
+        crate::events::sleep(TRIM_INTERVAL).await;
         core.relay.buffers.release_unused();
     }
 }
@@ -179,12 +179,12 @@ pub async fn run_core(
     // glommio's listener does not expose its fd; keep the numbers to stop
     // listening at shutdown (the listeners own the fds until dropped).
     let raw_fds: Vec<_> = listeners.iter().map(|fd| fd.as_raw_fd()).collect();
-    let trimmer = glommio::spawn_local(return_spare_buffers(core.clone()));
+    let trimmer = crate::events::spawn(return_spare_buffers(core.clone()));
     let accepters: Vec<_> = listeners
         .into_iter()
         .map(|fd| {
             let listener = Listener::new(fd, core.events.as_ref());
-            glommio::spawn_local(accept_loop(core.clone(), serve, listener))
+            crate::events::spawn(accept_loop(core.clone(), serve, listener))
         })
         .collect();
 
@@ -217,12 +217,12 @@ pub async fn run_core(
         );
         let drained = async {
             while core.live() > 0 {
-                glommio::timer::sleep(Duration::from_millis(20)).await;
+                crate::events::sleep(Duration::from_millis(20)).await;
             }
             true
         };
         let expired = async {
-            glommio::timer::sleep(grace).await;
+            crate::events::sleep(grace).await;
             false
         };
         if !future::or(drained, expired).await {
@@ -236,7 +236,7 @@ pub async fn run_core(
             // and writes its access-log line; give them a moment to run.
             let deadline = Instant::now() + Duration::from_secs(2);
             while core.live() > 0 && Instant::now() < deadline {
-                glommio::timer::sleep(Duration::from_millis(5)).await;
+                crate::events::sleep(Duration::from_millis(5)).await;
             }
         }
     }
@@ -248,7 +248,7 @@ pub async fn run_core(
 /// wake-ups.
 async fn wait_for_shutdown(flag: &AtomicBool, mut each_tick: impl FnMut()) {
     while !flag.load(Ordering::Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(50)).await;
+        crate::events::sleep(Duration::from_millis(50)).await;
         each_tick();
     }
 }
@@ -274,7 +274,7 @@ async fn accept_loop(core: Rc<Core>, serve: Serve, mut listener: Listener) {
                 // Out of descriptors (or kernel memory): back off instead of
                 // spinning.
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
-                glommio::timer::sleep(backoff).await;
+                crate::events::sleep(backoff).await;
                 continue;
             }
         };
@@ -316,7 +316,7 @@ async fn accept_loop(core: Rc<Core>, serve: Serve, mut listener: Listener) {
 
 fn spawn_session(core: &Rc<Core>, serve: Serve, stream: Stream, peer: SocketAddr, ticket: Ticket) {
     let core = core.clone();
-    glommio::spawn_local(async move {
+    crate::events::spawn(async move {
         serve(core.clone(), stream, peer, ticket).await;
         metrics::add(&core.metrics().closed, 1);
     })

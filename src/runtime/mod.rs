@@ -168,15 +168,19 @@ pub fn run(config: Config, reloader: Reloader, serve: Serve) -> Result<(), Runti
             .name(&format!("core-{cpu}"))
             .io_memory(IO_MEMORY)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(config.resolver_threads))
-            .spawn(move || async move {
-                let core = Rc::new(Core::new(cpu, index, config, all_metrics, &limits));
-                tracing::info!(
-                    core = cpu,
-                    "core {cpu} listening on {}",
-                    self::core::describe(&addrs)
-                );
-                let _ = started.send(());
-                self::core::run_core(core, serve, listeners, shutdown, handed_over, slot).await;
+            // Counted: the root task is a task like the others for the event
+            // ring's driver (`events::spawn`).
+            .spawn(move || {
+                crate::events::counted(async move {
+                    let core = Rc::new(Core::new(cpu, index, config, all_metrics, &limits));
+                    tracing::info!(
+                        core = cpu,
+                        "core {cpu} listening on {}",
+                        self::core::describe(&addrs)
+                    );
+                    let _ = started.send(());
+                    self::core::run_core(core, serve, listeners, shutdown, handed_over, slot).await;
+                })
             })
             .map_err(|e| RuntimeError::CoreStart {
                 cpu,

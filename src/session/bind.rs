@@ -73,7 +73,7 @@ impl Session<'_> {
             }
         };
         let timed_out = async {
-            glommio::timer::sleep(self.config.bind_timeout).await;
+            crate::events::sleep(self.config.bind_timeout).await;
             Err(SessionError::BindTimeout)
         };
         // A client that gives up closes its control connection; stop waiting.

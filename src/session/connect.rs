@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::events::Stream;
+use crate::events::Timer;
 use futures_lite::future;
-use glommio::timer::Timer;
 
 use super::{Established, Session, SessionError};
 use crate::config::SocketTuning;
@@ -82,7 +82,7 @@ impl Session<'_> {
             config.sockets,
         );
         let deadline = async {
-            glommio::timer::sleep(config.connect_timeout).await;
+            crate::events::sleep(config.connect_timeout).await;
             Err((first, SessionError::ConnectTimeout(first)))
         };
         match future::or(race, deadline).await {

@@ -65,12 +65,12 @@ async fn run(
     loop {
         let token = expect(GssMessageType::Context, client, reader).await?;
         // Reading the keytab and the replay cache is file I/O: off the core.
-        let (back, stepped) = glommio::executor()
-            .spawn_blocking(move || {
-                let r = ctx.step(&token).map(|t| t.map(|t| t.to_vec()));
-                (ctx, r)
-            })
-            .await;
+        let (back, stepped) = crate::events::blocking(move || {
+            let r = ctx.step(&token).map(|t| t.map(|t| t.to_vec()));
+            (ctx, r)
+        })
+        .await
+        .map_err(|e| failed("security context step", e))?;
         ctx = back;
         let reply = stepped.map_err(|e| failed("security context refused", e))?;
         if let Some(token) = reply {

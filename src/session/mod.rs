@@ -225,7 +225,7 @@ async fn establish<'a>(
         Ok::<_, SessionError>(auth.read_request(&mut reader, &mut client).await)
     };
     let deadline = async {
-        glommio::timer::sleep(config.handshake_timeout).await;
+        crate::events::sleep(config.handshake_timeout).await;
         Err(SessionError::HandshakeTimeout)
     };
     let (requested, request) = future::or(handshake, deadline).await?;
@@ -607,12 +607,11 @@ async fn user_pass(
     let user = String::from_utf8_lossy(&creds.username).into_owned();
     let ok = match users.verify(&creds.username, &creds.password) {
         Verification::Decided(ok) => ok,
-        // An Argon2 hash takes tens of milliseconds: off the core.
-        Verification::Slow(check) => {
-            glommio::executor()
-                .spawn_blocking(move || check.run())
-                .await
-        }
+        // An Argon2 hash takes tens of milliseconds: off the core. A core
+        // whose off-core queue is full refuses the attempt.
+        Verification::Slow(check) => crate::events::blocking(move || check.run())
+            .await
+            .unwrap_or(false),
     };
     if !ok {
         send(client, &UserPassStatus::FAILURE.to_bytes()).await?;

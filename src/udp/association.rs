@@ -527,7 +527,7 @@ impl Association<'_> {
             if idle >= timeout {
                 return UdpEnd::IdleTimeout;
             }
-            glommio::timer::sleep(timeout - idle).await;
+            crate::events::sleep(timeout - idle).await;
         }
     }
 }

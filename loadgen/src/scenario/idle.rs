@@ -173,7 +173,7 @@ async fn core(ctx: CoreCtx, args: Arc<IdleArgs>) -> Result<CoreOut, LoadgenError
     });
     let begin = Instant::now();
     let workers: Vec<_> = (0..args.open_concurrency.min(mine.max(1) as u32))
-        .map(|_| glommio::spawn_local(open_loop(opener.clone())))
+        .map(|_| coresocks::events::spawn(open_loop(opener.clone())))
         .collect();
     for w in workers {
         w.await;
@@ -223,7 +223,7 @@ async fn open_loop(o: Rc<Opener>) {
                 o.live.add_errors(1);
                 if f == Failure::LocalResources {
                     // Out of descriptors or ports: give the others a moment.
-                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                    coresocks::events::sleep(Duration::from_millis(1)).await;
                 }
             }
         }

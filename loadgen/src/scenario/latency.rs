@@ -187,7 +187,7 @@ async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, Loadgen
         .into_iter()
         .map(|(j, stream)| {
             if args.closed_loop {
-                return glommio::spawn_local(ping_pong(
+                return coresocks::events::spawn(ping_pong(
                     stream,
                     window,
                     args.size,
@@ -198,7 +198,7 @@ async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, Loadgen
             }
             let schedule = Schedule::new(&window, j, tunnels, args.rate);
             let (rd, wr) = split(stream);
-            glommio::spawn_local(run_tunnel(
+            coresocks::events::spawn(run_tunnel(
                 rd,
                 wr,
                 schedule,

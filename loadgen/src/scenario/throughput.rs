@@ -190,7 +190,7 @@ async fn core(ctx: CoreCtx, args: Arc<ThroughputArgs>) -> Result<CoreOut, Loadge
     let tasks: Vec<_> = tunnels
         .into_iter()
         .map(|(i, s, protection)| {
-            glommio::spawn_local(run_stream(
+            coresocks::events::spawn(run_stream(
                 i,
                 ctx.index,
                 s,

@@ -308,7 +308,7 @@ async fn core(ctx: CoreCtx, args: Arc<UdpArgs>) -> Result<CoreStats, LoadgenErro
         .into_iter()
         .map(|a| {
             let schedule = Schedule::new(&window, a.index, associations, args.rate);
-            glommio::spawn_local(run_association(a, schedule, shared.clone()))
+            coresocks::events::spawn(run_association(a, schedule, shared.clone()))
         })
         .collect();
     for t in tasks {
@@ -493,7 +493,7 @@ async fn receive(a: &Association, schedule: Schedule, shared: &Shared, progress:
                     .failures
                     .add(Failure::from_io(&e, Stage::Target));
                 shared.live.add_errors(1);
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                coresocks::events::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         }
