@@ -59,9 +59,9 @@ fn ring() -> Option<Rc<EventRing>> {
 /// Runs an executor's root future with this thread's ring started first,
 /// so that every timer of the thread (open-loop pacing among them) wakes
 /// the core through the ring, where it sleeps; counted like every task
-/// (`coresocks::events::spawn`).
+/// (`coresocks::events::root`).
 pub fn on_core<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
-    coresocks::events::counted(async move {
+    coresocks::events::root(async move {
         ring();
         f.await
     })

@@ -17,7 +17,7 @@ pub mod timer;
 pub use datagram::DatagramWait;
 pub use listener::Listener;
 pub use offcore::blocking;
-pub use ring::{counted, spawn, EventRing, Watch};
+pub use ring::{counted, root, spawn, EventRing, Watch};
 pub use stop::{ShedReason, Stop, StopSignal};
 pub use stream::Stream;
 pub use timer::{sleep, Timer};

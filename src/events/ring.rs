@@ -90,6 +90,10 @@ thread_local! {
     /// polled or woken: the driver sleeps only if neither happened since
     /// its last look.
     static ACTIVITY: Cell<u64> = const { Cell::new(0) };
+    /// The executor's root future has finished: the driver stops, so that
+    /// glommio's run queue empties and glommio sees the root done (it looks
+    /// only when no task is left to run, and the driver is always one).
+    static ROOT_DONE: Cell<bool> = const { Cell::new(false) };
 }
 
 fn note_activity() {
@@ -111,7 +115,8 @@ pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> glommio::
 }
 
 /// `future`, counting each of its polls and each wake-up of it for this
-/// thread's driver (see [`spawn`]); for an executor's root future. Wakes
+/// thread's driver (see [`spawn`]); an executor's root future takes
+/// [`root`]. Wakes
 /// are counted as well as polls because glommio wakes some tasks without
 /// running a counted poll first: the waiter of a task it cancels, say.
 pub fn counted<F: Future>(future: F) -> Counted<F> {
@@ -119,6 +124,14 @@ pub fn counted<F: Future>(future: F) -> Counted<F> {
         future,
         waker: None,
     }
+}
+
+/// An executor's root future on a thread with a ring: [`counted`], and
+/// when it finishes the ring's driver stops, so that the executor can end.
+pub async fn root<F: Future>(future: F) -> F::Output {
+    let out = counted(future).await;
+    ROOT_DONE.set(true);
+    out
 }
 
 pub struct Counted<F> {
@@ -221,6 +234,7 @@ impl EventRing {
         });
         this.arm_inbox()?;
         CURRENT.with(|c| *c.borrow_mut() = Rc::downgrade(&this));
+        ROOT_DONE.set(false);
         // The driver is not counted: its own polls say nothing about the
         // other tasks.
         glommio::spawn_local(drive(Rc::downgrade(&this))).detach();
@@ -491,6 +505,9 @@ async fn drive(ring: Weak<EventRing>) {
     futures_lite::future::yield_now().await;
     let mut seen = ACTIVITY.get();
     loop {
+        if ROOT_DONE.get() {
+            return;
+        }
         let Some(ring) = ring.upgrade() else {
             return;
         };
@@ -751,12 +768,12 @@ mod tests {
             glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
                 .make()
                 .expect("executor")
-                .run(async move {
+                .run(root(async move {
                     match EventRing::start(setup, true, 1) {
                         Ok(ring) => test(ring),
                         Err(e) => eprintln!("{setup:?} not available here: {e}"),
                     }
-                });
+                }));
         }
     }
 
@@ -768,7 +785,7 @@ mod tests {
         glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
             .make()
             .expect("executor")
-            .run(counted(async move {
+            .run(root(async move {
                 let ring = EventRing::start(EventRingSetup::Auto, true, 1).expect("a ring");
                 test(ring).await
             }));

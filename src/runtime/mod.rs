@@ -168,10 +168,10 @@ pub fn run(config: Config, reloader: Reloader, serve: Serve) -> Result<(), Runti
             .name(&format!("core-{cpu}"))
             .io_memory(IO_MEMORY)
             .blocking_thread_pool_placement(PoolPlacement::Unbound(config.resolver_threads))
-            // Counted: the root task is a task like the others for the event
-            // ring's driver (`events::spawn`).
+            // The root task is a task like the others for the event ring's
+            // driver, which stops when it ends (`events::root`).
             .spawn(move || {
-                crate::events::counted(async move {
+                crate::events::root(async move {
                     let core = Rc::new(Core::new(cpu, index, config, all_metrics, &limits));
                     tracing::info!(
                         core = cpu,
