@@ -25,7 +25,8 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 lg() { taskset -c "$LOAD_CPU" "$BIN/loadgen" "$@" --quiet 2>/dev/null; }
-field() { awk -v k="$1" '$1 == k { print $2; exit }'; }
+# The value after KEY on loadgen's "latency µs" line.
+pct() { awk -v k="$1" '/^latency/ { for (i = 1; i < NF; i++) if ($i == k) { print $(i + 1); exit } }'; }
 
 echo "## 1. loadgen's open loop, direct: default (own ring) vs --glommio-io, p50 / p99 us"
 for round in $(seq "$ROUNDS"); do
@@ -34,8 +35,8 @@ for round in $(seq "$ROUNDS"); do
     [ "$io" = default ] || flags=("$io")
     tcp=$(lg latency --direct --rate 20000 --duration 3s "${flags[@]}")
     udp=$(lg udp --direct --rate 20000 --duration 3s "${flags[@]}")
-    echo "round $round $io: tcp 20k/s p50 $(field p50 <<<"$tcp") p99 $(field p99 <<<"$tcp");" \
-      "udp 20k/s p50 $(field p50 <<<"$udp") p99 $(field p99 <<<"$udp")"
+    echo "round $round $io: tcp 20k/s p50 $(pct p50 <<<"$tcp") p99 $(pct p99 <<<"$tcp");" \
+      "udp 20k/s p50 $(pct p50 <<<"$udp") p99 $(pct p99 <<<"$udp")"
   done
 done
 if command -v sockperf >/dev/null; then
@@ -57,7 +58,7 @@ if command -v iperf3 >/dev/null; then
   for round in $(seq "$ROUNDS"); do
     ip=$(taskset -c "$LOAD_CPU" iperf3 -c 127.0.0.1 -p "$port" -t 3 -J |
       python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))')
-    lgt=$(lg throughput --direct --duration 3s | awk '/Gbit/ { for (i = 1; i <= NF; i++) if ($i ~ /Gbit/) { print $(i-1); exit } }')
+    lgt=$(lg throughput --direct --duration 3s | awk '/^Gbit\/s total/ { print $3 }')
     echo "round $round 1-stream bulk direct: iperf3 $ip Gbit/s, loadgen $lgt Gbit/s"
   done
 fi
