@@ -40,8 +40,21 @@ pub struct QuotaConfig {
     pub bandwidth_per_client: Option<u64>,
 }
 
-/// Why a request was refused, as labelled in metrics.
-pub const QUOTA_REASONS: [&str; 4] = ["user-tunnels", "client-tunnels", "user-rate", "client-rate"];
+/// Why a request was refused, as labelled in metrics: the four quotas
+/// here, then the client address's share of its core's descriptors and
+/// the core's descriptor budget (`runtime::admission`).
+pub const QUOTA_REASONS: [&str; 6] = [
+    "user-tunnels",
+    "client-tunnels",
+    "user-rate",
+    "client-rate",
+    "client-share",
+    "descriptors",
+];
+
+/// Indexes of the last two [`QUOTA_REASONS`].
+pub const CLIENT_SHARE: usize = 4;
+pub const DESCRIPTORS: usize = 5;
 
 /// One key's use on this core.
 struct Usage {

@@ -168,6 +168,27 @@ pub fn bind_source(
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind the egress source {ip}: {e}")))
 }
 
+/// Fills `buf` from the kernel's random pool (getrandom(2)); never blocks
+/// once the pool is initialised at boot.
+pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the pointer and length describe `rest`, which the call
+        // may write.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(())
+}
+
 /// A non-blocking eventfd, for a ring to signal its completions through.
 pub fn eventfd() -> io::Result<std::os::fd::OwnedFd> {
     // SAFETY: eventfd takes no pointers and returns a new descriptor or -1.

@@ -101,31 +101,6 @@ fn malformed_users_file_is_one_clear_error() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
-/// `coresocks hash-password` with `password` on stdin: (exit code, stdout,
-/// stderr).
-fn hash_password(password: &str) -> (Option<i32>, String, String) {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coresocks"))
-        .arg("hash-password")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn hashed_passwords_from_hash_password_work_beside_plain_ones() {
     let (code, hash, err) = hash_password("wonderland\n");

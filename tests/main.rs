@@ -12,6 +12,7 @@ mod connect;
 mod curl;
 mod deploy;
 mod errors;
+mod fairness;
 mod gssapi;
 mod lifecycle;
 mod netns;

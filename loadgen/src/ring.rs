@@ -49,7 +49,7 @@ fn ring() -> Option<Rc<EventRing>> {
     RING.with(|r| {
         r.get_or_init(|| {
             enabled()
-                .then(|| EventRing::start(EventRingSetup::Auto, true, HELPERS).ok())
+                .then(|| EventRing::start(EventRingSetup::Auto, true, [HELPERS, 0]).ok())
                 .flatten()
         })
         .clone()

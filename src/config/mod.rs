@@ -251,10 +251,38 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub max_handshakes_per_client: Option<usize>,
 
+    /// The part of each core's descriptors (its tunnels, UDP associations
+    /// and BIND listeners, each counted at the sockets it holds) that one
+    /// client IP address may hold; past it, that address's new requests are
+    /// answered 0x02. Raise it (up to 1) when many users share one address:
+    /// behind a NAT, a load balancer or another proxy [default: 0.25]
+    #[arg(long, value_name = "FRACTION")]
+    pub client_share: Option<f64>,
+
     /// Threads per core that run getaddrinfo, so a slow resolver never blocks
     /// a core [default: 4]
     #[arg(long, value_name = "N")]
     pub resolver_threads: Option<usize>,
+
+    /// Threads per core that check Argon2 password hashes, apart from the
+    /// resolver's; each holds one hash's memory (19 MiB at the default
+    /// parameters) [default: 1]
+    #[arg(long, value_name = "N")]
+    pub hash_threads: Option<usize>,
+
+    /// Wrong passwords per minute one client IP address may try (each core
+    /// its share, in bursts of up to ten seconds' worth); past it, that
+    /// address's logins are refused without a check until the rate allows
+    /// [default: 60]
+    #[arg(long, value_name = "N")]
+    pub auth_failures_per_client: Option<u32>,
+
+    /// How long a verified Argon2 login is remembered (a keyed MAC of user
+    /// and password, per core, forgotten on reload), so a client that logs
+    /// in again is not hashed again; 0s turns it off [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "de_duration")]
+    pub auth_cache: Option<Duration>,
 
     /// Relay engine for TCP tunnels [default: auto]
     #[arg(long, value_name = "MODE")]
@@ -463,7 +491,11 @@ impl Settings {
                 max_tunnels_per_core,
                 max_handshakes_per_core,
                 max_handshakes_per_client,
+                client_share,
                 resolver_threads,
+                hash_threads,
+                auth_failures_per_client,
+                auth_cache,
                 relay,
                 event_ring,
                 multishot_poll,
@@ -580,7 +612,14 @@ pub struct Config {
     pub max_tunnels_per_core: Option<usize>,
     pub max_handshakes_per_core: Option<usize>,
     pub max_handshakes_per_client: Option<usize>,
+    /// The fraction of a core's descriptors one client address may hold.
+    pub client_share: f64,
     pub resolver_threads: usize,
+    pub hash_threads: usize,
+    /// Wrong passwords per minute per client address.
+    pub auth_failures_per_client: u32,
+    /// `Duration::ZERO`: no cache.
+    pub auth_cache: Duration,
     pub relay: RelayMode,
     pub event_ring: EventRingSetup,
     pub multishot_poll: bool,
@@ -665,7 +704,9 @@ impl Config {
             max_tunnels_per_core => "max-tunnels-per-core",
             max_handshakes_per_core => "max-handshakes-per-core",
             max_handshakes_per_client => "max-handshakes-per-client",
+            client_share => "client-share",
             resolver_threads => "resolver-threads",
+            hash_threads => "hash-threads",
             relay => "relay",
             event_ring => "event-ring",
             multishot_poll => "multishot-poll",
@@ -746,6 +787,20 @@ impl Config {
         let resolver_threads = s.resolver_threads.unwrap_or(4);
         if resolver_threads == 0 || resolver_threads > 256 {
             return Err(invalid("resolver-threads", "must be between 1 and 256"));
+        }
+        let hash_threads = s.hash_threads.unwrap_or(1);
+        if hash_threads == 0 || hash_threads > 64 {
+            return Err(invalid("hash-threads", "must be between 1 and 64"));
+        }
+        let client_share = s.client_share.unwrap_or(0.25);
+        if !(client_share > 0.0 && client_share <= 1.0) {
+            return Err(invalid(
+                "client-share",
+                "must be a fraction above 0 and at most 1 (1 turns per-address shares off)",
+            ));
+        }
+        if s.auth_failures_per_client == Some(0) {
+            return Err(invalid("auth-failures-per-client", "must be at least 1"));
         }
         let buffer_size = s.buffer_size.unwrap_or(64 * 1024);
         if !(512..=16 << 20).contains(&buffer_size) {
@@ -856,7 +911,11 @@ impl Config {
             max_tunnels_per_core,
             max_handshakes_per_core: s.max_handshakes_per_core,
             max_handshakes_per_client: s.max_handshakes_per_client,
+            client_share,
             resolver_threads,
+            hash_threads,
+            auth_failures_per_client: s.auth_failures_per_client.unwrap_or(60),
+            auth_cache: s.auth_cache.unwrap_or(Duration::from_secs(60)),
             relay: s.relay.unwrap_or(RelayMode::Auto),
             event_ring: s.event_ring.unwrap_or(EventRingSetup::Auto),
             multishot_poll: s.multishot_poll.unwrap_or(true),

@@ -113,6 +113,9 @@ pub struct UserDb {
     /// Problems worth a warning (e.g. a world-readable file), logged once
     /// logging is up.
     pub warnings: Vec<String>,
+    /// Which reading of the file this is: a reload's is new, so logins
+    /// remembered against an older one do not count.
+    generation: u64,
 }
 
 impl std::fmt::Debug for UserDb {
@@ -196,10 +199,12 @@ impl UserDb {
             )),
             false => None,
         };
+        static READINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(UserDb {
             users: Arc::new(users),
             dummy,
             warnings: Vec::new(),
+            generation: READINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -227,6 +232,11 @@ impl UserDb {
                 Verification::Decided(false)
             }
         }
+    }
+
+    /// Which reading of the users file this is (a reload makes a new one).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn len(&self) -> usize {

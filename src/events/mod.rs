@@ -16,7 +16,7 @@ pub mod timer;
 
 pub use datagram::DatagramWait;
 pub use listener::Listener;
-pub use offcore::blocking;
+pub use offcore::{blocking, blocking_on, Pool};
 pub use ring::{counted, root, spawn, EventRing, Watch};
 pub use stop::{ShedReason, Stop, StopSignal};
 pub use stream::Stream;

@@ -6,6 +6,10 @@
 //! it at once; glommio's blocking pool would only tell glommio's reactor,
 //! which a core asleep in its ring does not look at.
 //!
+//! Each core has two pools: the resolver's (getaddrinfo, GSS-API steps)
+//! and the hashers' (Argon2), so a flood of password checks cannot delay
+//! a name lookup, and each has its own bounded queue.
+//!
 //! Without a ring on this thread the work goes to glommio's pool.
 
 use std::cell::RefCell;
@@ -18,9 +22,33 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-/// Jobs waiting for a helper, per core: beyond this a new job is refused
-/// at once rather than queued behind minutes of work.
-const QUEUE: usize = 4096;
+/// The helper pools of a core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool {
+    /// Name resolution and GSS-API steps: short waits, many at once.
+    Resolver,
+    /// Argon2 password checks: tens of milliseconds of CPU each.
+    Hashing,
+}
+
+impl Pool {
+    /// Jobs waiting for a helper, per core: beyond this a new job is
+    /// refused at once rather than queued behind seconds of work. A hash
+    /// costs tens of milliseconds, so its queue is short.
+    fn queue(self) -> usize {
+        match self {
+            Pool::Resolver => 4096,
+            Pool::Hashing => 32,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Pool::Resolver => "blk",
+            Pool::Hashing => "hash",
+        }
+    }
+}
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -42,7 +70,8 @@ impl Inbox {
 
 /// One core's helpers and the wakers of its tasks that wait on them.
 pub(super) struct OffCore {
-    jobs: SyncSender<Job>,
+    /// By [`Pool`]; `None` for a pool of no threads.
+    jobs: [Option<SyncSender<Job>>; 2],
     pub(super) inbox: Arc<Inbox>,
     jobs_by_id: RefCell<Vec<JobSlot>>,
     free: RefCell<Vec<u32>>,
@@ -60,14 +89,26 @@ enum JobSlot {
 }
 
 impl OffCore {
-    pub(super) fn start(threads: usize, name: &str) -> io::Result<OffCore> {
-        let (jobs, queue) = sync_channel::<Job>(QUEUE);
-        let queue = Arc::new(Mutex::new(queue));
-        for n in 0..threads.max(1) {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name(format!("{name}-blk{n}"))
-                .spawn(move || helper(&queue))?;
+    /// `threads`: the resolver's (at least one) and the hashers' (none
+    /// refuses every hashing job).
+    pub(super) fn start(threads: [usize; 2], name: &str) -> io::Result<OffCore> {
+        let mut jobs = [None, None];
+        for (pool, count) in [
+            (Pool::Resolver, threads[0].max(1)),
+            (Pool::Hashing, threads[1]),
+        ] {
+            if count == 0 {
+                continue;
+            }
+            let (sender, queue) = sync_channel::<Job>(pool.queue());
+            let queue = Arc::new(Mutex::new(queue));
+            for n in 0..count {
+                let queue = queue.clone();
+                std::thread::Builder::new()
+                    .name(format!("{name}-{}{n}", pool.name()))
+                    .spawn(move || helper(&queue))?;
+            }
+            jobs[pool as usize] = Some(sender);
         }
         Ok(OffCore {
             jobs,
@@ -105,8 +146,15 @@ impl OffCore {
 
     fn submit<T: Send + 'static>(
         &self,
+        pool: Pool,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> io::Result<(u32, Arc<Mutex<Option<T>>>)> {
+        let Some(jobs) = &self.jobs[pool as usize] else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this core has no helpers of that kind",
+            ));
+        };
         let id = self.free.borrow_mut().pop().unwrap_or_else(|| {
             let mut slots = self.jobs_by_id.borrow_mut();
             slots.push(JobSlot::Free);
@@ -120,7 +168,7 @@ impl OffCore {
             *cell.lock().unwrap_or_else(|p| p.into_inner()) = Some(value);
             inbox.deliver(id);
         });
-        match self.jobs.try_send(job) {
+        match jobs.try_send(job) {
             Ok(()) => Ok((id, result)),
             Err(e) => {
                 self.release(id);
@@ -156,16 +204,24 @@ fn helper(queue: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// Runs `work` off the core; resolves to its result. `Err` only when the
-/// core's queue is full (or its helpers are gone): the caller refuses what
-/// asked for the work.
+/// Runs `work` off the core on the resolver's helpers; resolves to its
+/// result. `Err` only when the core's queue is full (or its helpers are
+/// gone): the caller refuses what asked for the work.
 pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    blocking_on(Pool::Resolver, work).await
+}
+
+/// [`blocking`] on the helpers of `pool`.
+pub async fn blocking_on<T: Send + 'static>(
+    pool: Pool,
     work: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<T> {
     let Some(ring) = super::ring::current() else {
         return Ok(glommio::executor().spawn_blocking(work).await);
     };
-    let (id, result) = ring.offcore.submit(work)?;
+    let (id, result) = ring.offcore.submit(pool, work)?;
     Ok(Pending {
         ring,
         id,

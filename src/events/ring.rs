@@ -193,14 +193,15 @@ pub struct EventRing {
 
 impl EventRing {
     /// Creates this thread's ring with the best setup the kernel accepts
-    /// (or the one asked for), its `helpers` off-core threads, and its
+    /// (or the one asked for), its off-core threads (`helpers`: the
+    /// resolver's and the hashers', see [`super::offcore::Pool`]), and its
     /// driver task. Must run on the core's own executor thread: with
     /// SINGLE_ISSUER only this thread may submit, and the timers and
     /// off-core work of this thread's tasks go to this ring from now on.
     pub fn start(
         asked: EventRingSetup,
         multishot: bool,
-        helpers: usize,
+        helpers: [usize; 2],
     ) -> io::Result<Rc<EventRing>> {
         let (ring, setup) = create_ring(asked)?;
         if !ring.params().is_feature_ext_arg() {
@@ -769,7 +770,7 @@ mod tests {
                 .make()
                 .expect("executor")
                 .run(root(async move {
-                    match EventRing::start(setup, true, 1) {
+                    match EventRing::start(setup, true, [1, 0]) {
                         Ok(ring) => test(ring),
                         Err(e) => eprintln!("{setup:?} not available here: {e}"),
                     }
@@ -786,7 +787,7 @@ mod tests {
             .make()
             .expect("executor")
             .run(root(async move {
-                let ring = EventRing::start(EventRingSetup::Auto, true, 1).expect("a ring");
+                let ring = EventRing::start(EventRingSetup::Auto, true, [1, 0]).expect("a ring");
                 test(ring).await
             }));
     }

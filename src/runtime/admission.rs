@@ -10,11 +10,20 @@
 //! past their handshake are never shed; a new connection is refused only
 //! when every slot holds one.
 //!
+//! Tickets also count descriptors: a connection is charged two at accept
+//! (the client's socket and the target's to come), and a session that
+//! opens more (a UDP association's relay and outbound sockets, a BIND
+//! listener) charges them before it opens them. A charge fails when the
+//! core's descriptor budget, sized from RLIMIT_NOFILE, is spent, so the
+//! process does not meet EMFILE through sessions it admitted; or when the
+//! client's address already holds its share of that budget
+//! (`--client-share`), so one address cannot take a core from the others.
+//!
 //! The same tickets let the core stop every connection at once at the end
 //! of the shutdown grace, so each one ends (and is logged) on its own task.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -29,6 +38,24 @@ pub struct Budgets {
     pub handshakes: usize,
     /// Unfinished handshakes one client address holds on this core.
     pub handshakes_per_client: usize,
+    /// Descriptors the core's sessions may hold (pipes and the reserve
+    /// are apart).
+    pub descriptors: usize,
+    /// Descriptors one client address may hold on this core.
+    pub descriptors_per_client: usize,
+}
+
+/// Descriptors a connection is charged at accept: its client's socket and
+/// its target's.
+pub const CONNECTION_DESCRIPTORS: usize = 2;
+
+/// Why a session may not open more sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Exhausted {
+    #[error("this core's descriptor budget is spent (RLIMIT_NOFILE)")]
+    Core,
+    #[error("client address {0} holds its share of this core's descriptors (--client-share)")]
+    ClientShare(IpAddr),
 }
 
 /// The connection could not be taken: every slot holds an established
@@ -56,6 +83,12 @@ pub struct Admission {
     /// The RFC 1929 user of each authenticated connection, for a reload
     /// that removes users.
     users: RefCell<HashMap<u64, Box<[u8]>>>,
+    /// Descriptors charged to live connections, in all and by address.
+    descriptors: Cell<usize>,
+    descriptors_by_client: RefCell<HashMap<IpAddr, usize>>,
+    /// Addresses told (in the log) that they are at their share, until
+    /// they hold nothing again.
+    told: RefCell<HashSet<IpAddr>>,
 }
 
 impl Admission {
@@ -68,7 +101,63 @@ impl Admission {
             per_client: RefCell::new(HashMap::new()),
             shed_pending: Cell::new(0),
             users: RefCell::new(HashMap::new()),
+            descriptors: Cell::new(0),
+            descriptors_by_client: RefCell::new(HashMap::new()),
+            told: RefCell::new(HashSet::new()),
         })
+    }
+
+    /// Descriptors charged now.
+    pub fn descriptors(&self) -> usize {
+        self.descriptors.get()
+    }
+
+    /// Descriptors `client` holds on this core.
+    pub fn held_by(&self, client: IpAddr) -> usize {
+        self.descriptors_by_client
+            .borrow()
+            .get(&client)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Charges `n` descriptors to `client`; `force` skips the checks (a
+    /// connection already accepted holds its socket whatever the budget).
+    fn charge(&self, client: IpAddr, n: usize, force: bool) -> Result<(), Exhausted> {
+        let b = self.budgets;
+        let held = self.held_by(client);
+        if !force {
+            if self.descriptors.get() + n > b.descriptors {
+                return Err(Exhausted::Core);
+            }
+            if held + n > b.descriptors_per_client {
+                return Err(Exhausted::ClientShare(client));
+            }
+        }
+        self.descriptors.set(self.descriptors.get() + n);
+        self.descriptors_by_client
+            .borrow_mut()
+            .insert(client, held + n);
+        Ok(())
+    }
+
+    fn refund(&self, client: IpAddr, n: usize) {
+        self.descriptors
+            .set(self.descriptors.get().saturating_sub(n));
+        let mut by_client = self.descriptors_by_client.borrow_mut();
+        if let Some(held) = by_client.get_mut(&client) {
+            *held = held.saturating_sub(n);
+            if *held == 0 {
+                by_client.remove(&client);
+                self.told.borrow_mut().remove(&client);
+            }
+        }
+    }
+
+    /// Whether the log has not yet said that `client` reached its share;
+    /// true once per episode.
+    pub fn first_time_at_share(&self, client: IpAddr) -> bool {
+        self.told.borrow_mut().insert(client)
     }
 
     /// Stops every connection whose RFC 1929 user `keep` rejects.
@@ -111,7 +200,16 @@ impl Admission {
         };
         // A shed connection keeps its slot until its task ends; count only
         // the others against the connection cap.
-        let shed = if shed.is_none() && self.live() - self.shed_pending.get() >= b.connections {
+        // Shed connections free their descriptors when their tasks end.
+        let pending = self.shed_pending.get();
+        let descriptors_full = self
+            .descriptors
+            .get()
+            .saturating_sub(CONNECTION_DESCRIPTORS * pending)
+            + CONNECTION_DESCRIPTORS
+            > b.descriptors;
+        let shed = if shed.is_none() && (self.live() - pending >= b.connections || descriptors_full)
+        {
             if self.handshaking() == 0 {
                 return Err(Refused);
             }
@@ -125,10 +223,13 @@ impl Admission {
         self.live.borrow_mut().insert(id, stop.clone());
         self.handshakes.borrow_mut().insert(id, client);
         *self.per_client.borrow_mut().entry(client).or_insert(0) += 1;
+        let _ = self.charge(client, CONNECTION_DESCRIPTORS, true);
         Ok(Admitted {
             ticket: Ticket {
                 admission: self.clone(),
                 id,
+                client,
+                descriptors: Cell::new(CONNECTION_DESCRIPTORS),
                 stop,
             },
             shed,
@@ -176,6 +277,9 @@ impl Admission {
 pub struct Ticket {
     admission: Rc<Admission>,
     id: u64,
+    client: IpAddr,
+    /// Descriptors charged to this connection.
+    descriptors: Cell<usize>,
     pub stop: Rc<StopSignal>,
 }
 
@@ -189,6 +293,37 @@ impl Ticket {
     /// longer be shed.
     pub fn handshake_done(&self) {
         self.admission.end_handshake(self.id);
+    }
+
+    /// Whether the client's address holds more than its share of the
+    /// core's descriptors (this connection's own counted): its new
+    /// requests are then refused.
+    pub fn over_share(&self) -> Result<(), Exhausted> {
+        let a = &self.admission;
+        if a.held_by(self.client) > a.budgets.descriptors_per_client {
+            return Err(Exhausted::ClientShare(self.client));
+        }
+        Ok(())
+    }
+
+    /// Charges `n` more descriptors to this connection, before the
+    /// session opens them; they are refunded by [`Ticket::refund`] or when
+    /// the ticket drops.
+    pub fn charge(&self, n: usize) -> Result<(), Exhausted> {
+        self.admission.charge(self.client, n, false)?;
+        self.descriptors.set(self.descriptors.get() + n);
+        Ok(())
+    }
+
+    /// Gives back `n` descriptors charged with [`Ticket::charge`].
+    pub fn refund(&self, n: usize) {
+        let n = n.min(
+            self.descriptors
+                .get()
+                .saturating_sub(CONNECTION_DESCRIPTORS),
+        );
+        self.admission.refund(self.client, n);
+        self.descriptors.set(self.descriptors.get() - n);
     }
 
     /// Records the RFC 1929 user this connection authenticated as.
@@ -205,6 +340,7 @@ impl Drop for Ticket {
         self.admission.end_handshake(self.id);
         self.admission.live.borrow_mut().remove(&self.id);
         self.admission.users.borrow_mut().remove(&self.id);
+        self.admission.refund(self.client, self.descriptors.get());
         if let Some(Stop::Shed(_)) = self.stop.stopped() {
             let pending = &self.admission.shed_pending;
             pending.set(pending.get() - 1);
@@ -225,7 +361,64 @@ mod tests {
             connections,
             handshakes,
             handshakes_per_client: per_client,
+            descriptors: 1 << 20,
+            descriptors_per_client: 1 << 20,
         })
+    }
+
+    fn with_descriptors(descriptors: usize, per_client: usize) -> Rc<Admission> {
+        Admission::new(Budgets {
+            connections: 1000,
+            handshakes: 1000,
+            handshakes_per_client: 1000,
+            descriptors,
+            descriptors_per_client: per_client,
+        })
+    }
+
+    #[test]
+    fn a_client_is_charged_what_it_opens_and_stops_at_its_share() {
+        let a = with_descriptors(100, 8);
+        let t = a.admit(ip(2)).unwrap().ticket;
+        // A UDP association: relay socket and one outbound beside the
+        // control connection's two.
+        t.charge(1).unwrap();
+        assert_eq!(a.held_by(ip(2)), 3);
+        let u = a.admit(ip(2)).unwrap().ticket;
+        assert_eq!(u.charge(4), Err(Exhausted::ClientShare(ip(2))));
+        u.charge(3).unwrap();
+        assert_eq!(a.held_by(ip(2)), 8);
+        assert!(u.over_share().is_ok(), "at the share, not over it");
+        let v = a.admit(ip(2)).unwrap().ticket;
+        assert_eq!(v.over_share(), Err(Exhausted::ClientShare(ip(2))));
+        // Another address is untouched.
+        let w = a.admit(ip(3)).unwrap().ticket;
+        assert!(w.over_share().is_ok());
+        assert!(a.first_time_at_share(ip(2)));
+        assert!(!a.first_time_at_share(ip(2)));
+        u.refund(3);
+        drop((t, u, v, w));
+        assert_eq!(a.descriptors(), 0);
+        assert_eq!(a.held_by(ip(2)), 0);
+        assert!(a.first_time_at_share(ip(2)), "a new episode is told again");
+    }
+
+    #[test]
+    fn the_core_budget_refuses_charges_and_sheds_handshakes_for_new_connections() {
+        let a = with_descriptors(6, 6);
+        let t = a.admit(ip(1)).unwrap().ticket;
+        t.handshake_done();
+        let u = a.admit(ip(2)).unwrap().ticket;
+        u.handshake_done();
+        assert_eq!(t.charge(3), Err(Exhausted::Core));
+        t.charge(2).unwrap();
+        // Every descriptor is held by tunnels: a new connection is refused.
+        assert_eq!(a.admit(ip(3)).err(), Some(Refused));
+        t.refund(2);
+        let stalled = a.admit(ip(3)).unwrap().ticket;
+        let fresh = a.admit(ip(4)).unwrap();
+        assert_eq!(fresh.shed, Some(ShedReason::ConnectionLimit));
+        assert!(stalled.stop.stopped().is_some());
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct Core {
     pub quotas: Rc<crate::quota::Quotas>,
     /// Per-user and per-client bandwidth buckets, this core's share.
     pub bandwidth: crate::relay::Bandwidth,
+    /// Wrong-password rates, logins waiting for a hash and verified
+    /// logins, per client address.
+    pub passwords: crate::session::PasswordGate,
     /// This core's own io_uring for readiness waits; `None` when turned
     /// off or the kernel refused it (connects then wait through glommio).
     pub events: Option<Rc<EventRing>>,
@@ -52,7 +55,7 @@ impl Core {
         let events = match EventRing::start(
             config.event_ring,
             config.multishot_poll,
-            config.resolver_threads,
+            [config.resolver_threads, config.hash_threads],
         ) {
             Ok(ring) => {
                 if index == 0 {
@@ -94,6 +97,7 @@ impl Core {
                 config.quotas.bandwidth_per_client,
                 all_metrics.len(),
             ),
+            passwords: crate::session::PasswordGate::new(all_metrics.len()),
             events,
             // A copy of its own: sessions clone this Arc at every accept,
             // and a count shared by all cores would bounce between them.

@@ -18,7 +18,7 @@ use std::sync::{mpsc, Arc};
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 pub use self::core::{Core, Serve};
-pub use admission::{Admission, Budgets, ShedReason, Stop, StopSignal, Ticket};
+pub use admission::{Admission, Budgets, Exhausted, ShedReason, Stop, StopSignal, Ticket};
 pub use listener::{open_listeners, ListenError, ListenSetup};
 pub use reload::{ConfigSlot, Reloader};
 
@@ -259,25 +259,30 @@ impl Limits {
     /// Below this many connections per core, the start-up log warns.
     const FEW: usize = 256;
 
-    /// A connection holds two sockets (client and target); a pipe, held
-    /// only while a direction has bytes in flight, two descriptors. The
-    /// pipe pool is capped on its own, so an idle tunnel costs 2
-    /// descriptors. Listeners, log files, the metrics socket and UDP
-    /// associations come out of a reserve.
+    /// A connection holds two sockets (client and target); a UDP
+    /// association three (control, relay, one dual-stack outbound socket;
+    /// four with an egress source pool of both families); a BIND, while it
+    /// waits, its listener beside them. Each is charged what it opens
+    /// against its core's descriptor budget ([`Admission`]). A pipe, held
+    /// only while a direction has bytes in flight, is two descriptors; the
+    /// pipe pool is capped on its own. Listeners, log files, rings, helper
+    /// eventfds and the metrics endpoint's connections come out of a
+    /// reserve.
     ///
-    /// RLIMIT_NOFILE is per process while caps are per core, and
-    /// SO_REUSEPORT's hash does not spread connections evenly (a core can
-    /// get a few percent more than its share): with several cores each cap
-    /// is a quarter above the fair share, so one busy core is not refused
-    /// while the others have room. If every core fills at once, accept
-    /// meets EMFILE and backs off until descriptors free up.
+    /// RLIMIT_NOFILE is per process while budgets are per core: each core
+    /// gets an equal part, so the cores together never take more than the
+    /// limit holds and the process does not meet EMFILE through sessions it
+    /// admitted. One client address may hold `--client-share` of its core's
+    /// budget.
+    ///
+    /// [`Admission`]: admission::Admission
     pub fn plan(config: &Config, cores: usize, nofile: Option<u64>) -> Limits {
         const DEFAULT_CONNECTIONS: usize = 10_000;
         const DEFAULT_HANDSHAKES: usize = 2048;
         const DEFAULT_HANDSHAKES_PER_CLIENT: usize = 256;
         const MAX_DEFAULT_PIPES: usize = 256;
         let cores = cores.max(1);
-        let (fair, pipes, reserved) = match nofile {
+        let (descriptors, pipes, reserved) = match nofile {
             Some(nofile) => {
                 let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
                 let reserved = (nofile / 8).min(256);
@@ -286,8 +291,8 @@ impl Limits {
                 let pipes = config
                     .max_pipes_per_core
                     .unwrap_or((per_core / 10).clamp(1, MAX_DEFAULT_PIPES));
-                let fair = (per_core.saturating_sub(2 * pipes) / 2).max(1);
-                (Some(fair), pipes, reserved)
+                let descriptors = per_core.saturating_sub(2 * pipes).max(2);
+                (Some(descriptors), pipes, reserved)
             }
             None => (
                 None,
@@ -295,7 +300,7 @@ impl Limits {
                 0,
             ),
         };
-        let fits = fair.map(|f| if cores > 1 { f + f / 4 } else { f });
+        let fits = descriptors.map(|d| d / 2);
         let connections = match (config.max_tunnels_per_core, fits) {
             (Some(n), _) => n,
             (None, Some(fits)) => fits.min(DEFAULT_CONNECTIONS),
@@ -309,13 +314,19 @@ impl Limits {
             .max_handshakes_per_client
             .unwrap_or(DEFAULT_HANDSHAKES_PER_CLIENT)
             .min(handshakes);
+        // Without a known limit, descriptors bound nothing the connection
+        // cap does not (a UDP association's extra two counted).
+        let descriptors = descriptors.unwrap_or(connections.saturating_mul(4));
+        let descriptors_per_client =
+            ((descriptors as f64 * config.client_share).ceil() as usize).clamp(8, descriptors);
         let nofile_text = nofile.map_or("unknown".to_owned(), |n| n.to_string());
         let summary = format!(
-            "limits per core: {connections} connections (at most {handshakes} in their handshake, {per_client} per client address), {pipes} splice pipes; RLIMIT_NOFILE {nofile_text} on {cores} core(s) at 2 descriptors per connection and 2 per pipe, {reserved} reserved"
+            "limits per core: {connections} connections (at most {handshakes} in their handshake, {per_client} per client address), {descriptors} descriptors for sessions ({descriptors_per_client} per client address, --client-share {}), {pipes} splice pipes; RLIMIT_NOFILE {nofile_text} on {cores} core(s): a tunnel holds 2 descriptors, a UDP association 3, a waiting BIND 3, a pipe 2; {reserved} reserved",
+            config.client_share
         );
         let warning = match (fits, config.max_tunnels_per_core) {
             (Some(fits), Some(n)) if n > fits => Some(format!(
-                "max-tunnels-per-core {n} is more than RLIMIT_NOFILE {nofile_text} fits ({fits} per core): expect accept errors under load; raise the limit (ulimit -n, LimitNOFILE=) or lower max-tunnels-per-core"
+                "max-tunnels-per-core {n} is more than RLIMIT_NOFILE {nofile_text} fits ({fits} per core): connections past that are refused; raise the limit (ulimit -n, LimitNOFILE=) or lower max-tunnels-per-core"
             )),
             (Some(fits), None) if fits < Self::FEW => Some(format!(
                 "RLIMIT_NOFILE {nofile_text} leaves room for only {fits} connections per core: raise it (ulimit -n 65536, LimitNOFILE=65536 in systemd)"
@@ -327,6 +338,8 @@ impl Limits {
                 connections,
                 handshakes,
                 handshakes_per_client: per_client,
+                descriptors,
+                descriptors_per_client,
             },
             pipes_per_core: pipes,
             summary,
@@ -398,14 +411,19 @@ mod tests {
     }
 
     #[test]
-    fn several_cores_get_headroom_over_their_fair_share() {
-        // Both plans leave 1920 descriptors per core: 192 pipes and a fair
-        // share of (1920 - 384) / 2 = 768 connections.
+    fn the_cores_together_never_budget_more_than_the_limit() {
+        // Both plans leave 1920 descriptors per core: 192 pipes and
+        // 1920 - 384 = 1536 descriptors for sessions, 768 tunnels.
         let one = Limits::plan(&config(|_| {}), 1, Some(2_176));
         let two = Limits::plan(&config(|_| {}), 2, Some(4_096));
         assert_eq!((one.pipes_per_core, two.pipes_per_core), (192, 192));
         assert_eq!(one.budgets.connections, 768);
-        assert_eq!(two.budgets.connections, 960, "a quarter above the share");
+        assert_eq!(two.budgets.connections, 768);
+        assert_eq!(two.budgets.descriptors, 1536);
+        assert!(2 * (two.budgets.descriptors + 2 * two.pipes_per_core) <= 4_096 - 256);
+        assert_eq!(two.budgets.descriptors_per_client, 384, "a quarter");
+        let shared = Limits::plan(&config(|s| s.client_share = Some(1.0)), 2, Some(4_096));
+        assert_eq!(shared.budgets.descriptors_per_client, 1536);
     }
 
     #[test]

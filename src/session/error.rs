@@ -45,6 +45,17 @@ pub enum SessionError {
     /// A per-user or per-client new-tunnel rate is exceeded.
     #[error("{0}")]
     RateLimited(String),
+    /// The client's share of the core's descriptors, or the core's whole
+    /// budget, is spent.
+    #[error("{0}")]
+    Exhausted(crate::runtime::Exhausted),
+    /// An RFC 1929 login refused without a check; the client got the
+    /// failure status.
+    #[error("login from {client} refused unchecked: {reason}")]
+    AuthRefused {
+        client: std::net::IpAddr,
+        reason: super::password::Refusal,
+    },
     #[error("BIND: cannot listen: {0}")]
     BindFailed(io::Error),
     #[error("BIND: no connection arrived within the bind timeout")]
@@ -72,7 +83,14 @@ impl SessionError {
             // A target that does not answer in time is unreachable from
             // where we stand; 0x06 (TTL expired) is kept for what it says.
             SessionError::ConnectTimeout(_) => Some(ReplyCode::HostUnreachable),
-            SessionError::NotAllowed(_) | SessionError::OverLimit(_) => Some(ReplyCode::NotAllowed),
+            SessionError::NotAllowed(_)
+            | SessionError::OverLimit(_)
+            | SessionError::Exhausted(crate::runtime::Exhausted::ClientShare(_)) => {
+                Some(ReplyCode::NotAllowed)
+            }
+            SessionError::Exhausted(crate::runtime::Exhausted::Core) => {
+                Some(ReplyCode::GeneralFailure)
+            }
             SessionError::BindFailed(_)
             | SessionError::BindTimeout
             | SessionError::UdpSetup(_)
@@ -85,6 +103,7 @@ impl SessionError {
             | SessionError::HandshakeTimeout
             | SessionError::NoAcceptableMethod
             | SessionError::AuthFailed(_)
+            | SessionError::AuthRefused { .. }
             | SessionError::GssapiFailed(_)
             | SessionError::Stopped(_) => None,
         }
@@ -99,6 +118,9 @@ impl SessionError {
             SessionError::HandshakeTimeout => "handshake-timeout",
             SessionError::NoAcceptableMethod => "no-acceptable-method",
             SessionError::AuthFailed(_) => "auth-failed",
+            SessionError::AuthRefused { reason, .. } => reason.tag(),
+            SessionError::Exhausted(crate::runtime::Exhausted::ClientShare(_)) => "client-share",
+            SessionError::Exhausted(crate::runtime::Exhausted::Core) => "descriptor-limit",
             SessionError::GssapiFailed(_) => "gssapi-failed",
             SessionError::CommandNotSupported(_) => "command-not-supported",
             SessionError::Resolve(ResolveError::Timeout { .. }) => "resolve-timeout",

@@ -17,6 +17,7 @@ mod bind;
 mod connect;
 mod error;
 mod gssapi;
+mod password;
 mod reader;
 mod udp;
 
@@ -30,15 +31,15 @@ use futures_lite::io::AsyncWriteExt;
 
 pub use access::AccessRecord;
 pub use error::{connect_reply_code, SessionError};
+pub use password::PasswordGate;
 use reader::MessageReader;
 
-use crate::config::{Config, Verification};
+use crate::config::Config;
 use crate::gssapi::{Protection, ProtectionLevel};
 use crate::metrics;
 use crate::policy::Requester;
 use crate::proto::{
     Codec, Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request, TargetAddr,
-    UserPassRequest, UserPassStatus,
 };
 use crate::relay::Sealed;
 use crate::runtime::{Core, Stop, StopSignal, Ticket};
@@ -197,7 +198,9 @@ fn finish(
                 record.user = Some(user.clone());
                 metrics::add(&core.metrics().auth_failures, 1)
             }
-            SessionError::GssapiFailed(_) => metrics::add(&core.metrics().auth_failures, 1),
+            SessionError::GssapiFailed(_) | SessionError::AuthRefused { .. } => {
+                metrics::add(&core.metrics().auth_failures, 1)
+            }
             _ => {}
         }
         tracing::debug!(conn = ticket.id(), client = %peer, "session ended: {e}");
@@ -220,8 +223,9 @@ async fn establish<'a>(
     record: &mut AccessRecord,
 ) -> Result<Option<Established>, SessionError> {
     let mut reader = MessageReader::new();
+    let client_ip = record.client.ip().to_canonical();
     let handshake = async {
-        let auth = negotiate(config, &mut client, &mut reader).await?;
+        let auth = negotiate(core, config, client_ip, &mut client, &mut reader).await?;
         Ok::<_, SessionError>(auth.read_request(&mut reader, &mut client).await)
     };
     let deadline = async {
@@ -258,7 +262,6 @@ async fn establish<'a>(
     };
     session.record.command = Some(request.command);
     session.record.target = Some(request.target.clone());
-    let client_ip = session.record.client.ip().to_canonical();
     let lease = match core.quotas.acquire(session.user(), client_ip) {
         Ok(lease) => lease,
         Err((refusal, reason)) => {
@@ -268,6 +271,20 @@ async fn establish<'a>(
             return Err(e);
         }
     };
+    // What the command opens beyond the client's and target's sockets: a
+    // UDP association's relay socket (its outbound socket takes the
+    // target's place) and a second outbound one where the families need
+    // two; a BIND's listener while it waits.
+    let extra = match request.command {
+        Command::Connect => 0,
+        Command::Bind => 1,
+        Command::UdpAssociate => 2,
+    };
+    if let Err(short) = ticket.over_share().and_then(|()| ticket.charge(extra)) {
+        let e = exhausted(core, short);
+        session.reply_error(&e).await;
+        return Err(e);
+    }
     let with_quota = |mut t: Established| {
         t.quota = Some(lease);
         Some(t)
@@ -285,13 +302,40 @@ async fn establish<'a>(
     drop(reader);
     match request.command {
         Command::Connect => session.connect(request.target, early).await.map(with_quota),
-        Command::Bind => session.bind(request.target, early).await.map(with_quota),
+        Command::Bind => {
+            let bound = session.bind(request.target, early).await;
+            // The listener is closed by now.
+            ticket.refund(extra);
+            bound.map(with_quota)
+        }
         Command::UdpAssociate => {
-            let served = session.udp_associate(request.target, &ticket.stop).await;
+            let served = session.udp_associate(request.target, ticket).await;
             drop(with_quota);
             served.map(|()| None)
         }
     }
+}
+
+/// A request refused for descriptors: counted, and logged once per
+/// episode where one address reached its share.
+fn exhausted(core: &Core, short: crate::runtime::Exhausted) -> SessionError {
+    use crate::runtime::Exhausted;
+    let m = core.metrics();
+    match short {
+        Exhausted::ClientShare(ip) => {
+            metrics::add(&m.quota_refusals[crate::quota::CLIENT_SHARE], 1);
+            if core.admission.first_time_at_share(ip) {
+                tracing::warn!(
+                    core = core.id,
+                    "client address {ip} holds its share of this core's descriptors ({} of {}); its new requests are refused (0x02) until it closes some. Many users behind one address (NAT, a load balancer)? Raise --client-share",
+                    core.admission.held_by(ip),
+                    core.admission.budgets().descriptors_per_client
+                );
+            }
+        }
+        Exhausted::Core => metrics::add(&m.quota_refusals[crate::quota::DESCRIPTORS], 1),
+    }
+    SessionError::Exhausted(short)
 }
 
 /// One open tunnel or association in `coresocks_tunnels_open`, for as
@@ -551,7 +595,9 @@ fn acceptable_methods(config: &Config) -> Vec<Method> {
 /// Greeting, method selection (the first acceptable method in the
 /// client's order) and that method's sub-negotiation.
 async fn negotiate(
+    core: &Core,
     config: &Config,
+    client_ip: std::net::IpAddr,
     client: &mut Stream,
     reader: &mut MessageReader,
 ) -> Result<Authenticated, SessionError> {
@@ -581,48 +627,15 @@ async fn negotiate(
                 protection,
             })
         }
-        (Method::USER_PASS, _, Some(users)) => user_pass(users, client, reader).await,
+        (Method::USER_PASS, _, Some(users)) => {
+            password::user_pass(core, config, users, client_ip, client, reader).await
+        }
         _ => Ok(Authenticated {
             user: None,
             auth: "none",
             protection: None,
         }),
     }
-}
-
-/// RFC 1929: one username and password, checked against the users file.
-async fn user_pass(
-    users: &crate::config::UserDb,
-    client: &mut Stream,
-    reader: &mut MessageReader,
-) -> Result<Authenticated, SessionError> {
-    let creds = match reader.next::<UserPassRequest>(client).await {
-        Ok(c) => c,
-        Err(e @ SessionError::Proto(_)) => {
-            send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
-            return Err(e);
-        }
-        Err(e) => return Err(e),
-    };
-    let user = String::from_utf8_lossy(&creds.username).into_owned();
-    let ok = match users.verify(&creds.username, &creds.password) {
-        Verification::Decided(ok) => ok,
-        // An Argon2 hash takes tens of milliseconds: off the core. A core
-        // whose off-core queue is full refuses the attempt.
-        Verification::Slow(check) => crate::events::blocking(move || check.run())
-            .await
-            .unwrap_or(false),
-    };
-    if !ok {
-        send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
-        return Err(SessionError::AuthFailed(user));
-    }
-    send(client, &UserPassStatus::SUCCESS.to_bytes()).await?;
-    Ok(Authenticated {
-        user: Some(user),
-        auth: "userpass",
-        protection: None,
-    })
 }
 
 /// BND.ADDR/BND.PORT of a failure reply.

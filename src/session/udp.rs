@@ -2,9 +2,9 @@
 //! relay address, then serve it until the control connection closes.
 
 use super::{Session, SessionError};
-use crate::events::StopSignal;
 use crate::metrics;
 use crate::proto::TargetAddr;
+use crate::runtime::Ticket;
 use crate::udp;
 
 impl Session<'_> {
@@ -13,7 +13,7 @@ impl Session<'_> {
     pub(super) async fn udp_associate(
         mut self,
         requested: TargetAddr,
-        stop: &StopSignal,
+        ticket: &Ticket,
     ) -> Result<(), SessionError> {
         let (core, config) = (self.core, self.config);
         let client_ip = self.record.client.ip().to_canonical();
@@ -35,6 +35,9 @@ impl Session<'_> {
                     return Err(e);
                 }
             };
+        // Charged for two sockets beside the outbound one; one dual-stack
+        // outbound socket leaves one of them unused.
+        ticket.refund(3 - prepared.sockets());
         let relay_addr = prepared
             .relay_addr()
             .map_err(|e| SessionError::UdpSetup(udp::SetupError::Socket(e)))?;
@@ -60,7 +63,7 @@ impl Session<'_> {
             prepared,
             client,
             config.udp_idle_timeout,
-            stop,
+            &ticket.stop,
             core.events.as_ref(),
         )
         .await;

@@ -137,6 +137,9 @@ struct Association<'a> {
     client: UdpSocket,
     out_v4: Option<UdpSocket>,
     out_v6: Option<UdpSocket>,
+    /// `out_v6` is dual-stack and carries IPv4 too (as mapped addresses);
+    /// `out_v4` is then `None`.
+    dual: bool,
     rule: ClientRule,
     egress: Egress<'a>,
     /// Where replies go: the client's sending address, once seen.
@@ -192,6 +195,26 @@ fn outbound_socket(egress: &Egress<'_>, any: SocketAddr) -> Option<UdpSocket> {
     into_glommio(s).ok()
 }
 
+/// One outbound socket for both families (`[::]:0`, IPv4 as mapped
+/// addresses), where no egress source pool asks for a source per family:
+/// an association then holds three descriptors, not four. `None` where the
+/// host has no IPv6 at all.
+fn dual_stack_socket(egress: &Egress<'_>) -> Option<UdpSocket> {
+    let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).ok()?;
+    s.set_only_v6(false).ok()?;
+    s.set_nonblocking(true).ok()?;
+    let bound = sys::bind_device(&s, egress.outbound.interface.as_deref())
+        .and_then(|()| sys::bind_source(&s, any6, false));
+    if let Err(e) = bound {
+        if egress.outbound.interface.is_some() {
+            tracing::warn!("udp: {e}");
+        }
+        return None;
+    }
+    into_glommio(s).ok()
+}
+
 fn into_glommio(s: Socket) -> io::Result<UdpSocket> {
     Ok(crate::sys::glommio_udp_socket(s.into()))
 }
@@ -213,10 +236,16 @@ impl Association<'_> {
         f(&mut self.report.borrow_mut());
     }
 
-    fn out_socket(&self, target: SocketAddr) -> Option<&UdpSocket> {
+    /// The outbound socket for `target`, and the address to send to from
+    /// it (IPv4 as mapped on a dual-stack socket).
+    fn out_socket(&self, target: SocketAddr) -> Option<(&UdpSocket, SocketAddr)> {
         match target {
-            SocketAddr::V4(_) => self.out_v4.as_ref(),
-            SocketAddr::V6(_) => self.out_v6.as_ref(),
+            SocketAddr::V4(v4) if self.dual => {
+                let mapped = SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port());
+                self.out_v6.as_ref().map(|s| (s, mapped))
+            }
+            SocketAddr::V4(_) => self.out_v4.as_ref().map(|s| (s, target)),
+            SocketAddr::V6(_) => self.out_v6.as_ref().map(|s| (s, target)),
         }
     }
 
@@ -257,7 +286,7 @@ impl Association<'_> {
                 targets.insert(target);
             }
         }
-        let Some(sock) = self.out_socket(target) else {
+        let Some((sock, to)) = self.out_socket(target) else {
             self.count(|r| r.dropped_other += 1);
             return;
         };
@@ -269,7 +298,7 @@ impl Association<'_> {
             self.count(|r| r.dropped_bandwidth += 1);
             return;
         }
-        match sys::udp_send_to(sys::borrow(sock), payload, target) {
+        match sys::udp_send_to(sys::borrow(sock), payload, to) {
             Ok(_) => self.count(|r| {
                 r.datagrams_up += 1;
                 r.bytes_up += payload.len() as u64;
@@ -574,6 +603,12 @@ impl Prepared<'_> {
         out.local_addr().ok()
     }
 
+    /// Sockets the association opened: its relay socket and one or two
+    /// outbound ones.
+    pub fn sockets(&self) -> usize {
+        1 + usize::from(self.assoc.out_v4.is_some()) + usize::from(self.assoc.out_v6.is_some())
+    }
+
     /// Wraps and unwraps every datagram to and from the client with the
     /// GSSAPI context (after the reply that went out under it).
     pub fn protect(&mut self, protection: Protection) {
@@ -596,8 +631,18 @@ pub fn prepare<'a>(
         udp_socket(SocketAddr::new(local.ip().to_canonical(), 0)).map_err(SetupError::Socket)?;
     let any4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
     let any6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
-    let out_v4 = outbound_socket(&egress, any4);
-    let out_v6 = outbound_socket(&egress, any6);
+    let dual = match egress.outbound.sources.is_empty() {
+        true => dual_stack_socket(&egress),
+        false => None,
+    };
+    let (out_v4, out_v6, dual) = match dual {
+        Some(s) => (None, Some(s), true),
+        None => (
+            outbound_socket(&egress, any4),
+            outbound_socket(&egress, any6),
+            false,
+        ),
+    };
     if out_v4.is_none() && out_v6.is_none() {
         return Err(SetupError::Socket(io::Error::other(
             "no outbound UDP socket",
@@ -609,6 +654,7 @@ pub fn prepare<'a>(
             client,
             out_v4,
             out_v6,
+            dual,
             rule: ClientRule::new(requested, peer.ip()),
             egress,
             client_addr: Cell::new(None),

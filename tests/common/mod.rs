@@ -172,9 +172,14 @@ impl Proxy {
 
     /// Starts a proxy with `--metrics` and returns it with the endpoint.
     pub fn start_with_metrics(args: &[&str]) -> (Proxy, String) {
+        Proxy::start_in_with_metrics(&[], args)
+    }
+
+    /// [`Proxy::start_with_metrics`] run through `wrapper`.
+    pub fn start_in_with_metrics(wrapper: &[&str], args: &[&str]) -> (Proxy, String) {
         let mut all = args.to_vec();
         all.extend(["--metrics", "127.0.0.1:0"]);
-        let proxy = Proxy::start(&all);
+        let proxy = Proxy::start_in(wrapper, &all);
         let line = proxy.wait_for_log(&["metrics on http://"]);
         let addr = line
             .split("http://")
@@ -189,6 +194,26 @@ impl Proxy {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Descriptors the proxy holds open now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// A connection to the proxy from `source` (any 127.0.0.0/8 address),
+    /// with the I/O timeouts of [`Proxy::raw`].
+    pub fn raw_from(&self, source: [u8; 4]) -> TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from((source, 0)).into()).unwrap();
+        s.connect(&self.addr.into()).expect("connect to proxy");
+        let s = TcpStream::from(s);
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
     }
 
     pub fn signal(&self, sig: i32) {
@@ -393,9 +418,11 @@ pub fn access_lines(proxy: &Proxy) -> Vec<String> {
         .collect()
 }
 
-/// Fetches the Prometheus text from a metrics endpoint.
+/// Fetches the Prometheus text from a metrics endpoint, within
+/// Prometheus's default scrape timeout (10 s).
 pub fn scrape(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
@@ -507,4 +534,29 @@ pub fn congestion_of(filter: &str) -> &'static str {
         .into_iter()
         .find(|cc| text.split_whitespace().any(|w| w == *cc))
         .unwrap_or_else(|| panic!("{filter}: no congestion control in {text:?}"))
+}
+
+/// `coresocks hash-password` with `password` on stdin: (exit code, stdout,
+/// stderr).
+pub fn hash_password(password: &str) -> (Option<i32>, String, String) {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coresocks"))
+        .arg("hash-password")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(password.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -6,12 +6,14 @@
 //! when scraped; that is the only cross-core traffic, and it is off the data
 //! path.
 
+mod http;
+
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub use http::serve;
 
 use crate::events::ShedReason;
 use crate::proto::ReplyCode;
@@ -54,7 +56,12 @@ pub struct CoreMetrics {
     pub denied: [AtomicU64; 2],
     /// Requests refused by a per-user or per-client quota, by
     /// [`crate::quota::QUOTA_REASONS`].
-    pub quota_refusals: [AtomicU64; 4],
+    pub quota_refusals: [AtomicU64; 6],
+    /// RFC 1929 logins refused without a password check, by
+    /// [`AUTH_REFUSALS`].
+    pub auth_refusals: [AtomicU64; 3],
+    /// Argon2 logins accepted from the verified-login cache.
+    pub auth_cache_hits: AtomicU64,
     /// UDP datagrams the egress policy dropped (also in `dropped`).
     pub udp_datagrams_denied: AtomicU64,
     /// Times a tunnel direction waited for its bandwidth limit.
@@ -75,6 +82,11 @@ pub struct CoreMetrics {
     /// Access-log lines the writer had to drop (it never blocks a core).
     pub access_lines_dropped: AtomicU64,
 }
+
+/// Why a login was refused unchecked, as indexed in
+/// [`CoreMetrics::auth_refusals`]: the address's wrong-password rate, its
+/// logins already waiting for a hash, the core's hash queue full.
+pub const AUTH_REFUSALS: [&str; 3] = ["failure-rate", "client-queue", "hash-queue"];
 
 /// Commands, as indexed in [`CoreMetrics::open_by_command`].
 pub const COMMANDS: [&str; 3] = ["connect", "bind", "udp-associate"];
@@ -160,7 +172,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             .map(|(m, id)| (format!("core=\"{id}\""), f(m)))
             .collect()
     };
-    let simple: [Family<'_>; 19] = [
+    let simple: [Family<'_>; 20] = [
         (
             "connections_accepted_total",
             "counter",
@@ -206,6 +218,12 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             "counter",
             "Failed authentications (RFC 1929 and GSSAPI).",
             &|m| m.auth_failures.load(Relaxed),
+        ),
+        (
+            "auth_cache_hits_total",
+            "counter",
+            "Argon2 logins accepted from the verified-login cache (--auth-cache), without a hash.",
+            &|m| m.auth_cache_hits.load(Relaxed),
         ),
         (
             "bytes_client_to_target_total",
@@ -330,10 +348,17 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
     );
     labelled(
         "quota_refusals_total",
-        "Requests refused by a per-user or per-client quota: tunnels held (0x02) or new tunnels per second (0x01).",
+        "Requests refused by a per-user or per-client quota: tunnels held (0x02), new tunnels per second (0x01), the client address's share of its core's descriptors (client-share, 0x02) or the core's descriptor budget (descriptors, 0x01).",
         "reason",
         &crate::quota::QUOTA_REASONS,
         &|m| &m.quota_refusals,
+    );
+    labelled(
+        "auth_refusals_total",
+        "RFC 1929 logins refused at once, without a password check: the address's wrong-password rate (failure-rate), its logins already waiting for a hash (client-queue), the core's hash queue full (hash-queue).",
+        "reason",
+        &AUTH_REFUSALS,
+        &|m| &m.auth_refusals,
     );
     labelled(
         "tunnels_open",
@@ -406,6 +431,11 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
         "# HELP coresocks_build_info The running build.\n# TYPE coresocks_build_info gauge\ncoresocks_build_info{{version=\"{}\"}} 1",
         env!("CARGO_PKG_VERSION")
     );
+    let _ = writeln!(
+        out,
+        "# HELP coresocks_metrics_connections_shed_total Connections to this endpoint closed unanswered to make room (the oldest one still sending its request).\n# TYPE coresocks_metrics_connections_shed_total counter\ncoresocks_metrics_connections_shed_total {}",
+        http::SHED.load(Relaxed)
+    );
     process_metrics(&mut out);
     out
 }
@@ -453,44 +483,4 @@ fn process_metrics(out: &mut String) {
          # HELP process_open_fds Open file descriptors.\n# TYPE process_open_fds gauge\nprocess_open_fds {fds}\n\
          # HELP process_start_time_seconds Start time since the Unix epoch.\n# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {start}\n"
     );
-}
-
-/// Serves `GET /metrics` on a plain thread (never on a core), on
-/// `inherited` (an upgrade's) or a new socket. Returns the address and a
-/// copy of the socket, for the next upgrade.
-pub fn serve(
-    addr: SocketAddr,
-    inherited: Option<std::os::fd::OwnedFd>,
-    all: AllMetrics,
-    core_ids: Vec<usize>,
-) -> std::io::Result<(SocketAddr, std::os::fd::OwnedFd)> {
-    let listener = match inherited {
-        Some(fd) => TcpListener::from(fd),
-        None => TcpListener::bind(addr)?,
-    };
-    let bound = listener.local_addr()?;
-    let copy = std::os::fd::OwnedFd::from(listener.try_clone()?);
-    std::thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                let _ = conn.set_write_timeout(Some(Duration::from_secs(2)));
-                let mut req = [0u8; 1024];
-                let n = conn.read(&mut req).unwrap_or(0);
-                let line = String::from_utf8_lossy(&req[..n]);
-                let (status, body) = if line.starts_with("GET /metrics ") {
-                    ("200 OK", render(&all, &core_ids))
-                } else {
-                    ("404 Not Found", "try GET /metrics\n".to_owned())
-                };
-                let _ = write!(
-                    conn,
-                    "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            }
-        })?;
-    Ok((bound, copy))
 }
