@@ -111,12 +111,19 @@ fn udp_associations_from_one_address_cannot_take_the_descriptors() {
         .expect("the address is served again");
 }
 
-#[test]
-fn wrong_passwords_from_one_address_cannot_delay_other_logins() {
+/// A users file whose one user, alice, has an Argon2 hash of
+/// "wonderland" from `coresocks hash-password`.
+fn argon2_alice(stem: &str) -> TempPath {
     let (code, hash, err) = hash_password("wonderland\n");
     assert_eq!(code, Some(0), "{err}");
-    let users = TempPath::new("fair-users");
+    let users = TempPath::new(stem);
     std::fs::write(&users.0, format!("alice:{}\n", hash.trim())).unwrap();
+    users
+}
+
+#[test]
+fn wrong_passwords_from_one_address_cannot_delay_other_logins() {
+    let users = argon2_alice("fair-users");
     let echo = echo_server("127.0.0.1:0");
     // No verified-login cache: every honest login is hashed too.
     let (proxy, metrics) = Proxy::start_with_metrics(&[
@@ -215,10 +222,7 @@ fn wrong_passwords_from_one_address_cannot_delay_other_logins() {
 
 #[test]
 fn a_verified_login_is_not_hashed_again_and_passes_a_throttled_address() {
-    let (code, hash, err) = hash_password("wonderland\n");
-    assert_eq!(code, Some(0), "{err}");
-    let users = TempPath::new("cached-users");
-    std::fs::write(&users.0, format!("alice:{}\n", hash.trim())).unwrap();
+    let users = argon2_alice("cached-users");
     let echo = echo_server("127.0.0.1:0");
     let (proxy, metrics) = Proxy::start_with_metrics(&[
         "--users",
