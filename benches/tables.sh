@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prints the markdown table of every saved result file (default: the
-# files in benches/results/, which README's tables come from), drawn again
+# files in benches/results/, which the tables of README and docs/ come from), drawn again
 # from the JSON by `loadgen table`: anyone can check a table against its
 # numbers, or redo the run (benches/tuning-settings.sh) and the table.
 #

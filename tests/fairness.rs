@@ -111,35 +111,34 @@ fn udp_associations_from_one_address_cannot_take_the_descriptors() {
         .expect("the address is served again");
 }
 
-/// A users file whose one user, alice, has an Argon2 hash of
-/// "wonderland" from `coresocks hash-password`.
-fn argon2_alice(stem: &str) -> TempPath {
+/// A one-core proxy (with `extra` flags and metrics) whose one user,
+/// alice, has an Argon2 hash of "wonderland" from `coresocks
+/// hash-password`; the users file lives as long as the first value.
+fn proxy_with_argon2_alice(extra: &[&str]) -> (TempPath, Proxy, String) {
     let (code, hash, err) = hash_password("wonderland\n");
     assert_eq!(code, Some(0), "{err}");
-    let users = TempPath::new(stem);
+    let users = TempPath::new("argon2-users");
     std::fs::write(&users.0, format!("alice:{}\n", hash.trim())).unwrap();
-    users
+    let mut args = vec!["--users", users.arg(), "--cores", "1"];
+    args.extend(extra);
+    let (proxy, metrics) = Proxy::start_with_metrics(&args);
+    (users, proxy, metrics)
+}
+
+fn as_alice(password: &str) -> Credentials {
+    Credentials {
+        username: "alice".into(),
+        password: password.into(),
+    }
 }
 
 #[test]
 fn wrong_passwords_from_one_address_cannot_delay_other_logins() {
-    let users = argon2_alice("fair-users");
     let echo = echo_server("127.0.0.1:0");
     // No verified-login cache: every honest login is hashed too.
-    let (proxy, metrics) = Proxy::start_with_metrics(&[
-        "--users",
-        users.arg(),
-        "--cores",
-        "1",
-        "--auth-cache",
-        "0s",
-        "--log-level",
-        "info",
-    ]);
-    let alice = Credentials {
-        username: "alice".into(),
-        password: "wonderland".into(),
-    };
+    let (_users, proxy, metrics) =
+        proxy_with_argon2_alice(&["--auth-cache", "0s", "--log-level", "info"]);
+    let alice = as_alice("wonderland");
     let unloaded = median(
         (0..7)
             .map(|_| honest_fetch(&proxy, &echo, Some(&alice)).expect("unloaded login"))
@@ -155,10 +154,7 @@ fn wrong_passwords_from_one_address_cannot_delay_other_logins() {
             let (stop, attempts, addr) = (stop.clone(), attempts.clone(), proxy.addr);
             let target = echo.target();
             thread::spawn(move || {
-                let mallory = Credentials {
-                    username: "alice".into(),
-                    password: "guess".into(),
-                };
+                let mallory = as_alice("guess");
                 while !stop.load(Ordering::Relaxed) {
                     let s =
                         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
@@ -222,41 +218,29 @@ fn wrong_passwords_from_one_address_cannot_delay_other_logins() {
 
 #[test]
 fn a_verified_login_is_not_hashed_again_and_passes_a_throttled_address() {
-    let users = argon2_alice("cached-users");
     let echo = echo_server("127.0.0.1:0");
-    let (proxy, metrics) = Proxy::start_with_metrics(&[
-        "--users",
-        users.arg(),
-        "--cores",
-        "1",
-        "--auth-failures-per-client",
-        "6",
-    ]);
-    let alice = |password: &str| Credentials {
-        username: "alice".into(),
-        password: password.into(),
-    };
-    proxy.assert_serves_as(&echo, Some(&alice("wonderland")));
-    proxy.assert_serves_as(&echo, Some(&alice("wonderland")));
+    let (_users, proxy, metrics) = proxy_with_argon2_alice(&["--auth-failures-per-client", "6"]);
+    proxy.assert_serves_as(&echo, Some(&as_alice("wonderland")));
+    proxy.assert_serves_as(&echo, Some(&as_alice("wonderland")));
     let hits = |body: &str| metric_sum(body, "coresocks_auth_cache_hits_total", &[]);
     assert_eq!(hits(&scrape(&metrics)), 1);
     // 6 a minute: one wrong password empties the bucket (a burst of one).
     for expected in ["auth-failed", "auth-failure-rate"] {
         let err = proxy
-            .connect_as(&echo.target(), Some(&alice("wrong")))
+            .connect_as(&echo.target(), Some(&as_alice("wrong")))
             .unwrap_err();
         assert!(matches!(err, ClientError::AuthRejected), "{err}");
         proxy.wait_for_log(&[&format!("end={expected}")]);
     }
     // The remembered login still passes; a wrong one is not checked.
-    proxy.assert_serves_as(&echo, Some(&alice("wonderland")));
+    proxy.assert_serves_as(&echo, Some(&as_alice("wonderland")));
     assert_eq!(hits(&scrape(&metrics)), 2);
     // A reload forgets what was verified against the old file.
     proxy.signal(libc::SIGHUP);
     proxy.wait_for_log(&["configuration 1 applied"]);
     thread::sleep(Duration::from_millis(200));
     let err = proxy
-        .connect_as(&echo.target(), Some(&alice("wonderland")))
+        .connect_as(&echo.target(), Some(&as_alice("wonderland")))
         .unwrap_err();
     assert!(
         matches!(err, ClientError::AuthRejected),

@@ -106,7 +106,7 @@ fn check_hash(phc: &str) -> Result<(), String> {
 /// the OWASP minimum) and a random salt from the kernel.
 pub fn hash_password(password: &[u8]) -> std::io::Result<String> {
     let mut salt = [0u8; 16];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut salt)?;
+    crate::sys::random_bytes(&mut salt)?;
     let argon = Argon2::default();
     let mut out = [0u8; argon2::Params::DEFAULT_OUTPUT_LEN];
     hash_in_own_pages(&argon, password, &salt, &mut out)?;

@@ -183,28 +183,24 @@ impl Server {
             };
         }
         let now = Instant::now();
-        // Connections first (their indexes match `fds`), new ones after.
-        let mut closed = vec![false; self.conns.len()];
-        for (i, c) in self.conns.iter_mut().enumerate() {
-            if fds[i + 1].revents == 0 {
-                continue;
+        // Connections first (in `fds` order), new ones after.
+        let mut revents = fds[1..].iter().map(|f| f.revents);
+        let answer = &self.answer;
+        self.conns.retain_mut(|c| {
+            if revents.next().unwrap_or(0) == 0 {
+                return true;
             }
             let done = match c.out {
                 None => match c.read(now) {
                     Ok(true) => {
-                        c.out = Some(((self.answer)(&c.head), 0, now));
+                        c.out = Some((answer(&c.head), 0, now));
                         c.write()
                     }
                     other => other.map(|_| false),
                 },
                 Some(_) => c.write(),
             };
-            closed[i] = !matches!(done, Ok(false));
-        }
-        let mut i = 0;
-        self.conns.retain(|_| {
-            i += 1;
-            !closed[i - 1]
+            matches!(done, Ok(false))
         });
         if fds[0].revents != 0 {
             self.accept(now);

@@ -23,7 +23,7 @@
 //! of the shutdown grace, so each one ends (and is logged) on its own task.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 
@@ -77,18 +77,26 @@ pub struct Admission {
     /// Unfinished handshakes by id; ids grow with age, so the first is the
     /// oldest.
     handshakes: RefCell<BTreeMap<u64, IpAddr>>,
-    per_client: RefCell<HashMap<IpAddr, usize>>,
+    /// What each client address holds; an address holding nothing has no
+    /// entry.
+    clients: RefCell<HashMap<IpAddr, ClientUse>>,
     /// Shed connections whose tasks have not ended yet.
     shed_pending: Cell<usize>,
     /// The RFC 1929 user of each authenticated connection, for a reload
     /// that removes users.
     users: RefCell<HashMap<u64, Box<[u8]>>>,
-    /// Descriptors charged to live connections, in all and by address.
+    /// Descriptors charged to live connections.
     descriptors: Cell<usize>,
-    descriptors_by_client: RefCell<HashMap<IpAddr, usize>>,
-    /// Addresses told (in the log) that they are at their share, until
-    /// they hold nothing again.
-    told: RefCell<HashSet<IpAddr>>,
+}
+
+/// One client address's use of a core.
+#[derive(Default)]
+struct ClientUse {
+    handshakes: usize,
+    descriptors: usize,
+    /// The log has said that it reached its share (once until it holds
+    /// nothing again).
+    told: bool,
 }
 
 impl Admission {
@@ -98,12 +106,10 @@ impl Admission {
             next_id: Cell::new(0),
             live: RefCell::new(HashMap::new()),
             handshakes: RefCell::new(BTreeMap::new()),
-            per_client: RefCell::new(HashMap::new()),
+            clients: RefCell::new(HashMap::new()),
             shed_pending: Cell::new(0),
             users: RefCell::new(HashMap::new()),
             descriptors: Cell::new(0),
-            descriptors_by_client: RefCell::new(HashMap::new()),
-            told: RefCell::new(HashSet::new()),
         })
     }
 
@@ -114,42 +120,45 @@ impl Admission {
 
     /// Descriptors `client` holds on this core.
     pub fn held_by(&self, client: IpAddr) -> usize {
-        self.descriptors_by_client
+        self.clients
             .borrow()
             .get(&client)
-            .copied()
-            .unwrap_or(0)
+            .map_or(0, |c| c.descriptors)
     }
 
-    /// Charges `n` descriptors to `client`; `force` skips the checks (a
-    /// connection already accepted holds its socket whatever the budget).
-    fn charge(&self, client: IpAddr, n: usize, force: bool) -> Result<(), Exhausted> {
+    /// Charges `n` more descriptors to a `client` that holds a connection.
+    fn charge(&self, client: IpAddr, n: usize) -> Result<(), Exhausted> {
         let b = self.budgets;
-        let held = self.held_by(client);
-        if !force {
-            if self.descriptors.get() + n > b.descriptors {
-                return Err(Exhausted::Core);
-            }
-            if held + n > b.descriptors_per_client {
-                return Err(Exhausted::ClientShare(client));
-            }
+        if self.descriptors.get() + n > b.descriptors {
+            return Err(Exhausted::Core);
         }
+        let mut clients = self.clients.borrow_mut();
+        let Some(held) = clients.get_mut(&client) else {
+            return Err(Exhausted::ClientShare(client));
+        };
+        if held.descriptors + n > b.descriptors_per_client {
+            return Err(Exhausted::ClientShare(client));
+        }
+        held.descriptors += n;
         self.descriptors.set(self.descriptors.get() + n);
-        self.descriptors_by_client
-            .borrow_mut()
-            .insert(client, held + n);
         Ok(())
     }
 
+    /// Gives back `n` descriptors of `client`'s; forgets an address that
+    /// holds nothing any more.
     fn refund(&self, client: IpAddr, n: usize) {
         self.descriptors
             .set(self.descriptors.get().saturating_sub(n));
-        let mut by_client = self.descriptors_by_client.borrow_mut();
-        if let Some(held) = by_client.get_mut(&client) {
-            *held = held.saturating_sub(n);
-            if *held == 0 {
-                by_client.remove(&client);
-                self.told.borrow_mut().remove(&client);
+        self.update(client, |c| c.descriptors = c.descriptors.saturating_sub(n));
+    }
+
+    /// Changes `client`'s entry, removing it when it holds nothing.
+    fn update(&self, client: IpAddr, change: impl FnOnce(&mut ClientUse)) {
+        let mut clients = self.clients.borrow_mut();
+        if let Some(c) = clients.get_mut(&client) {
+            change(c);
+            if c.descriptors == 0 && c.handshakes == 0 {
+                clients.remove(&client);
             }
         }
     }
@@ -157,7 +166,11 @@ impl Admission {
     /// Whether the log has not yet said that `client` reached its share;
     /// true once per episode.
     pub fn first_time_at_share(&self, client: IpAddr) -> bool {
-        self.told.borrow_mut().insert(client)
+        let mut clients = self.clients.borrow_mut();
+        let Some(c) = clients.get_mut(&client) else {
+            return false;
+        };
+        !std::mem::replace(&mut c.told, true)
     }
 
     /// Stops every connection whose RFC 1929 user `keep` rejects.
@@ -190,7 +203,11 @@ impl Admission {
     /// when a budget is full.
     pub fn admit(self: &Rc<Self>, client: IpAddr) -> Result<Admitted, Refused> {
         let b = self.budgets;
-        let client_handshakes = self.per_client.borrow().get(&client).copied().unwrap_or(0);
+        let client_handshakes = self
+            .clients
+            .borrow()
+            .get(&client)
+            .map_or(0, |c| c.handshakes);
         let shed = if client_handshakes >= b.handshakes_per_client {
             self.shed_oldest(Some(client), ShedReason::ClientHandshakeBudget)
         } else if self.handshaking() >= b.handshakes {
@@ -198,9 +215,8 @@ impl Admission {
         } else {
             None
         };
-        // A shed connection keeps its slot until its task ends; count only
-        // the others against the connection cap.
-        // Shed connections free their descriptors when their tasks end.
+        // A shed connection keeps its slot and its descriptors until its
+        // task ends; count only the others against the caps.
         let pending = self.shed_pending.get();
         let descriptors_full = self
             .descriptors
@@ -222,8 +238,14 @@ impl Admission {
         let stop = Rc::new(StopSignal::default());
         self.live.borrow_mut().insert(id, stop.clone());
         self.handshakes.borrow_mut().insert(id, client);
-        *self.per_client.borrow_mut().entry(client).or_insert(0) += 1;
-        let _ = self.charge(client, CONNECTION_DESCRIPTORS, true);
+        // Accepted: its socket is open whatever the budgets say.
+        let mut clients = self.clients.borrow_mut();
+        let use_ = clients.entry(client).or_default();
+        use_.handshakes += 1;
+        use_.descriptors += CONNECTION_DESCRIPTORS;
+        drop(clients);
+        self.descriptors
+            .set(self.descriptors.get() + CONNECTION_DESCRIPTORS);
         Ok(Admitted {
             ticket: Ticket {
                 admission: self.clone(),
@@ -263,13 +285,7 @@ impl Admission {
         let Some(client) = self.handshakes.borrow_mut().remove(&id) else {
             return;
         };
-        let mut per_client = self.per_client.borrow_mut();
-        if let Some(n) = per_client.get_mut(&client) {
-            *n -= 1;
-            if *n == 0 {
-                per_client.remove(&client);
-            }
-        }
+        self.update(client, |c| c.handshakes -= 1);
     }
 }
 
@@ -310,7 +326,7 @@ impl Ticket {
     /// session opens them; they are refunded by [`Ticket::refund`] or when
     /// the ticket drops.
     pub fn charge(&self, n: usize) -> Result<(), Exhausted> {
-        self.admission.charge(self.client, n, false)?;
+        self.admission.charge(self.client, n)?;
         self.descriptors.set(self.descriptors.get() + n);
         Ok(())
     }
@@ -400,7 +416,10 @@ mod tests {
         drop((t, u, v, w));
         assert_eq!(a.descriptors(), 0);
         assert_eq!(a.held_by(ip(2)), 0);
+        assert!(a.clients.borrow().is_empty());
+        let again = a.admit(ip(2)).unwrap().ticket;
         assert!(a.first_time_at_share(ip(2)), "a new episode is told again");
+        drop(again);
     }
 
     #[test]
@@ -483,7 +502,7 @@ mod tests {
         drop(t);
         drop(u);
         assert_eq!((a.live(), a.handshaking()), (0, 0));
-        assert!(a.per_client.borrow().is_empty());
+        assert!(a.clients.borrow().is_empty());
     }
 
     #[test]

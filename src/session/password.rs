@@ -165,12 +165,10 @@ impl PasswordGate {
     /// lifetime.
     pub fn remembers(&self, users: &UserDb, user: &[u8], password: &[u8], now: Instant) -> bool {
         let verified = self.verified.borrow();
-        let Some(v) = verified.get(user) else {
+        let (Some(v), Some(mac)) = (verified.get(user), login_mac(user, password)) else {
             return false;
         };
-        v.users == users.generation()
-            && v.until > now
-            && bool::from(v.mac.ct_eq(&login_mac(user, password)))
+        v.users == users.generation() && v.until > now && bool::from(v.mac.ct_eq(&mac))
     }
 
     /// Remembers a login just verified against `users`.
@@ -182,9 +180,9 @@ impl PasswordGate {
         ttl: Duration,
         now: Instant,
     ) {
-        if ttl.is_zero() {
+        let Some(mac) = login_mac(user, password).filter(|_| !ttl.is_zero()) else {
             return;
-        }
+        };
         let mut verified = self.verified.borrow_mut();
         if verified.len() >= CACHE_ENTRIES && !verified.contains_key(user) {
             let generation = users.generation();
@@ -196,7 +194,7 @@ impl PasswordGate {
         verified.insert(
             user.into(),
             Verified {
-                mac: login_mac(user, password),
+                mac,
                 users: users.generation(),
                 until: now + ttl,
             },
@@ -223,28 +221,20 @@ impl Drop for WaitPlace<'_> {
 }
 
 /// BLAKE2b-256 keyed with a key drawn once per process, over the user's
-/// length, the user and the password.
-fn login_mac(user: &[u8], password: &[u8]) -> [u8; 32] {
-    static KEY: OnceLock<[u8; 32]> = OnceLock::new();
+/// length, the user and the password; `None` (no cache) if the kernel gave
+/// no key.
+fn login_mac(user: &[u8], password: &[u8]) -> Option<[u8; 32]> {
+    static KEY: OnceLock<Option<[u8; 32]>> = OnceLock::new();
     let key = KEY.get_or_init(|| {
         let mut key = [0u8; 32];
-        if crate::sys::random_bytes(&mut key).is_err() {
-            // Without randomness the cache would be a fast oracle for
-            // anyone who reads the process's memory; a key of the clock is
-            // no worse than no cache, which the caller cannot tell apart.
-            let t = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            key[..16].copy_from_slice(&t.as_nanos().to_le_bytes());
-        }
-        key
+        crate::sys::random_bytes(&mut key).ok().map(|()| key)
     });
-    let mut mac = blake2::Blake2bMac::<blake2::digest::consts::U32>::new_from_slice(key)
-        .expect("a 32-byte key fits BLAKE2b");
+    let mut mac =
+        blake2::Blake2bMac::<blake2::digest::consts::U32>::new_from_slice(key.as_ref()?).ok()?;
     mac.update(&[user.len() as u8]);
     mac.update(user);
     mac.update(password);
-    mac.finalize_fixed().into()
+    Some(mac.finalize_fixed().into())
 }
 
 /// RFC 1929: one username and password, checked against the users file.
@@ -268,38 +258,31 @@ pub(super) async fn user_pass(
     let gate = &core.passwords;
     let per_minute = config.auth_failures_per_client;
     let m = core.metrics();
-    let refuse = |reason: Refusal| {
-        metrics::add(&m.auth_refusals[reason.index()], 1);
-        SessionError::AuthRefused {
-            client: client_ip,
-            reason,
-        }
-    };
     let now = Instant::now();
-    let (ok, hashed) = match users.verify(&creds.username, &creds.password) {
-        Verification::Decided(ok) if gate.may_try(client_ip, per_minute, now) => (ok, false),
+    let verdict = match users.verify(&creds.username, &creds.password) {
         Verification::Slow(_) if gate.remembers(users, &creds.username, &creds.password, now) => {
             metrics::add(&m.auth_cache_hits, 1);
-            (true, false)
+            Ok((true, false))
         }
-        Verification::Slow(check) if gate.may_try(client_ip, per_minute, now) => {
-            let Some(place) = gate.wait_place(client_ip) else {
-                send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
-                return Err(refuse(Refusal::ClientQueue));
-            };
-            let checked = crate::events::blocking_on(Pool::Hashing, move || check.run()).await;
-            drop(place);
-            match checked {
-                Ok(ok) => (ok, true),
-                Err(_) => {
-                    send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
-                    return Err(refuse(Refusal::HashQueue));
-                }
-            }
-        }
-        _ => {
+        _ if !gate.may_try(client_ip, per_minute, now) => Err(Refusal::FailureRate),
+        Verification::Decided(ok) => Ok((ok, false)),
+        Verification::Slow(check) => match gate.wait_place(client_ip) {
+            None => Err(Refusal::ClientQueue),
+            Some(_place) => crate::events::blocking_on(Pool::Hashing, move || check.run())
+                .await
+                .map(|ok| (ok, true))
+                .map_err(|_| Refusal::HashQueue),
+        },
+    };
+    let (ok, hashed) = match verdict {
+        Ok(verdict) => verdict,
+        Err(reason) => {
+            metrics::add(&m.auth_refusals[reason.index()], 1);
             send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
-            return Err(refuse(Refusal::FailureRate));
+            return Err(SessionError::AuthRefused {
+                client: client_ip,
+                reason,
+            });
         }
     };
     let now = Instant::now();

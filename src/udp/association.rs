@@ -155,19 +155,20 @@ struct Association<'a> {
     protection: Option<RefCell<Protection>>,
 }
 
-/// A non-blocking UDP socket of `addr`'s family, not yet bound (IPv6 ones
-/// take IPv6 only).
-fn unbound_udp(addr: SocketAddr) -> io::Result<Socket> {
+/// A non-blocking UDP socket of `addr`'s family, not yet bound; an IPv6
+/// one takes IPv6 only unless it is to be `dual` (IPv4 as mapped
+/// addresses too).
+fn unbound_udp(addr: SocketAddr, dual: bool) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
-        s.set_only_v6(true)?;
+        s.set_only_v6(!dual)?;
     }
     s.set_nonblocking(true)?;
     Ok(s)
 }
 
 fn udp_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
-    let s = unbound_udp(bind)?;
+    let s = unbound_udp(bind, false)?;
     s.bind(&bind.into())?;
     into_glommio(s)
 }
@@ -176,11 +177,13 @@ fn udp_socket(bind: SocketAddr) -> io::Result<UdpSocket> {
 /// (`--egress-source`, `--egress-interface`; no rule's pool: an association
 /// has many destinations). `None` when the pool has no address of this
 /// family, or the family is disabled on the host: datagrams of that family
-/// are then dropped.
-fn outbound_socket(egress: &Egress<'_>, any: SocketAddr) -> Option<UdpSocket> {
+/// are then dropped. `dual` (with `any` of IPv6): one socket for both
+/// families, where no egress source pool asks for a source per family, so
+/// an association holds three descriptors, not four.
+fn outbound_socket(egress: &Egress<'_>, any: SocketAddr, dual: bool) -> Option<UdpSocket> {
     let key = egress.user.as_deref().ok_or(egress.client);
     let source = egress.outbound.source_for(&[], any, key).ok()?;
-    let s = unbound_udp(any).ok()?;
+    let s = unbound_udp(any, dual).ok()?;
     let bind = SocketAddr::new(source.unwrap_or(any.ip()), 0);
     let bound = sys::bind_device(&s, egress.outbound.interface.as_deref())
         .and_then(|()| sys::bind_source(&s, bind, false));
@@ -188,26 +191,6 @@ fn outbound_socket(egress: &Egress<'_>, any: SocketAddr) -> Option<UdpSocket> {
         // Without a configured source or interface this is a family the
         // host has turned off (IPv6, often): nothing to warn about.
         if source.is_some() || egress.outbound.interface.is_some() {
-            tracing::warn!("udp: {e}");
-        }
-        return None;
-    }
-    into_glommio(s).ok()
-}
-
-/// One outbound socket for both families (`[::]:0`, IPv4 as mapped
-/// addresses), where no egress source pool asks for a source per family:
-/// an association then holds three descriptors, not four. `None` where the
-/// host has no IPv6 at all.
-fn dual_stack_socket(egress: &Egress<'_>) -> Option<UdpSocket> {
-    let any6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
-    let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)).ok()?;
-    s.set_only_v6(false).ok()?;
-    s.set_nonblocking(true).ok()?;
-    let bound = sys::bind_device(&s, egress.outbound.interface.as_deref())
-        .and_then(|()| sys::bind_source(&s, any6, false));
-    if let Err(e) = bound {
-        if egress.outbound.interface.is_some() {
             tracing::warn!("udp: {e}");
         }
         return None;
@@ -632,14 +615,14 @@ pub fn prepare<'a>(
     let any4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, 0).into();
     let any6: SocketAddr = (std::net::Ipv6Addr::UNSPECIFIED, 0).into();
     let dual = match egress.outbound.sources.is_empty() {
-        true => dual_stack_socket(&egress),
+        true => outbound_socket(&egress, any6, true),
         false => None,
     };
     let (out_v4, out_v6, dual) = match dual {
         Some(s) => (None, Some(s), true),
         None => (
-            outbound_socket(&egress, any4),
-            outbound_socket(&egress, any6),
+            outbound_socket(&egress, any4, false),
+            outbound_socket(&egress, any6, false),
             false,
         ),
     };

@@ -3,7 +3,8 @@
 //! An association lives on the core that accepted its TCP control
 //! connection, and owns sockets of its own: a client-facing socket bound to
 //! the address the client connected to (its port is the BND.PORT of the
-//! reply), and one outbound socket per address family. The client sends its
+//! reply), and one dual-stack outbound socket (one per address family with
+//! an egress source pool). The client sends its
 //! datagrams to that port, so they arrive on the owning core by
 //! construction: no steering, no table shared between cores, no hand-off.
 //! The price is one ephemeral port per association (see docs/ARCHITECTURE.md).
