@@ -8,7 +8,8 @@
 //! `limit + cores - 1` tunnels across the process, and, when the
 //! SO_REUSEPORT hash puts all of a user's connections on one core, can be
 //! refused from that core's share onwards. Both bounds are documented in
-//! README; one core (`--cores 1`) makes the limits exact.
+//! docs/CONFIGURATION.md, "Limits under load and attack"; one core
+//! (`--cores 1`) makes the limits exact.
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -97,7 +97,7 @@ fn the_systemd_unit_verifies_and_hardens() {
         String::from_utf8_lossy(&check.stderr)
     );
     let Ok(analyze) = Command::new("systemd-analyze").arg("--version").output() else {
-        eprintln!("note: no systemd-analyze here; the unit's keys were checked by name only");
+        root::skip("no systemd-analyze here (Debian package systemd): the unit's keys were checked by name only");
         return;
     };
     assert!(analyze.status.success());

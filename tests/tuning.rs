@@ -8,10 +8,7 @@
 use std::path::Path;
 use std::process::Command;
 
-#[path = "common/root.rs"]
-mod root;
-
-use root::root_or_skip;
+use crate::common::root::root_or_skip;
 
 #[test]
 fn apply_then_revert_restores_exactly_what_it_changed() {

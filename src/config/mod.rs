@@ -309,7 +309,8 @@ pub struct Settings {
     pub pipe_size: Option<usize>,
 
     /// Most pipes one core holds for splicing; a direction that finds none
-    /// copies instead [default: max-tunnels-per-core]
+    /// copies instead [default: a tenth of the core's descriptors, at most
+    /// 256]
     #[arg(long, value_name = "N")]
     pub max_pipes_per_core: Option<usize>,
 
@@ -353,7 +354,8 @@ pub struct Settings {
 
     /// Zero-downtime upgrade: a new process started with the same PATH
     /// takes this one's listening sockets over (SCM_RIGHTS), and this one
-    /// stops accepting and drains; see README, "Upgrades" [default: none]
+    /// stops accepting and drains; see docs/OPERATIONS.md, "Upgrades
+    /// without downtime" [default: none]
     #[arg(long, value_name = "PATH")]
     pub upgrade_socket: Option<PathBuf>,
 
@@ -442,7 +444,7 @@ pub struct Settings {
     pub udp_advertise: Option<std::net::IpAddr>,
 
     /// Access rules of the config file (`[[rule]]` tables), evaluated in
-    /// order after the flags; see README.md, "Egress policy".
+    /// order after the flags; see docs/CONFIGURATION.md, "Egress policy".
     #[arg(skip)]
     #[serde(default)]
     pub rule: Vec<crate::policy::RuleSpec>,

@@ -81,6 +81,9 @@ pub struct CoreMetrics {
     pub tunnel_seconds: Histogram,
     /// Access-log lines the writer had to drop (it never blocks a core).
     pub access_lines_dropped: AtomicU64,
+    /// The configuration generation this core serves new sessions with
+    /// (0 as started; each applied SIGHUP adds one).
+    pub config_generation: AtomicU64,
 }
 
 /// Why a login was refused unchecked, as indexed in
@@ -172,7 +175,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             .map(|(m, id)| (format!("core=\"{id}\""), f(m)))
             .collect()
     };
-    let simple: [Family<'_>; 20] = [
+    let simple: [Family<'_>; 21] = [
         (
             "connections_accepted_total",
             "counter",
@@ -296,6 +299,12 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             "counter",
             "UDP datagrams dropped because their user or client was over its bandwidth limit (finished associations).",
             &|m| m.udp_datagrams_over_bandwidth.load(Relaxed),
+        ),
+        (
+            "config_generation",
+            "gauge",
+            "The configuration this core serves new sessions with: 0 as started, one more for each SIGHUP it applied.",
+            &|m| m.config_generation.load(Relaxed),
         ),
     ];
     for (name, kind, help, f) in simple {

@@ -192,10 +192,12 @@ pub async fn run_core(
         })
         .collect();
 
-    let mut reloads = super::reload::Follower::new(slot);
+    let mut reloads = super::reload::Follower::new(slot, core.index);
     wait_for_shutdown(&shutdown, || {
-        if let Some(config) = reloads.take() {
+        if let Some((generation, config)) = reloads.take() {
             core.reconfigure(Arc::new(config));
+            metrics::set(&core.metrics().config_generation, generation);
+            reloads.applied(generation);
         }
     })
     .await;

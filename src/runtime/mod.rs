@@ -148,7 +148,7 @@ pub fn run(config: Config, reloader: Reloader, serve: Serve) -> Result<(), Runti
     let shutdown = Arc::new(AtomicBool::new(false));
     let handed_over = Arc::new(AtomicBool::new(false));
     let config = Arc::new(config);
-    let slot = Arc::new(ConfigSlot::new(config.clone()));
+    let slot = Arc::new(ConfigSlot::new(config.clone(), cpus.len()));
     // From here threads run that may be inside GSS-API.
     crate::gssapi::freeze_environment();
     install_signal_thread(shutdown.clone(), slot.clone(), reloader)?;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod kdc;
+pub mod root;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,6 +25,8 @@ pub struct Proxy {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// Set once the log reader has seen the end of the proxy's stderr.
+    log_ended: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -110,6 +113,8 @@ impl Proxy {
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let log2 = log.clone();
+        let log_ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ended = log_ended.clone();
         thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -119,12 +124,14 @@ impl Proxy {
                 }
                 log2.lock().unwrap().push(line);
             }
+            ended.store(true, std::sync::atomic::Ordering::Release);
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
             Ok(addr) => Ok(Proxy {
                 child,
                 addr: addr.parse().unwrap(),
                 log,
+                log_ended,
             }),
             Err(_) => {
                 let _ = child.kill();
@@ -137,6 +144,23 @@ impl Proxy {
 
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Stops the proxy (SIGTERM), waits for it to exit and for the last of
+    /// its stderr, and returns every line it logged: the evidence a check
+    /// for a line that must not appear needs.
+    pub fn stop_and_collect_log(&mut self) -> Vec<String> {
+        self.signal(libc::SIGTERM);
+        assert!(
+            self.wait_exit(IO_TIMEOUT).is_some(),
+            "the proxy did not exit"
+        );
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !self.log_ended.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "stderr stayed open");
+            thread::sleep(Duration::from_millis(10));
+        }
+        self.log()
     }
 
     /// Waits until a log line containing every one of `needles` appears.
