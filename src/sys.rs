@@ -840,10 +840,11 @@ impl DatagramBatch {
     pub fn recv(&mut self, fd: impl AsFd, offset: usize) -> io::Result<usize> {
         let fd = fd.as_fd().as_raw_fd();
         const N: usize = DatagramBatch::SLOTS;
-        // SAFETY (for the zeroed values): all-zero is a valid iovec,
-        // mmsghdr and sockaddr_storage.
+        // SAFETY: all-zero is a valid sockaddr_storage (plain integers).
         let mut names: [libc::sockaddr_storage; N] = unsafe { std::mem::zeroed() };
+        // SAFETY: all-zero is a valid iovec (a null pointer of length 0).
         let mut iovs: [libc::iovec; N] = unsafe { std::mem::zeroed() };
+        // SAFETY: all-zero is a valid mmsghdr (null pointers, zero lengths).
         let mut msgs: [libc::mmsghdr; N] = unsafe { std::mem::zeroed() };
         for (i, slot) in self.buf.chunks_exact_mut(self.slot_len).enumerate() {
             let room = &mut slot[offset..];

@@ -10,6 +10,8 @@
 //! Every message implements [`Codec`]; the server and loadgen's client
 //! share it.
 
+#![forbid(unsafe_code)]
+
 mod addr;
 mod auth;
 mod error;

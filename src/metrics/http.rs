@@ -147,10 +147,13 @@ fn head_complete(head: &[u8]) -> bool {
     head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n")
 }
 
+/// Turns a request head into the whole response.
+type Answer = Box<dyn Fn(&[u8]) -> Vec<u8> + Send>;
+
 struct Server {
     listener: TcpListener,
     conns: Vec<Conn>,
-    answer: Box<dyn Fn(&[u8]) -> Vec<u8> + Send>,
+    answer: Answer,
 }
 
 impl Server {
