@@ -14,17 +14,19 @@
 
 pub mod client;
 pub mod config;
-pub mod events;
 pub mod gssapi;
 pub mod logging;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod policy;
-pub mod quota;
-pub mod relay;
-pub mod resolve;
+pub(crate) mod quota;
+pub(crate) mod relay;
+pub(crate) mod resolve;
 pub mod runtime;
 pub mod session;
-pub mod sys;
-pub mod udp;
+pub(crate) mod stop;
+pub(crate) mod udp;
 
 pub use coresocks_proto as proto;
+// The I/O layer is a crate of its own; the proxy's modules reach it by
+// these names.
+pub(crate) use coresocks_io::{events, sys};

@@ -128,7 +128,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
 /// `coresocks hash-password`: one line from stdin (not echoed on a
 /// terminal) to an Argon2id PHC string on stdout.
 fn hash_password() -> ExitCode {
-    let password = match coresocks::sys::read_password_line() {
+    let password = match coresocks_io::sys::read_password_line() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("coresocks: cannot read the password from standard input: {e}");

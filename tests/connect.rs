@@ -313,7 +313,7 @@ fn serves_500_concurrent_tunnels_on_all_cores() {
         .collect();
     let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(total, TUNNELS);
-    let cores = coresocks::sys::allowed_cpus().unwrap();
+    let cores = coresocks_io::sys::allowed_cpus().unwrap();
     if cores.len() > 1 {
         // SO_REUSEPORT spreads connections by hash: with 500 of them every
         // core gets some.

@@ -355,7 +355,7 @@ fn a_thousand_associations_over_all_cores_each_echo_intact() {
     let total: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(total, ASSOCIATIONS);
     // Every association reports its datagrams on the core that owns it.
-    let cores = coresocks::sys::allowed_cpus().unwrap().len();
+    let cores = coresocks_io::sys::allowed_cpus().unwrap().len();
     let deadline = Instant::now() + IO_TIMEOUT;
     loop {
         let lines: Vec<String> = access_lines(&proxy)

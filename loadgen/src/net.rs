@@ -8,9 +8,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use coresocks::client::{self, Credentials, GssapiOptions};
-use coresocks::events::Stream;
 use coresocks::gssapi::Protection;
 use coresocks::proto::{Command, TargetAddr};
+use coresocks_io::events::Stream;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{describe, Failure, LoadgenError, Stage};
@@ -109,9 +109,9 @@ pub async fn open_protected(
         .await
         .map_err(|e| Failure::from_io(&e, Stage::Connect))?;
     if linger_zero {
-        coresocks::sys::set_linger_zero(&stream);
+        coresocks_io::sys::set_linger_zero(&stream);
     }
-    coresocks::sys::set_nodelay(&stream);
+    coresocks_io::sys::set_nodelay(&stream);
     let mut protection = None;
     if path.proxy.is_some() {
         stage.set(Stage::Handshake);
@@ -137,7 +137,7 @@ pub async fn within<T>(
     on_timeout: impl FnOnce() -> Failure,
 ) -> Result<T, Failure> {
     futures_lite::future::or(fut, async move {
-        coresocks::events::sleep(limit).await;
+        coresocks_io::events::sleep(limit).await;
         Err(on_timeout())
     })
     .await

@@ -25,7 +25,7 @@ pub struct ProcSample {
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 almost everywhere).
 pub fn clock_ticks() -> f64 {
-    coresocks::sys::clock_ticks() as f64
+    coresocks_io::sys::clock_ticks() as f64
 }
 
 /// Reads /proc/PID/stat and /proc/PID/status now.

@@ -1,5 +1,5 @@
 //! loadgen's sockets on an event ring of their own, as the proxy's cores
-//! have (`coresocks::events`): glommio's rings have default flags, so
+//! have (`coresocks_io::events`): glommio's rings have default flags, so
 //! every completion raised from the proxy's CPU (loopback delivers in the
 //! sender's softirq) interrupts loadgen's CPU with an IPI, and sending it
 //! costs the proxy's CPU too. Direct pays none of that (loadgen and its
@@ -17,8 +17,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use coresocks::config::EventRingSetup;
-use coresocks::events::{DatagramWait, EventRing, Listener, Stream};
+use coresocks_io::events::RingSetup;
+use coresocks_io::events::{DatagramWait, EventRing, Listener, Stream};
 use glommio::net::UdpSocket;
 
 /// Off-core helper threads per ring (loadgen resolves no names on its
@@ -49,7 +49,7 @@ fn ring() -> Option<Rc<EventRing>> {
     RING.with(|r| {
         r.get_or_init(|| {
             enabled()
-                .then(|| EventRing::start(EventRingSetup::Auto, true, [HELPERS, 0]).ok())
+                .then(|| EventRing::start(RingSetup::Auto, true, [HELPERS, 0]).ok())
                 .flatten()
         })
         .clone()
@@ -59,9 +59,9 @@ fn ring() -> Option<Rc<EventRing>> {
 /// Runs an executor's root future with this thread's ring started first,
 /// so that every timer of the thread (open-loop pacing among them) wakes
 /// the core through the ring, where it sleeps; counted like every task
-/// (`coresocks::events::root`).
+/// (`coresocks_io::events::root`).
 pub fn on_core<F: std::future::Future>(f: F) -> impl std::future::Future<Output = F::Output> {
-    coresocks::events::root(async move {
+    coresocks_io::events::root(async move {
         ring();
         f.await
     })

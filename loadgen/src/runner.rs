@@ -169,7 +169,7 @@ impl CoreCtx {
             if let Some(w) = self.control.window(self.warmup, self.duration) {
                 return Ok(w);
             }
-            coresocks::events::sleep(Duration::from_millis(1)).await;
+            coresocks_io::events::sleep(Duration::from_millis(1)).await;
         }
     }
 }
@@ -208,7 +208,7 @@ struct ExecOutput<R> {
 }
 
 pub fn check_memlock() -> Result<(), LoadgenError> {
-    let memlock = coresocks::sys::memlock_limit().unwrap_or(u64::MAX);
+    let memlock = coresocks_io::sys::memlock_limit().unwrap_or(u64::MAX);
     if memlock < MIN_MEMLOCK {
         return Err(LoadgenError::MemLock {
             have: memlock / 1024,
@@ -226,7 +226,7 @@ pub fn executor(cpu: usize, name: &str) -> LocalExecutorBuilder {
 
 async fn wait_for(flag: impl Fn() -> bool, every: Duration) {
     while !flag() {
-        coresocks::events::sleep(every).await;
+        coresocks_io::events::sleep(every).await;
     }
 }
 
@@ -239,7 +239,7 @@ where
 {
     check_memlock()?;
     // Many tunnels need many descriptors; failure just keeps the old limit.
-    let _ = coresocks::sys::raise_nofile_limit();
+    let _ = coresocks_io::sys::raise_nofile_limit();
 
     let (target_addr, target_cpus, mut listeners) = match &plan.targets {
         Targets::External(addr) => (*addr, Vec::new(), Vec::new()),

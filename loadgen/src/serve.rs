@@ -30,8 +30,8 @@ pub fn run(args: &ServeArgs) -> Result<(), LoadgenError> {
         crate::ring::disable();
     }
     check_memlock()?;
-    let _ = coresocks::sys::raise_nofile_limit();
-    let allowed = coresocks::sys::allowed_cpus()
+    let _ = coresocks_io::sys::raise_nofile_limit();
+    let allowed = coresocks_io::sys::allowed_cpus()
         .map_err(|e| LoadgenError::Cores(format!("cannot read the CPU affinity: {e}")))?;
     let cpus = match &args.cores {
         Some(spec) => spec.select(&allowed).map_err(LoadgenError::Cores)?,
@@ -66,7 +66,7 @@ pub fn run(args: &ServeArgs) -> Result<(), LoadgenError> {
                 let target = TargetCore::start(fd, Some(udp), hooks);
                 running.fetch_add(1, Ordering::AcqRel);
                 while !stop_flag.load(Ordering::Acquire) {
-                    coresocks::events::sleep(Duration::from_millis(20)).await;
+                    coresocks_io::events::sleep(Duration::from_millis(20)).await;
                 }
                 target.finish()
             })

@@ -4,16 +4,14 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::net::Shutdown;
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use coresocks::events::Stream;
+use coresocks_io::events::Stream;
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use socket2::SockRef;
 
 use crate::error::{Failure, Stage};
 
@@ -31,28 +29,19 @@ pub async fn fair_share() {
 pub async fn sleep_until(at: Instant) {
     let now = Instant::now();
     if at > now {
-        coresocks::events::sleep(at - now).await;
+        coresocks_io::events::sleep(at - now).await;
     }
 }
 
 /// Whether the peer of a connected TCP socket has closed it (a FIN or a
 /// RST is waiting), without reading any data. `None` while the connection
 /// looks alive.
-pub fn peer_closed(fd: RawFd) -> Option<Failure> {
-    // SAFETY: callers pass the fd of a socket they still hold open.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    match coresocks::sys::peer_closed(borrowed) {
+pub fn peer_closed(socket: impl AsFd) -> Option<Failure> {
+    match coresocks_io::sys::peer_closed(socket.as_fd()) {
         Ok(true) => Some(Failure::ClosedEarly),
         Ok(false) => None,
         Err(e) => Some(Failure::from_io(&e, Stage::Target)),
     }
-}
-
-/// Half-closes the write side (sends FIN) of a socket we own.
-pub fn shutdown_write(fd: RawFd) {
-    // SAFETY: callers pass the fd of a socket they still hold open.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let _ = SockRef::from(&borrowed).shutdown(Shutdown::Write);
 }
 
 /// Splits a stream so one task (or two futures) can read while writing.
@@ -69,8 +58,10 @@ pub struct ReadHalf(Rc<RefCell<Stream>>);
 pub struct WriteHalf(Rc<RefCell<Stream>>);
 
 impl WriteHalf {
-    pub fn fd(&self) -> RawFd {
-        self.0.borrow().as_raw_fd()
+    /// Half-closes the write side (sends FIN) at once, whatever the read
+    /// half is doing.
+    pub fn shutdown_write(&self) {
+        let _ = coresocks_io::sys::shutdown_write(self.0.borrow().as_fd());
     }
 }
 

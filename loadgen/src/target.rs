@@ -27,12 +27,12 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use coresocks::events::{Listener, Stream};
+use coresocks_io::events::{Listener, Stream};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::UdpSocket;
 use serde::Serialize;
 
-use crate::stream::{fair_share, shutdown_write, split};
+use crate::stream::{fair_share, split};
 use crate::wire::{
     ACK_FINAL, HELLO_REPLY, MODE_DUPLEX, MODE_ECHO, MODE_HELLO, MODE_SINK, MODE_SOURCE, UNIT,
 };
@@ -158,10 +158,11 @@ impl TargetCore {
         let listener = crate::ring::listener(listener);
         let counters = Rc::new(Counters::default());
         let task =
-            coresocks::events::spawn(accept_loop(listener, counters.clone(), hooks.pause)).detach();
+            coresocks_io::events::spawn(accept_loop(listener, counters.clone(), hooks.pause))
+                .detach();
         let udp_loop = udp.map(|fd| {
-            let sock = coresocks::sys::glommio_udp_socket(fd);
-            coresocks::events::spawn(udp_echo(sock, counters.clone(), hooks.udp_drop_every))
+            let sock = coresocks_io::sys::glommio_udp_socket(fd);
+            coresocks_io::events::spawn(udp_echo(sock, counters.clone(), hooks.udp_drop_every))
                 .detach()
         });
         TargetCore {
@@ -207,11 +208,12 @@ async fn accept_loop(mut listener: Listener, counters: Rc<Counters>, hook: Optio
             Ok(None) => {}
             Ok(Some((stream, _))) => {
                 bump(&counters.accepted, 1);
-                coresocks::sys::set_nodelay(&stream);
-                coresocks::events::spawn(serve_connection(stream, counters.clone(), hook)).detach();
+                coresocks_io::sys::set_nodelay(&stream);
+                coresocks_io::events::spawn(serve_connection(stream, counters.clone(), hook))
+                    .detach();
             }
             // Out of descriptors and the like: back off instead of spinning.
-            Err(_) => coresocks::events::sleep(Duration::from_millis(10)).await,
+            Err(_) => coresocks_io::events::sleep(Duration::from_millis(10)).await,
         }
     }
 }
@@ -298,11 +300,10 @@ async fn sink(mut stream: Stream, c: &Counters) -> io::Result<()> {
 /// writer), so the client decides when the flow ends.
 async fn source(stream: Stream, c: Rc<Counters>) -> io::Result<()> {
     let (mut rd, mut wr) = split(stream);
-    let fd = wr.fd();
     let eof = Rc::new(Cell::new(false));
     let reader = {
         let eof = eof.clone();
-        coresocks::events::spawn(async move {
+        coresocks_io::events::spawn(async move {
             let mut scratch = [0u8; 512];
             // Anything but more data (EOF or an error) ends the flow.
             while let Ok(n) = rd.read(&mut scratch).await {
@@ -320,18 +321,17 @@ async fn source(stream: Stream, c: Rc<Counters>) -> io::Result<()> {
         fair_share().await;
     }
     drop(reader);
-    shutdown_write(fd);
+    wr.shutdown_write();
     Ok(())
 }
 
 async fn duplex(stream: Stream, c: Rc<Counters>) -> io::Result<()> {
     let (mut rd, mut wr) = split(stream);
-    let fd = wr.fd();
     let received = Rc::new(Cell::new(0u64));
     let eof = Rc::new(Cell::new(false));
     let reader = {
         let (received, eof, c) = (received.clone(), eof.clone(), c.clone());
-        coresocks::events::spawn(async move {
+        coresocks_io::events::spawn(async move {
             let mut buf = vec![0u8; BULK_BUF];
             while let Ok(n) = rd.read(&mut buf).await {
                 if n == 0 {
@@ -358,24 +358,24 @@ async fn duplex(stream: Stream, c: Rc<Counters>) -> io::Result<()> {
     wr.write_all(&(received.get() | ACK_FINAL).to_le_bytes())
         .await?;
     bump(&c.sent, 8);
-    shutdown_write(fd);
+    wr.shutdown_write();
     Ok(())
 }
 
 /// The UDP echo: waits with a 1-byte peek (no large buffer held while
 /// idle), then drains the socket with non-blocking calls.
 async fn udp_echo(sock: UdpSocket, c: Rc<Counters>, drop_every: Option<u64>) {
-    let fd = coresocks::sys::borrow(&sock);
+    let fd = coresocks_io::sys::borrow(&sock);
     let mut buf = vec![0u8; UDP_BUF];
     let mut wait = crate::ring::datagram_wait(&sock);
     loop {
         if wait.readable(&sock).await.is_err() {
-            coresocks::events::sleep(Duration::from_millis(10)).await;
+            coresocks_io::events::sleep(Duration::from_millis(10)).await;
             continue;
         }
         // A bounded batch, then the other tasks of the core get a turn.
         for _ in 0..UDP_BATCH {
-            let (n, from) = match coresocks::sys::udp_recv_from(fd, &mut buf) {
+            let (n, from) = match coresocks_io::sys::udp_recv_from(fd, &mut buf) {
                 Ok(r) => r,
                 Err(_) => break,
             };
@@ -385,7 +385,7 @@ async fn udp_echo(sock: UdpSocket, c: Rc<Counters>, drop_every: Option<u64>) {
                 bump(&c.udp_dropped, 1);
                 continue;
             }
-            if coresocks::sys::udp_send_to(fd, &buf[..n], from).is_err() {
+            if coresocks_io::sys::udp_send_to(fd, &buf[..n], from).is_err() {
                 bump(&c.udp_send_failures, 1);
             }
         }
@@ -420,7 +420,7 @@ pub fn udp_socket(addr: std::net::SocketAddr, reuse_port: bool) -> io::Result<so
 /// Asks for [`UDP_SOCKET_BUFFER`]-sized buffers: forced where loadgen has
 /// CAP_NET_ADMIN, else up to the sysctl maximum. Failures keep the defaults.
 fn grow_buffers(socket: &socket2::Socket) {
-    coresocks::sys::force_buffers(
+    coresocks_io::sys::force_buffers(
         std::os::fd::AsFd::as_fd(socket),
         UDP_SOCKET_BUFFER as libc::c_int,
     );

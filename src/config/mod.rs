@@ -73,7 +73,7 @@ impl GssProtection {
 }
 
 /// How each core's own io_uring (the event ring) is set up; see
-/// `src/events/ring.rs`.
+/// `io/src/events/ring.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum EventRingSetup {
@@ -90,6 +90,19 @@ pub enum EventRingSetup {
     /// completions may interrupt the core), and connects through its write path,
     /// where an ICMP error can take seconds to surface.
     Off,
+}
+
+impl From<EventRingSetup> for crate::events::RingSetup {
+    fn from(setup: EventRingSetup) -> Self {
+        use crate::events::RingSetup;
+        match setup {
+            EventRingSetup::Auto => RingSetup::Auto,
+            EventRingSetup::DeferTaskrun => RingSetup::DeferTaskrun,
+            EventRingSetup::CoopTaskrun => RingSetup::CoopTaskrun,
+            EventRingSetup::Plain => RingSetup::Plain,
+            EventRingSetup::Off => RingSetup::Off,
+        }
+    }
 }
 
 /// Settings shared by the command line and the TOML file. Field docs are the

@@ -176,10 +176,7 @@ impl Server {
             .map(|c| c.deadline().saturating_duration_since(now))
             .min()
             .map_or(-1, |d| d.as_millis().clamp(1, 60_000) as libc::c_int);
-        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
+        if let Err(e) = crate::sys::poll(&mut fds, timeout) {
             return match e.kind() {
                 io::ErrorKind::Interrupted => Ok(()),
                 _ => Err(e),

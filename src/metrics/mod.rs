@@ -15,8 +15,8 @@ use std::time::Duration;
 
 pub use http::serve;
 
-use crate::events::ShedReason;
 use crate::proto::ReplyCode;
+use crate::stop::ShedReason;
 
 /// Relay engines, as indexed in [`CoreMetrics::tunnels_by_engine`].
 pub const ENGINES: [&str; 3] = ["copy", "splice", "sealed"];
@@ -30,7 +30,7 @@ pub struct CoreMetrics {
     pub accept_errors: AtomicU64,
     pub handshake_timeouts: AtomicU64,
     /// Unfinished handshakes closed to make room, by
-    /// [`crate::events::ShedReason`].
+    /// [`crate::stop::ShedReason`].
     pub handshakes_shed: [AtomicU64; 3],
     /// Connections cut at the end of the shutdown grace.
     pub shutdown_cuts: AtomicU64,

@@ -33,7 +33,7 @@ pub use throttle::{Bandwidth, Throttle};
 
 use crate::config::{Config, RelayMode};
 use crate::events::Stream;
-use crate::events::{Stop, StopSignal};
+use crate::stop::{Stop, StopSignal};
 use tunnel::Direction;
 pub use tunnel::Tunnel;
 

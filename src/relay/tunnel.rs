@@ -23,8 +23,8 @@ use super::step::{Fill, Flush};
 use super::throttle::{Throttle, Way};
 use super::{Engine, IdleClock, Relay, RelayReport, Side, TunnelEnd};
 use crate::config::RelayMode;
-use crate::events::StopSignal;
 use crate::events::Stream;
+use crate::stop::StopSignal;
 
 /// Read/write rounds one direction may do per poll before yielding, so one
 /// busy tunnel cannot starve the others on its core.

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 
-pub use crate::events::{ShedReason, Stop, StopSignal};
+pub use crate::stop::{ShedReason, Stop, StopSignal};
 
 /// Per-core budgets.
 #[derive(Debug, Clone, Copy)]

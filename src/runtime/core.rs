@@ -53,7 +53,7 @@ impl Core {
         limits: &Limits,
     ) -> Core {
         let events = match EventRing::start(
-            config.event_ring,
+            config.event_ring.into(),
             config.multishot_poll,
             [config.resolver_threads, config.hash_threads],
         ) {
@@ -206,7 +206,9 @@ pub async fn run_core(
     // upgrade the sockets are the new process's too: only let go of them.
     if !handed_over.load(Ordering::Relaxed) {
         for &fd in &raw_fds {
-            crate::sys::stop_listening_raw(fd);
+            // SAFETY: the accept loops own these listeners and are only
+            // cancelled (closing them) below.
+            unsafe { crate::sys::stop_listening_raw(fd) };
         }
     }
     // Each loop owns its listener: cancelling it closes the socket.

@@ -113,7 +113,9 @@ struct StopListening(std::os::fd::RawFd);
 
 impl Drop for StopListening {
     fn drop(&mut self) {
-        crate::sys::stop_listening_raw(self.0);
+        // SAFETY: `listen_once` returns this guard beside the listener
+        // that owns the fd, and the session drops the guard first.
+        unsafe { crate::sys::stop_listening_raw(self.0) };
     }
 }
 

@@ -136,14 +136,14 @@ async fn connect_one(
         // arrives while that send holds the socket stays "soft" there, and
         // the send only returns when the SYN retries give up.
         if let Err(e) = futures_lite::io::AsyncWriteExt::write(&mut stream, &[]).await {
-            let queued = crate::sys::take_queued_error(crate::sys::borrow(&stream))?;
+            let queued = crate::sys::take_queued_error(stream.as_fd())?;
             return Err(queued.unwrap_or(e));
         }
     }
     if !clean {
         connected(&stream)?;
     }
-    crate::sys::set_recverr(crate::sys::borrow(&stream), addr, false)?;
+    crate::sys::set_recverr(stream.as_fd(), addr, false)?;
     Ok(stream)
 }
 
@@ -278,13 +278,13 @@ impl Future for Race {
 /// error is read first: it says what answered (a firewall's "prohibited"
 /// among them); then SO_ERROR.
 fn connected(stream: &Stream) -> io::Result<()> {
-    if let Some(e) = crate::sys::take_queued_error(crate::sys::borrow(stream))? {
+    if let Some(e) = crate::sys::take_queued_error(stream.as_fd())? {
         return Err(e);
     }
-    if let Some(e) = crate::sys::take_socket_error(crate::sys::borrow(stream))? {
+    if let Some(e) = crate::sys::take_socket_error(stream.as_fd())? {
         return Err(e);
     }
-    match crate::sys::peer_addr(crate::sys::borrow(stream)) {
+    match crate::sys::peer_addr(stream.as_fd()) {
         Ok(_) => Ok(()),
         // The error was consumed before we looked: the target is not there.
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {

@@ -157,7 +157,9 @@ pub fn serve(
         let stopped = async {
             let stop = ticket.stop.wait().await;
             // A reset, not a FIN: the client must not take this for an answer.
-            crate::sys::set_linger_zero_raw(client_fd);
+            // SAFETY: `work` owns the client socket and is alive until
+            // `or` returns, after this.
+            unsafe { crate::sys::set_linger_zero_raw(client_fd) };
             Err(SessionError::Stopped(stop))
         };
         let outcome = future::or(work, stopped).await;

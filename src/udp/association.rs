@@ -12,13 +12,13 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
 use crate::events::{DatagramWait, EventRing, Stream};
-use crate::events::{Stop, StopSignal};
 use crate::gssapi::Protection;
 use crate::policy::source::Outbound;
 use crate::policy::{Policy, Requester};
 use crate::proto::{Codec, Command, Decoded, ProtoError, TargetAddr, UdpHeader};
 use crate::relay::throttle::{Throttle, Way};
 use crate::resolve;
+use crate::stop::{Stop, StopSignal};
 use crate::sys;
 use crate::sys::DatagramBatch;
 

@@ -19,11 +19,9 @@
 
 mod association;
 
-pub use association::{prepare, Egress, Prepared, SetupError};
+pub use association::{prepare, serve, Egress, SetupError};
 
 use std::cell::{Cell, RefCell};
-
-pub use association::{serve, UdpEnd, UdpReport};
 
 /// Largest UDP payload on IPv6 loopback (65535 - 8); IPv4 allows 28 less.
 pub const MAX_DATAGRAM: usize = 65_527;

@@ -111,7 +111,7 @@ impl Machine {
         Machine {
             hostname: text("/proc/sys/kernel/hostname"),
             kernel: text("/proc/sys/kernel/osrelease"),
-            cpus: coresocks::sys::online_cpus(),
+            cpus: coresocks_io::sys::online_cpus(),
             cpu_model,
             sysctls,
             interfaces: interfaces(),

@@ -108,7 +108,7 @@ async fn core(ctx: CoreCtx, args: Arc<CpsArgs>) -> Result<CoreOut, LoadgenError>
     }));
     let loops: Vec<_> = (0..args.concurrency)
         .map(|_| {
-            coresocks::events::spawn(connection_loop(
+            coresocks_io::events::spawn(connection_loop(
                 path.clone(),
                 window,
                 ctx.timeout,

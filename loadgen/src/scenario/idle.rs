@@ -13,12 +13,11 @@
 //! TIME_WAIT behind for the next run.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coresocks::events::Stream;
+use coresocks_io::events::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::IdleArgs;
@@ -109,7 +108,7 @@ pub fn run(path: &PathChoice, args: &IdleArgs) -> Result<Report, LoadgenError> {
 /// Checks that N tunnels fit in loadgen's descriptors and in the ephemeral
 /// ports towards one address; returns RLIMIT_NOFILE.
 fn check_room(tunnels: u64, setup: &RunSetup) -> Result<u64, LoadgenError> {
-    let limit = coresocks::sys::raise_nofile_limit()
+    let limit = coresocks_io::sys::raise_nofile_limit()
         .map_err(|e| LoadgenError::Setup(format!("cannot read RLIMIT_NOFILE: {e}")))?;
     // With loadgen's own targets, the target end of each tunnel is in this
     // process too.
@@ -173,7 +172,7 @@ async fn core(ctx: CoreCtx, args: Arc<IdleArgs>) -> Result<CoreOut, LoadgenError
     });
     let begin = Instant::now();
     let workers: Vec<_> = (0..args.open_concurrency.min(mine.max(1) as u32))
-        .map(|_| coresocks::events::spawn(open_loop(opener.clone())))
+        .map(|_| coresocks_io::events::spawn(open_loop(opener.clone())))
         .collect();
     for w in workers {
         w.await;
@@ -188,7 +187,7 @@ async fn core(ctx: CoreCtx, args: Arc<IdleArgs>) -> Result<CoreOut, LoadgenError
     let open = opener.open.into_inner();
     let closed_by_peer = open
         .iter()
-        .filter(|s| stream::peer_closed(s.as_raw_fd()).is_some())
+        .filter(|s| stream::peer_closed(s).is_some())
         .count() as u64;
     let opened = open.len() as u64;
     drop(open);
@@ -223,7 +222,7 @@ async fn open_loop(o: Rc<Opener>) {
                 o.live.add_errors(1);
                 if f == Failure::LocalResources {
                     // Out of descriptors or ports: give the others a moment.
-                    coresocks::events::sleep(Duration::from_millis(1)).await;
+                    coresocks_io::events::sleep(Duration::from_millis(1)).await;
                 }
             }
         }

@@ -187,7 +187,7 @@ async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, Loadgen
         .into_iter()
         .map(|(j, stream)| {
             if args.closed_loop {
-                return coresocks::events::spawn(ping_pong(
+                return coresocks_io::events::spawn(ping_pong(
                     stream,
                     window,
                     args.size,
@@ -198,7 +198,7 @@ async fn core(ctx: CoreCtx, args: Arc<LatencyArgs>) -> Result<CoreStats, Loadgen
             }
             let schedule = Schedule::new(&window, j, tunnels, args.rate);
             let (rd, wr) = split(stream);
-            coresocks::events::spawn(run_tunnel(
+            coresocks_io::events::spawn(run_tunnel(
                 rd,
                 wr,
                 schedule,
@@ -278,7 +278,7 @@ async fn run_tunnel(
 /// until the end of the window. Each round trip inside the window counts;
 /// one still unanswered an I/O timeout after the window is lost.
 async fn ping_pong(
-    mut stream: coresocks::events::Stream,
+    mut stream: coresocks_io::events::Stream,
     w: Window,
     size: usize,
     timeout: Duration,

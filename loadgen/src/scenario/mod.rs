@@ -125,7 +125,7 @@ pub struct RunSetup {
 
 impl RunSetup {
     pub fn new(run: &RunArgs, path: &PathChoice, live: LiveKind) -> Result<RunSetup, LoadgenError> {
-        let allowed = coresocks::sys::allowed_cpus()
+        let allowed = coresocks_io::sys::allowed_cpus()
             .map_err(|e| LoadgenError::Cores(format!("cannot read the CPU affinity: {e}")))?;
         let load_cpus = match &run.cores {
             Some(spec) => spec.select(&allowed).map_err(LoadgenError::Cores)?,

@@ -8,13 +8,12 @@
 //! tunnel, the acknowledgements riding in the headers of the data units.
 
 use std::cell::{Cell, RefCell};
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use coresocks::events::Stream;
 use coresocks::gssapi::{Protection, MAX_PLAIN_PER_MESSAGE};
+use coresocks_io::events::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::{Direction, ThroughputArgs};
@@ -23,7 +22,7 @@ use crate::net;
 use crate::result::{StreamResult, ThroughputResult};
 use crate::runner::{self, CoreCtx, Live, LiveKind, Window};
 use crate::scenario::{PathChoice, RunSetup};
-use crate::stream::{self, shutdown_write, sleep_until, split, ReadHalf, WriteHalf};
+use crate::stream::{self, sleep_until, split, ReadHalf, WriteHalf};
 use crate::wire::{ACK_FINAL, MODE_DUPLEX, MODE_SINK, MODE_SOURCE, UNIT};
 
 struct CoreOut {
@@ -190,7 +189,7 @@ async fn core(ctx: CoreCtx, args: Arc<ThroughputArgs>) -> Result<CoreOut, Loadge
     let tasks: Vec<_> = tunnels
         .into_iter()
         .map(|(i, s, protection)| {
-            coresocks::events::spawn(run_stream(
+            coresocks_io::events::spawn(run_stream(
                 i,
                 ctx.index,
                 s,
@@ -243,7 +242,6 @@ async fn run_stream(
     timeout: std::time::Duration,
     pace: Option<f64>,
 ) -> StreamOutcome {
-    let fd = stream.as_raw_fd();
     // A second descriptor of the socket, to read its TCP_INFO after the
     // halves (which own the stream) are gone.
     let info_fd = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
@@ -260,7 +258,6 @@ async fn run_stream(
                 direction,
                 &buf,
                 w,
-                fd,
                 seal.as_ref(),
                 pace.map(|r| Pacer::new(w.start, r)),
             ),
@@ -286,7 +283,7 @@ async fn run_stream(
     if failure.is_some() {
         live.add_errors(1);
     }
-    let retransmits = info_fd.and_then(|fd| coresocks::sys::tcp_total_retransmits(&fd).ok());
+    let retransmits = info_fd.and_then(|fd| coresocks_io::sys::tcp_total_retransmits(&fd).ok());
     let seconds_up = seen
         .last_ack_at
         .get()
@@ -310,7 +307,6 @@ async fn write_side(
     direction: Direction,
     buf: &[u8],
     w: Window,
-    fd: std::os::fd::RawFd,
     seal: Option<&RefCell<Protection>>,
     mut pacer: Option<Pacer>,
 ) -> Result<(), Failure> {
@@ -353,7 +349,7 @@ async fn write_side(
         }
     }
     // FIN: the target sends its final count (up) or stops sending (down).
-    shutdown_write(fd);
+    wr.shutdown_write();
     Ok(())
 }
 

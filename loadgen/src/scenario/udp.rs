@@ -26,14 +26,13 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use coresocks::events::Stream;
 use coresocks::proto::{Codec, Command, Decoded, TargetAddr, UdpHeader};
+use coresocks_io::events::Stream;
 use glommio::net::UdpSocket;
 
 use crate::cli::UdpArgs;
@@ -215,7 +214,7 @@ async fn open_association(
     let mut control = crate::ring::connect(proxy)
         .await
         .map_err(io(Stage::Connect))?;
-    coresocks::sys::set_nodelay(&control);
+    coresocks_io::sys::set_nodelay(&control);
     let local = control.local_addr().map_err(io(Stage::Connect))?;
     // The client's address goes in the request, so the relay knows it.
     let sock = udp_socket(SocketAddr::new(local.ip(), 0), false).map_err(io(Stage::Connect))?;
@@ -244,7 +243,7 @@ async fn open_association(
 }
 
 fn glommio_udp(sock: socket2::Socket) -> UdpSocket {
-    coresocks::sys::glommio_udp_socket(sock.into())
+    coresocks_io::sys::glommio_udp_socket(sock.into())
 }
 
 /// What every association of a core shares.
@@ -308,7 +307,7 @@ async fn core(ctx: CoreCtx, args: Arc<UdpArgs>) -> Result<CoreStats, LoadgenErro
         .into_iter()
         .map(|a| {
             let schedule = Schedule::new(&window, a.index, associations, args.rate);
-            coresocks::events::spawn(run_association(a, schedule, shared.clone()))
+            coresocks_io::events::spawn(run_association(a, schedule, shared.clone()))
         })
         .collect();
     for t in tasks {
@@ -379,14 +378,14 @@ async fn run_association(a: Association, schedule: Schedule, shared: Rc<Shared>)
     )
     .await;
     if let Some(control) = &a.control {
-        if stream::peer_closed(control.as_raw_fd()).is_some() {
+        if stream::peer_closed(control).is_some() {
             shared.stats.borrow_mut().control_closed += 1;
         }
     }
 }
 
 async fn send(a: &Association, schedule: Schedule, shared: &Shared, progress: &Progress) {
-    let fd = coresocks::sys::borrow(&a.sock);
+    let fd = coresocks_io::sys::borrow(&a.sock);
     let w = shared.window;
     let size = shared.args.size;
     let end = shared.header_len + size;
@@ -406,7 +405,7 @@ async fn send(a: &Association, schedule: Schedule, shared: &Shared, progress: &P
                 let stamp = &mut buf[shared.header_len..shared.header_len + STAMP];
                 stamp[..8].copy_from_slice(&n.to_le_bytes());
                 stamp[8..].copy_from_slice(&schedule.offset_ns(n).to_le_bytes());
-                match coresocks::sys::udp_send_to(fd, &buf[..end], a.dest) {
+                match coresocks_io::sys::udp_send_to(fd, &buf[..end], a.dest) {
                     Ok(_) => Attempt::Sent,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                         Attempt::Full(buf[..end].to_vec())
@@ -493,7 +492,7 @@ async fn receive(a: &Association, schedule: Schedule, shared: &Shared, progress:
                     .failures
                     .add(Failure::from_io(&e, Stage::Target));
                 shared.live.add_errors(1);
-                coresocks::events::sleep(Duration::from_millis(10)).await;
+                coresocks_io::events::sleep(Duration::from_millis(10)).await;
                 continue;
             }
         }
@@ -511,12 +510,12 @@ fn drain(
     progress: &Progress,
     seen: &mut [u64],
 ) -> bool {
-    let fd = coresocks::sys::borrow(&a.sock);
+    let fd = coresocks_io::sys::borrow(&a.sock);
     let w = shared.window;
     let mut buf = shared.recv_buf.borrow_mut();
     let mut s = shared.stats.borrow_mut();
     for _ in 0..BATCH {
-        let (len, from) = match coresocks::sys::udp_recv_from(fd, &mut buf) {
+        let (len, from) = match coresocks_io::sys::udp_recv_from(fd, &mut buf) {
             Ok(r) => r,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
             Err(e) => {

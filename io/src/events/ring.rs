@@ -48,7 +48,24 @@ use io_uring::{opcode, types, IoUring};
 
 use super::offcore::OffCore;
 use super::timer::Timers;
-use crate::config::EventRingSetup;
+
+/// How a core's ring is set up (coresocks' `--event-ring`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingSetup {
+    /// The best the kernel accepts: defer-taskrun, else coop-taskrun, else
+    /// plain.
+    Auto,
+    /// SINGLE_ISSUER + DEFER_TASKRUN (Linux 6.1+): completions are only
+    /// processed when this thread enters the kernel to wait.
+    DeferTaskrun,
+    /// COOP_TASKRUN + TASKRUN_FLAG (Linux 5.19+).
+    CoopTaskrun,
+    /// Default ring flags: completions may interrupt the core.
+    Plain,
+    /// No ring: [`EventRing::start`] refuses, and the caller waits through
+    /// glommio instead.
+    Off,
+}
 
 /// Marks the user_data of cancel requests (ASYNC_CANCEL, and the start-up
 /// probe's POLL_REMOVE), whose completions carry no slot.
@@ -199,7 +216,7 @@ impl EventRing {
     /// SINGLE_ISSUER only this thread may submit, and the timers and
     /// off-core work of this thread's tasks go to this ring from now on.
     pub fn start(
-        asked: EventRingSetup,
+        asked: RingSetup,
         multishot: bool,
         helpers: [usize; 2],
     ) -> io::Result<Rc<EventRing>> {
@@ -572,7 +589,7 @@ fn probe_multishot_poll(ring: &IoUring, eventfd: RawFd) -> bool {
 
 /// Tries DEFER_TASKRUN, then COOP_TASKRUN, then a plain ring (for `auto`),
 /// or exactly the setup asked for.
-fn create_ring(asked: EventRingSetup) -> io::Result<(IoUring, &'static str)> {
+fn create_ring(asked: RingSetup) -> io::Result<(IoUring, &'static str)> {
     let defer = || {
         IoUring::builder()
             .setup_single_issuer()
@@ -590,11 +607,11 @@ fn create_ring(asked: EventRingSetup) -> io::Result<(IoUring, &'static str)> {
     let plain =
         || IoUring::new(ENTRIES).map(|r| (r, "plain (every completion may interrupt the core)"));
     match asked {
-        EventRingSetup::Auto => defer().or_else(|_| coop()).or_else(|_| plain()),
-        EventRingSetup::DeferTaskrun => defer(),
-        EventRingSetup::CoopTaskrun => coop(),
-        EventRingSetup::Plain => plain(),
-        EventRingSetup::Off => Err(io::Error::other("event ring turned off")),
+        RingSetup::Auto => defer().or_else(|_| coop()).or_else(|_| plain()),
+        RingSetup::DeferTaskrun => defer(),
+        RingSetup::CoopTaskrun => coop(),
+        RingSetup::Plain => plain(),
+        RingSetup::Off => Err(io::Error::other("event ring turned off")),
     }
 }
 
@@ -756,14 +773,13 @@ mod tests {
     use std::task::{Context, Waker};
 
     use super::*;
-    use crate::config::EventRingSetup;
 
     /// Each setup the kernel accepts, on an executor of its own.
     fn on_each_setup(test: impl Fn(Rc<EventRing>) + Clone + Send + 'static) {
         for setup in [
-            EventRingSetup::DeferTaskrun,
-            EventRingSetup::CoopTaskrun,
-            EventRingSetup::Plain,
+            RingSetup::DeferTaskrun,
+            RingSetup::CoopTaskrun,
+            RingSetup::Plain,
         ] {
             let test = test.clone();
             glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -787,9 +803,37 @@ mod tests {
             .make()
             .expect("executor")
             .run(root(async move {
-                let ring = EventRing::start(EventRingSetup::Auto, true, [1, 0]).expect("a ring");
+                let ring = EventRing::start(RingSetup::Auto, true, [1, 0]).expect("a ring");
                 test(ring).await
             }));
+    }
+
+    /// A one-shot flag a task waits on, as a session waits on its stop
+    /// signal: woken by another task, never by the ring.
+    #[derive(Default)]
+    struct Flag {
+        raised: std::cell::Cell<bool>,
+        waker: std::cell::Cell<Option<Waker>>,
+    }
+
+    impl Flag {
+        fn raise(&self) {
+            self.raised.set(true);
+            if let Some(w) = self.waker.take() {
+                w.wake();
+            }
+        }
+
+        async fn wait(&self) {
+            std::future::poll_fn(|cx| {
+                if self.raised.get() {
+                    return std::task::Poll::Ready(());
+                }
+                self.waker.set(Some(cx.waker().clone()));
+                std::task::Poll::Pending
+            })
+            .await
+        }
     }
 
     /// A task woken by another task (not by the ring) must run before the
@@ -801,7 +845,7 @@ mod tests {
         on_a_ring(|ring| async move {
             let (ours, peer) = UnixStream::pair().expect("socketpair");
             ours.set_nonblocking(true).expect("non-blocking");
-            let signal = Rc::new(crate::events::StopSignal::default());
+            let signal = Rc::new(Flag::default());
             let woken = spawn({
                 let signal = signal.clone();
                 async move { signal.wait().await }
@@ -813,7 +857,7 @@ mod tests {
                     std::future::poll_fn(|cx| watch.poll_read_ready(cx))
                         .await
                         .expect("readable");
-                    signal.fire(crate::events::Stop::ShutdownCut);
+                    signal.raise();
                 }
             });
             let _watchdog = spawn(super::super::timer::sleep(std::time::Duration::from_secs(

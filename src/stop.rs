@@ -2,7 +2,8 @@
 //! room, cut at the end of the shutdown grace, its user removed by a
 //! reload), as a one-shot signal the task waits on beside its work. The
 //! runtime's admission fires them; sessions, tunnels and UDP associations
-//! wait on them.
+//! wait on them (here, apart from the runtime, so that those do not
+//! depend on it).
 
 use std::cell::Cell;
 use std::future::poll_fn;

@@ -57,11 +57,25 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
-/// Borrows the descriptor of a glommio type, which implements only
-/// `AsRawFd`, for the `AsFd`-typed calls below.
-pub fn borrow<T: std::os::fd::AsRawFd>(owner: &T) -> BorrowedFd<'_> {
-    // SAFETY: `owner` owns its descriptor and keeps it open at least as long
-    // as this borrow of it.
+/// glommio's sockets, which implement `AsRawFd` but not `AsFd`, and own
+/// their descriptor for as long as they live (sealed: a bare descriptor
+/// number, which is also `AsRawFd`, is not one).
+pub trait GlommioSocket: std::os::fd::AsRawFd + sealed::Sealed {}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for glommio::net::TcpStream {}
+    impl Sealed for glommio::net::UdpSocket {}
+}
+
+impl GlommioSocket for glommio::net::TcpStream {}
+impl GlommioSocket for glommio::net::UdpSocket {}
+
+/// Borrows the descriptor of a glommio socket for the `AsFd`-typed calls
+/// below.
+pub fn borrow<T: GlommioSocket>(owner: &T) -> BorrowedFd<'_> {
+    // SAFETY: a glommio socket owns its descriptor and keeps it open at
+    // least as long as this borrow of it.
     unsafe { BorrowedFd::borrow_raw(owner.as_raw_fd()) }
 }
 
@@ -228,6 +242,18 @@ impl Drop for ZeroedPages {
     }
 }
 
+/// poll(2) on `fds` for at most `timeout_ms` (-1: no limit); how many have
+/// events. The descriptors are numbers the kernel only looks at: a closed
+/// one reports POLLNVAL, nothing unsafe.
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: libc::c_int) -> io::Result<usize> {
+    // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// Fills `buf` from the kernel's random pool (getrandom(2)); never blocks
 /// once the pool is initialised at boot.
 pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
@@ -369,13 +395,13 @@ fn with_sock<T>(fd: impl AsFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
     f(SockRef::from(&fd))
 }
 
-/// For a socket known only by its number, because its owner was moved
-/// into a task or future that is still running (a listener in its accept
-/// loop, a client inside its handshake): the callers below keep that owner
-/// alive across the call.
-fn with_raw_sock<T>(fd: RawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
-    // SAFETY: the caller's owner keeps `fd` open for the duration of the
-    // call; SockRef never closes it.
+/// For a socket known only by its number.
+///
+/// # Safety
+/// `fd` must stay open for the duration of the call.
+unsafe fn with_raw_sock<T>(fd: RawFd, f: impl FnOnce(SockRef<'_>) -> T) -> T {
+    // SAFETY: the caller keeps `fd` open for the duration of the call;
+    // SockRef never closes it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     f(SockRef::from(&borrowed))
 }
@@ -397,10 +423,16 @@ pub fn set_linger_zero(fd: impl AsFd) {
     let _ = with_sock(fd, |s| s.set_linger(Some(Duration::ZERO)));
 }
 
-/// [`set_linger_zero`] on a socket whose owner is running elsewhere and
-/// keeps it open (see `with_raw_sock`).
-pub fn set_linger_zero_raw(fd: RawFd) {
-    let _ = with_raw_sock(fd, |s| s.set_linger(Some(Duration::ZERO)));
+/// [`set_linger_zero`] on a socket known only by its number, because its
+/// owner was moved into a future that is still running (a client inside
+/// its handshake).
+///
+/// # Safety
+/// `fd` must be an open socket for the whole call, kept open by its owner;
+/// this never closes it.
+pub unsafe fn set_linger_zero_raw(fd: RawFd) {
+    // SAFETY: the caller keeps `fd` open across the call.
+    let _ = unsafe { with_raw_sock(fd, |s| s.set_linger(Some(Duration::ZERO))) };
 }
 
 /// The kernel's count of segments this TCP socket retransmitted in its
@@ -668,10 +700,16 @@ pub fn stop_listening(fd: impl AsFd) {
     let _ = with_sock(fd, |s| s.shutdown(std::net::Shutdown::Both));
 }
 
-/// [`stop_listening`] on a listener whose owner (its accept loop, BIND's
-/// wait) is running elsewhere and keeps it open (see `with_raw_sock`).
-pub fn stop_listening_raw(fd: RawFd) {
-    let _ = with_raw_sock(fd, |s| s.shutdown(std::net::Shutdown::Both));
+/// [`stop_listening`] on a listener known only by its number, because its
+/// owner (an accept loop, BIND's wait) was moved into a task that is still
+/// running.
+///
+/// # Safety
+/// `fd` must be an open socket for the whole call, kept open by its owner;
+/// this never closes it.
+pub unsafe fn stop_listening_raw(fd: RawFd) {
+    // SAFETY: the caller keeps `fd` open across the call.
+    let _ = unsafe { with_raw_sock(fd, |s| s.shutdown(std::net::Shutdown::Both)) };
 }
 
 /// Puts a descriptor in O_NONBLOCK mode. splice(2) on a socket blocks
