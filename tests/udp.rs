@@ -33,6 +33,94 @@ fn client_socket(bind: &str) -> UdpSocket {
     s
 }
 
+/// A UDP echo target, a proxy and one association from a loopback client.
+struct Association {
+    echo: SocketAddr,
+    proxy: Proxy,
+    sock: UdpSocket,
+    control: TcpStream,
+    relay: SocketAddr,
+}
+
+impl Association {
+    fn open(args: &[&str]) -> Association {
+        let echo = udp_echo("127.0.0.1:0");
+        let proxy = Proxy::start(args);
+        let sock = client_socket("127.0.0.1:0");
+        let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
+        Association {
+            echo,
+            proxy,
+            sock,
+            control,
+            relay,
+        }
+    }
+
+    /// `payload` to the echo target and back.
+    fn echoes(&self, payload: &[u8]) {
+        let (source, data) = roundtrip(&self.sock, self.relay, &TargetAddr::Ip(self.echo), payload);
+        assert_eq!(
+            source,
+            TargetAddr::Ip(self.echo),
+            "the header names the target"
+        );
+        assert_eq!(data, payload);
+    }
+
+    /// Sends `datagram` from `from`, then checks it was not relayed (see
+    /// [`assert_not_relayed`]).
+    fn drops(&self, from: &UdpSocket, datagram: &[u8], why: &str) {
+        from.send_to(datagram, self.relay).unwrap();
+        assert_not_relayed(
+            from,
+            &self.sock,
+            self.relay,
+            &TargetAddr::Ip(self.echo),
+            why,
+        );
+    }
+
+    /// Closes the control connection and waits for the association's
+    /// access line with every one of `fields`.
+    fn end_with(self, fields: &[&str]) -> Proxy {
+        drop(self.control);
+        let mut needles = vec!["cmd=udp-associate"];
+        needles.extend_from_slice(fields);
+        self.proxy.wait_for_log(&needles);
+        self.proxy
+    }
+}
+
+/// A datagram sent through `relay` before this call was not relayed: a
+/// probe from `sock` to `target` comes back, and nothing came back before
+/// it, to `sock` or to `sender`. An association relays its datagrams in
+/// the order they arrive, so an answer to the earlier one would have been
+/// sent first: the probe's echo is the evidence, not a timeout.
+fn assert_not_relayed(
+    sender: &UdpSocket,
+    sock: &UdpSocket,
+    relay: SocketAddr,
+    target: &TargetAddr,
+    why: &str,
+) {
+    let probe = b"probe after the drop";
+    let (_, data) = roundtrip(sock, relay, target, probe);
+    assert_eq!(data, probe, "{why}: the first answer is the probe's");
+    sender.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 2048];
+    let early = sender.recv_from(&mut buf);
+    sender.set_nonblocking(false).unwrap();
+    assert!(early.is_err(), "{why}: an answer came to the sender");
+}
+
+/// A datagram of `payload` to `target`, SOCKS5-framed.
+fn datagram(target: &TargetAddr, payload: &[u8]) -> Vec<u8> {
+    let mut dgram = Vec::new();
+    udp_datagram(target, payload, &mut dgram);
+    dgram
+}
+
 /// Sends `payload` to `target` through the relay and returns the reply.
 fn roundtrip(
     sock: &UdpSocket,
@@ -40,9 +128,7 @@ fn roundtrip(
     target: &TargetAddr,
     payload: &[u8],
 ) -> (TargetAddr, Vec<u8>) {
-    let mut dgram = Vec::new();
-    udp_datagram(target, payload, &mut dgram);
-    sock.send_to(&dgram, relay).unwrap();
+    sock.send_to(&datagram(target, payload), relay).unwrap();
     let mut buf = vec![0u8; 65536];
     let (n, from) = sock.recv_from(&mut buf).expect("reply through the relay");
     assert_eq!(from, relay, "replies come from the relay address");
@@ -61,15 +147,6 @@ fn assert_port_released(relay: SocketAddr) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn no_reply(sock: &UdpSocket) -> bool {
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let mut buf = [0u8; 2048];
-    let r = sock.recv_from(&mut buf).is_err();
-    sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    r
 }
 
 #[test]
@@ -113,25 +190,19 @@ fn ipv6_client_and_ipv6_target() {
 
 #[test]
 fn ipv4_client_to_ipv6_target() {
-    let echo = udp_echo("[::1]:0");
-    let proxy = Proxy::start(&[]);
-    let sock = client_socket("127.0.0.1:0");
-    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
-    let (source, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"cross-family");
-    assert_eq!(source, TargetAddr::Ip(echo));
-    assert_eq!(data, b"cross-family");
+    let mut a = Association::open(&[]);
+    a.echo = udp_echo("[::1]:0");
+    a.echoes(b"cross-family");
 }
 
 #[test]
 fn domain_target_is_resolved() {
-    let echo = udp_echo("127.0.0.1:0");
-    let proxy = Proxy::start(&[]);
-    let sock = client_socket("127.0.0.1:0");
-    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
-    let target = TargetAddr::domain("localhost", echo.port()).unwrap();
+    let a = Association::open(&[]);
+    let target = TargetAddr::domain("localhost", a.echo.port()).unwrap();
     for i in 0..3 {
-        let (source, data) = roundtrip(&sock, relay, &target, format!("by name {i}").as_bytes());
-        assert_eq!(source, TargetAddr::Ip(echo));
+        let (source, data) =
+            roundtrip(&a.sock, a.relay, &target, format!("by name {i}").as_bytes());
+        assert_eq!(source, TargetAddr::Ip(a.echo));
         assert_eq!(data, format!("by name {i}").as_bytes());
     }
 }
@@ -142,19 +213,15 @@ fn domain_target_is_resolved() {
 /// serves the next datagram.
 #[test]
 fn a_burst_behind_a_name_lookup_arrives_whole_and_in_order() {
-    let echo = udp_echo("127.0.0.1:0");
-    let proxy = Proxy::start(&[]);
-    let sock = client_socket("127.0.0.1:0");
-    let (_control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let a = Association::open(&[]);
+    let (echo, sock, relay) = (a.echo, &a.sock, a.relay);
     let by_name = TargetAddr::domain("localhost", echo.port()).unwrap();
     let by_ip = TargetAddr::Ip(echo);
     const BURST: usize = 50;
-    let mut dgram = Vec::new();
     for i in 0..BURST {
-        dgram.clear();
         let target = if i % 2 == 0 { &by_name } else { &by_ip };
-        udp_datagram(target, format!("burst {i:02}").as_bytes(), &mut dgram);
-        sock.send_to(&dgram, relay).unwrap();
+        sock.send_to(&datagram(target, format!("burst {i:02}").as_bytes()), relay)
+            .unwrap();
     }
     let mut buf = vec![0u8; 65536];
     let mut got = Vec::new();
@@ -175,75 +242,37 @@ fn a_burst_behind_a_name_lookup_arrives_whole_and_in_order() {
 
 #[test]
 fn fragments_are_dropped_and_counted() {
-    let echo = udp_echo("127.0.0.1:0");
-    let proxy = Proxy::start(&[]);
-    let sock = client_socket("127.0.0.1:0");
-    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let a = Association::open(&[]);
     let mut dgram = Vec::new();
     coresocks::proto::UdpHeader {
         frag: 1,
-        target: TargetAddr::Ip(echo),
+        target: TargetAddr::Ip(a.echo),
     }
     .encode(&mut dgram);
     dgram.extend_from_slice(b"fragment");
-    sock.send_to(&dgram, relay).unwrap();
-    assert!(no_reply(&sock), "a fragment must not be relayed");
-    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"whole");
-    assert_eq!(data, b"whole");
-    drop(control);
-    proxy.wait_for_log(&[
-        "cmd=udp-associate",
-        "dropped_frag=1",
-        "datagrams_up=1",
-        "datagrams_down=1",
-    ]);
+    a.drops(&a.sock, &dgram, "a fragment");
+    a.end_with(&["dropped_frag=1", "datagrams_up=1", "datagrams_down=1"]);
 }
 
 #[test]
 fn datagrams_with_nonzero_reserved_bytes_are_dropped_and_counted() {
-    let echo = udp_echo("127.0.0.1:0");
-    let proxy = Proxy::start(&[]);
-    let sock = client_socket("127.0.0.1:0");
-    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
-    let mut dgram = Vec::new();
-    coresocks::proto::UdpHeader {
-        frag: 0,
-        target: TargetAddr::Ip(echo),
-    }
-    .encode(&mut dgram);
+    let a = Association::open(&[]);
+    let mut dgram = datagram(&TargetAddr::Ip(a.echo), b"reserved");
     dgram[0] = 0x01; // RSV must be 0x0000
-    dgram.extend_from_slice(b"reserved");
-    sock.send_to(&dgram, relay).unwrap();
-    assert!(
-        no_reply(&sock),
-        "a datagram with RSV set must not be relayed"
-    );
-    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"whole");
-    assert_eq!(data, b"whole");
-    drop(control);
-    proxy.wait_for_log(&[
-        "cmd=udp-associate",
-        "dropped_reserved=1",
-        "datagrams_up=1",
-        "datagrams_down=1",
-    ]);
+    a.drops(&a.sock, &dgram, "RSV set");
+    a.end_with(&["dropped_reserved=1", "datagrams_up=1", "datagrams_down=1"]);
 }
 
 #[test]
 fn datagrams_from_another_source_are_dropped() {
-    let echo = udp_echo("127.0.0.1:0");
-    let proxy = Proxy::start(&[]);
-    let sock = client_socket("127.0.0.1:0");
+    let a = Association::open(&[]);
     let stranger = client_socket("127.0.0.1:0");
-    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
-    let mut dgram = Vec::new();
-    udp_datagram(&TargetAddr::Ip(echo), b"not mine", &mut dgram);
-    stranger.send_to(&dgram, relay).unwrap();
-    assert!(no_reply(&stranger));
-    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"mine");
-    assert_eq!(data, b"mine");
-    drop(control);
-    proxy.wait_for_log(&["cmd=udp-associate", "dropped_foreign=1"]);
+    a.drops(
+        &stranger,
+        &datagram(&TargetAddr::Ip(a.echo), b"not mine"),
+        "a stranger",
+    );
+    a.end_with(&["dropped_foreign=1"]);
 }
 
 #[test]
@@ -255,32 +284,25 @@ fn zero_address_binds_to_the_first_sender_port_of_the_control_peer() {
     let (_control, relay) = associate(&proxy, "0.0.0.0:0".parse().unwrap());
     let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"first");
     assert_eq!(data, b"first");
-    let mut dgram = Vec::new();
-    udp_datagram(&TargetAddr::Ip(echo), b"second port", &mut dgram);
-    other.send_to(&dgram, relay).unwrap();
-    assert!(
-        no_reply(&other),
-        "the first datagram fixed the client's port"
+    other
+        .send_to(&datagram(&TargetAddr::Ip(echo), b"second port"), relay)
+        .unwrap();
+    assert_not_relayed(
+        &other,
+        &sock,
+        relay,
+        &TargetAddr::Ip(echo),
+        "the first datagram fixed the client's port",
     );
 }
 
 #[test]
 fn closing_control_connection_ends_the_association() {
-    let echo = udp_echo("127.0.0.1:0");
-    let proxy = Proxy::start(&[]);
-    let sock = client_socket("127.0.0.1:0");
-    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
-    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"before");
-    assert_eq!(data, b"before");
-    drop(control);
-    proxy.wait_for_log(&["cmd=udp-associate", "end=\"control-closed"]);
-    let mut dgram = Vec::new();
-    udp_datagram(&TargetAddr::Ip(echo), b"after", &mut dgram);
-    let _ = sock.send_to(&dgram, relay);
-    assert!(
-        no_reply(&sock),
-        "no relay after the control connection closed"
-    );
+    let a = Association::open(&[]);
+    a.echoes(b"before");
+    let relay = a.relay;
+    let _proxy = a.end_with(&["end=\"control-closed"]);
+    // Once the port is free no socket of the association is left to relay.
     assert_port_released(relay);
 }
 
@@ -386,27 +408,18 @@ fn a_thousand_associations_over_all_cores_each_echo_intact() {
 
 #[test]
 fn datagrams_to_denied_destinations_are_dropped_in_every_spelling() {
-    let echo = udp_echo("127.0.0.1:0");
-    let port = echo.port();
     // Only 127.0.0.1 is open: 127.0.0.2 stays private, denied.
-    let proxy = Proxy::start(&["--allow", "127.0.0.1"]);
-    let sock = client_socket("127.0.0.1:0");
-    let (control, relay) = associate(&proxy, sock.local_addr().unwrap());
+    let a = Association::open(&["--allow", "127.0.0.1"]);
+    let port = a.echo.port();
     let denied = [
         TargetAddr::Ip(SocketAddr::from(([127, 0, 0, 2], port))),
         TargetAddr::Ip(format!("[::ffff:127.0.0.2]:{port}").parse().unwrap()),
         TargetAddr::Domain("127.0.0.2".into(), port),
     ];
     for target in &denied {
-        let mut dgram = Vec::new();
-        udp_datagram(target, b"denied", &mut dgram);
-        sock.send_to(&dgram, relay).unwrap();
-        assert!(no_reply(&sock), "{target} must not be relayed");
+        a.drops(&a.sock, &datagram(target, b"denied"), &format!("{target}"));
     }
-    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"allowed");
-    assert_eq!(data, b"allowed");
-    drop(control);
-    proxy.wait_for_log(&["cmd=udp-associate", "dropped_denied=3", "datagrams_up=1"]);
+    a.end_with(&["dropped_denied=3", "datagrams_up=3"]);
 }
 
 #[test]
@@ -429,15 +442,11 @@ fn datagrams_leave_from_the_egress_source() {
 
 #[test]
 fn the_advertised_relay_address_is_the_configured_one() {
-    let echo = udp_echo("127.0.0.1:0");
-    let proxy = Proxy::start(&["--udp-advertise", "192.0.2.7"]);
-    let sock = client_socket("127.0.0.1:0");
-    let (_control, advertised) = associate(&proxy, sock.local_addr().unwrap());
-    assert_eq!(advertised.ip().to_string(), "192.0.2.7");
+    let mut a = Association::open(&["--udp-advertise", "192.0.2.7"]);
+    assert_eq!(a.relay.ip().to_string(), "192.0.2.7");
     // The relay itself listens where the client connected, on that port.
-    let relay = SocketAddr::from(([127, 0, 0, 1], advertised.port()));
-    let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), b"behind NAT");
-    assert_eq!(data, b"behind NAT");
+    a.relay = SocketAddr::from(([127, 0, 0, 1], a.relay.port()));
+    a.echoes(b"behind NAT");
 }
 
 #[test]
@@ -452,17 +461,15 @@ fn datagrams_over_the_bandwidth_limit_are_dropped_and_counted() {
     let payload = vec![0x5a_u8; 1_000];
     let (_, data) = roundtrip(&sock, relay, &TargetAddr::Ip(echo), &payload);
     assert_eq!(data, payload, "the first datagram fits and comes back");
-    let mut dgram = Vec::new();
-    udp_datagram(&TargetAddr::Ip(echo), &payload, &mut dgram);
+    let dgram = datagram(&TargetAddr::Ip(echo), &payload);
     for _ in 0..9 {
         sock.send_to(&dgram, relay).unwrap();
     }
     // A 1-byte probe once the bucket has refilled a little: its echo says
     // the proxy has judged everything sent before it.
     std::thread::sleep(Duration::from_millis(100));
-    let mut probe = Vec::new();
-    udp_datagram(&TargetAddr::Ip(echo), b"!", &mut probe);
-    sock.send_to(&probe, relay).unwrap();
+    sock.send_to(&datagram(&TargetAddr::Ip(echo), b"!"), relay)
+        .unwrap();
     let mut buf = vec![0u8; 65536];
     loop {
         let (n, _) = sock.recv_from(&mut buf).expect("the probe's echo");

@@ -73,6 +73,21 @@ impl Schedule {
     pub fn at(&self, n: u64) -> Instant {
         self.start + Duration::from_nanos(self.offset_ns(n))
     }
+
+    /// The pacing step of every open-loop sender (TCP here, UDP in
+    /// `scenario::udp`): waits until request `n` is due, then says how many
+    /// requests from `n` on are due by the time it woke (at least one, at
+    /// most `batch`), and how late it woke.
+    pub async fn due_from(&self, n: u64, batch: u64) -> (u64, Duration) {
+        let due = self.at(n);
+        sleep_until(due).await;
+        let now = Instant::now();
+        let mut k = 1;
+        while n + k < self.total && k < batch && self.at(n + k) <= now {
+            k += 1;
+        }
+        (k, now.saturating_duration_since(due))
+    }
 }
 
 struct CoreStats {
@@ -339,14 +354,8 @@ async fn send(
     let mut n = 0u64;
     let mut max_lag = Duration::ZERO;
     while n < schedule.total {
-        let due = schedule.at(n);
-        sleep_until(due).await;
-        let now = Instant::now();
-        max_lag = max_lag.max(now.saturating_duration_since(due));
-        let mut k = 1u64;
-        while n + k < schedule.total && (k as usize) < batch && schedule.at(n + k) <= now {
-            k += 1;
-        }
+        let (k, lag) = schedule.due_from(n, batch as u64).await;
+        max_lag = max_lag.max(lag);
         wr.write_all(&payload[..k as usize * size])
             .await
             .map_err(|e| Failure::from_io(&e, Stage::Target))?;

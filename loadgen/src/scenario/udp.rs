@@ -392,13 +392,10 @@ async fn send(a: &Association, schedule: Schedule, shared: &Shared, progress: &P
     let mut n = 0u64;
     let mut max_lag = Duration::ZERO;
     while n < schedule.total {
-        let due = schedule.at(n);
-        sleep_until(due).await;
-        let now = Instant::now();
-        max_lag = max_lag.max(now.saturating_duration_since(due));
         // Everything due by now goes out, a batch at a time.
-        let mut k = 0;
-        while n < schedule.total && k < BATCH && (k == 0 || schedule.at(n) <= now) {
+        let (due, lag) = schedule.due_from(n, BATCH).await;
+        max_lag = max_lag.max(lag);
+        for _ in 0..due {
             let in_window = schedule.at(n) >= w.t0;
             let attempt = {
                 let mut buf = shared.send_buf.borrow_mut();
@@ -443,7 +440,6 @@ async fn send(a: &Association, schedule: Schedule, shared: &Shared, progress: &P
                 }
             }
             n += 1;
-            k += 1;
         }
         if n < schedule.total && schedule.at(n) <= Instant::now() {
             stream::fair_share().await;
