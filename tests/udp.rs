@@ -236,7 +236,7 @@ fn a_burst_behind_a_name_lookup_arrives_whole_and_in_order() {
     }
     let sent: Vec<String> = (0..BURST).map(|i| format!("burst {i:02}")).collect();
     assert_eq!(got, sent, "in the order sent");
-    let (_, data) = roundtrip(&sock, relay, &by_name, b"after the burst");
+    let (_, data) = roundtrip(sock, relay, &by_name, b"after the burst");
     assert_eq!(data, b"after the burst");
 }
 
