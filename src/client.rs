@@ -8,7 +8,7 @@
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::gssapi::{self, LevelEncoding, Protection, ProtectionLevel};
+use crate::gss_binding::{self as gssapi, LevelEncoding, Protection, ProtectionLevel};
 use crate::proto::{
     Codec, Command, Decoded, Greeting, GssMessage, GssMessageType, Method, MethodSelection,
     ProtoError, Reply, ReplyCode, Request, TargetAddr, UserPassRequest, UserPassStatus,

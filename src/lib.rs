@@ -14,7 +14,7 @@
 
 pub mod client;
 pub mod config;
-pub mod gssapi;
+pub mod gss_binding;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod policy;

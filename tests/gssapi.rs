@@ -13,7 +13,7 @@ use coresocks::client::{
     handshake_gssapi_blocking, udp_datagram_sealed, udp_payload_sealed, ClientError, GssapiOptions,
     SealedStream,
 };
-use coresocks::gssapi::{LevelEncoding, ProtectionLevel};
+use coresocks::gss_binding::{LevelEncoding, ProtectionLevel};
 use coresocks::proto::{Codec, Command as Cmd, GssMessage, GssMessageType, TargetAddr};
 use libgssapi::context::SecurityContext;
 
@@ -43,7 +43,11 @@ fn gss_connect(
     target: &TargetAddr,
     level: ProtectionLevel,
     encoding: LevelEncoding,
-) -> (TcpStream, TargetAddr, Option<coresocks::gssapi::Protection>) {
+) -> (
+    TcpStream,
+    TargetAddr,
+    Option<coresocks::gss_binding::Protection>,
+) {
     let mut s = proxy.raw();
     let (bound, protection) =
         handshake_gssapi_blocking(&mut s, command, target, &opts(level, encoding))
@@ -315,9 +319,13 @@ fn expired_and_replayed_tickets_are_refused() {
     // A context token made while the ticket is good, sent after it expired
     // (the realm allows one second of skew).
     k.kinit("brief", "brief-password", Some("3s"));
-    let mut ctx =
-        coresocks::gssapi::initiator("rcmd", "127.0.0.1", Some(&format!("brief@{REALM}")), true)
-            .unwrap();
+    let mut ctx = coresocks::gss_binding::initiator(
+        "rcmd",
+        "127.0.0.1",
+        Some(&format!("brief@{REALM}")),
+        true,
+    )
+    .unwrap();
     let token = ctx
         .step(None, None)
         .unwrap()
@@ -325,7 +333,7 @@ fn expired_and_replayed_tickets_are_refused() {
         .to_vec();
     let made = Instant::now();
     // A fresh token is accepted once, and refused when replayed.
-    let mut good = coresocks::gssapi::initiator("rcmd", "127.0.0.1", None, true).unwrap();
+    let mut good = coresocks::gss_binding::initiator("rcmd", "127.0.0.1", None, true).unwrap();
     let good_token = good.step(None, None).unwrap().unwrap().to_vec();
     let mut first = proxy.raw();
     let mut msg = vec![0x05, 0x01, 0x01];
@@ -429,7 +437,7 @@ fn bad_messages_get_the_abort_and_the_next_client_is_served() {
     }
     // A protection level no RFC defines, after a good context.
     let mut s = proxy.raw();
-    let mut ctx = coresocks::gssapi::initiator("rcmd", "127.0.0.1", None, true).unwrap();
+    let mut ctx = coresocks::gss_binding::initiator("rcmd", "127.0.0.1", None, true).unwrap();
     let token = ctx.step(None, None).unwrap().unwrap().to_vec();
     let mut msg = vec![0x05, 0x01, 0x01];
     GssMessage::new(GssMessageType::Context, token).encode(&mut msg);

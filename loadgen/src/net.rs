@@ -8,7 +8,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use coresocks::client::{self, Credentials, GssapiOptions};
-use coresocks::gssapi::Protection;
+use coresocks::gss_binding::Protection;
 use coresocks::proto::{Command, TargetAddr};
 use coresocks_io::events::Stream;
 use futures_lite::io::{AsyncRead, AsyncWrite};

@@ -108,7 +108,9 @@ impl Codec for TargetAddr {
     }
 }
 
-fn validate_domain(bytes: &[u8]) -> Result<&str, ProtoError> {
+/// The one check of a domain name, shared by every protocol that carries one:
+/// 1 to 255 bytes of UTF-8 without NUL.
+pub(crate) fn validate_domain(bytes: &[u8]) -> Result<&str, ProtoError> {
     if bytes.is_empty() {
         return Err(ProtoError::EmptyDomain);
     }

@@ -3,7 +3,8 @@
 //! Sections: shared helpers; one section per message (target address,
 //! greeting and method set, method selection, username/password request and
 //! status, request, reply, UDP header); errors; property tests; RFC 1961
-//! framing.
+//! framing. SOCKS4/4a and HTTP CONNECT have their own files under `tests/`,
+//! using the helpers here.
 //! Protocol numbers are written in hex, as the RFCs write them.
 
 use std::fmt::Debug;
@@ -12,6 +13,9 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use proptest::prelude::*;
 
 use super::*;
+
+mod http_connect;
+mod socks4;
 
 // ---------------------------------------------------------------------------
 // Helpers
@@ -1372,7 +1376,9 @@ fn check_all_decoders(buf: &[u8]) -> Result<(), TestCaseError> {
     check_any_input::<Request>(buf)?;
     check_any_input::<Reply>(buf)?;
     check_any_input::<UdpHeader>(buf)?;
-    check_any_input::<GssMessage>(buf)
+    check_any_input::<GssMessage>(buf)?;
+    check_any_input::<Socks4Request>(buf)?;
+    check_any_input::<Socks4Reply>(buf)
 }
 
 fn arb_gss_message() -> impl Strategy<Value = GssMessage> {
@@ -1399,6 +1405,8 @@ fn arb_mutated_message() -> impl Strategy<Value = Vec<u8>> {
         arb_reply().prop_map(|m| encode(&m)),
         arb_udp_header().prop_map(|m| encode(&m)),
         arb_gss_message().prop_map(|m| encode(&m)),
+        socks4::arb_socks4_request().prop_map(|m| encode(&m)),
+        socks4::arb_socks4_reply().prop_map(|m| encode(&m)),
     ];
     let edits = prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..=4);
     (wire, edits, any::<prop::sample::Index>(), any::<bool>()).prop_map(

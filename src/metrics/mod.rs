@@ -84,6 +84,9 @@ pub struct CoreMetrics {
     /// The configuration generation this core serves new sessions with
     /// (0 as started; each applied SIGHUP adds one).
     pub config_generation: AtomicU64,
+    /// Sessions by the protocol the client spoke, by
+    /// [`crate::config::Protocol::index`].
+    pub sessions_by_protocol: [AtomicU64; 3],
 }
 
 /// Why a login was refused unchecked, as indexed in
@@ -339,6 +342,14 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
         "code",
         &codes,
         &|m| &m.replies,
+    );
+    let protocols = crate::config::Protocol::ALL.map(crate::config::Protocol::as_str);
+    labelled(
+        "sessions_total",
+        "Client sessions, by the protocol the client spoke (told by its first byte).",
+        "protocol",
+        &protocols,
+        &|m| &m.sessions_by_protocol,
     );
     labelled(
         "tunnels_total",

@@ -243,7 +243,7 @@ impl Relay {
 /// A GSSAPI tunnel's protection (integrity or confidentiality) and the
 /// client bytes that arrived with the request, still wrapped.
 pub struct Sealed {
-    pub protection: crate::gssapi::Protection,
+    pub protection: crate::gss_binding::Protection,
     pub pending: Vec<u8>,
 }
 

@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 
 use super::step::{Fill, Flush};
 use crate::events::Stream;
-use crate::gssapi::{GssError, Protection, MAX_PLAIN_PER_MESSAGE};
+use crate::gss_binding::{GssError, Protection, MAX_PLAIN_PER_MESSAGE};
 
 /// One tunnel's security context, shared by its two directions.
 pub(super) type SharedProtection = Rc<RefCell<Protection>>;

@@ -5,7 +5,7 @@
 mod admission;
 mod core;
 
-mod listener;
+mod listen_sockets;
 pub mod notify;
 pub mod reload;
 pub mod upgrade;
@@ -19,7 +19,7 @@ use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
 pub use self::core::{Core, Serve};
 pub use admission::{Admission, Budgets, Exhausted, ShedReason, Stop, StopSignal, Ticket};
-pub use listener::{open_listeners, ListenError, ListenSetup};
+pub use listen_sockets::{open_listeners, ListenError, ListenSetup};
 pub use reload::{ConfigSlot, Reloader};
 
 use crate::config::Config;
@@ -150,7 +150,7 @@ pub fn run(config: Config, reloader: Reloader, serve: Serve) -> Result<(), Runti
     let config = Arc::new(config);
     let slot = Arc::new(ConfigSlot::new(config.clone(), cpus.len()));
     // From here threads run that may be inside GSS-API.
-    crate::gssapi::freeze_environment();
+    crate::gss_binding::freeze_environment();
     install_signal_thread(shutdown.clone(), slot.clone(), reloader)?;
 
     let (started_tx, started_rx) = mpsc::channel::<()>();

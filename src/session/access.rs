@@ -15,6 +15,9 @@ pub struct AccessRecord {
     /// How the client authenticated: `none`, `userpass`, or `gssapi-`
     /// and the protection level.
     pub auth: Option<&'static str>,
+    /// The protocol the client spoke: `socks5`, `socks4` (4a too) or
+    /// `http-connect`; absent when its first byte named none served here.
+    pub protocol: Option<&'static str>,
     pub command: Option<Command>,
     pub target: Option<TargetAddr>,
     pub resolved: Option<SocketAddr>,
@@ -42,6 +45,7 @@ impl AccessRecord {
             started: Instant::now(),
             user: None,
             auth: None,
+            protocol: None,
             command: None,
             target: None,
             resolved: None,
@@ -70,12 +74,13 @@ impl AccessRecord {
         let dash = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
         let _ = write!(
             s,
-            "conn={}.{} client={} user={} auth={} cmd={} target={} resolved={} out={} reply={} rule={} up={} down={} duration_ms={} engine={} end={}",
+            "conn={}.{} client={} user={} auth={} proto={} cmd={} target={} resolved={} out={} reply={} rule={} up={} down={} duration_ms={} engine={} end={}",
             self.core,
             self.conn_id,
             self.client,
             dash(self.user.as_deref().map(quote)),
             self.auth.unwrap_or("-"),
+            self.protocol.unwrap_or("-"),
             dash(self.command.map(|c| c.as_str().to_owned())),
             dash(self.target.as_ref().map(|t| quote(&t.to_string()))),
             dash(self.resolved.map(|a| a.to_string())),
@@ -100,6 +105,7 @@ impl AccessRecord {
             "client": self.client.to_string(),
             "user": self.user.clone(),
             "auth": self.auth,
+            "proto": self.protocol,
             "cmd": self.command.map(|c| c.as_str()),
             "target": text(self.target.as_ref().map(|t| t.to_string())),
             "resolved": text(self.resolved.map(|a| a.to_string())),
@@ -135,6 +141,7 @@ mod tests {
         let mut r = AccessRecord::new(1, 7, "127.0.0.1:5000".parse().unwrap());
         r.user = Some("a b".into());
         r.auth = Some("gssapi-integrity");
+        r.protocol = Some("socks5");
         r.command = Some(Command::Connect);
         r.target = Some(TargetAddr::Domain("example.com".into(), 443));
         r.reply = Some(ReplyCode::ConnectionRefused);
@@ -146,6 +153,7 @@ mod tests {
             "client=127.0.0.1:5000",
             "user=\"a b\"",
             "auth=gssapi-integrity",
+            "proto=socks5",
             "cmd=connect",
             "target=example.com:443",
             "resolved=-",

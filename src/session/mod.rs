@@ -10,13 +10,13 @@
 //! greeting -> method selection -> (RFC 1929 auth, or RFC 1961 GSSAPI
 //! with its protection level) -> request -> command (CONNECT: resolve,
 //! connect, reply, relay) -> access log line. Under GSSAPI protection the
-//! request, the replies and the data are encapsulated (`gssapi.rs`).
+//! request, the replies and the data are encapsulated (`gssapi_method.rs`).
 
 mod access;
 mod bind;
 mod connect;
 mod error;
-mod gssapi;
+mod gssapi_method;
 mod password;
 mod reader;
 mod udp;
@@ -35,7 +35,7 @@ pub use password::PasswordGate;
 use reader::MessageReader;
 
 use crate::config::Config;
-use crate::gssapi::{Protection, ProtectionLevel};
+use crate::gss_binding::{Protection, ProtectionLevel};
 use crate::metrics;
 use crate::policy::Requester;
 use crate::proto::{
@@ -67,7 +67,7 @@ impl Authenticated {
         client: &mut Stream,
     ) -> (Requested, Result<(Request, Vec<u8>), SessionError>) {
         let request = match &mut self.protection {
-            Some(p) => gssapi::read_request(p, client, reader).await,
+            Some(p) => gssapi_method::read_request(p, client, reader).await,
             None => reader
                 .next::<Request>(client)
                 .await
@@ -555,7 +555,7 @@ impl<'a> Session<'a> {
         .to_bytes();
         match &mut self.requested.protection {
             Some(p) => {
-                let sealed = gssapi::seal(p, &reply)?;
+                let sealed = gssapi_method::seal(p, &reply)?;
                 send(&mut self.client, &sealed).await
             }
             None => send(&mut self.client, &reply).await,
@@ -618,7 +618,7 @@ async fn negotiate(
     match (chosen, &config.gssapi, &config.users) {
         (Method::GSSAPI, Some(acceptor), _) => {
             let (principal, level, protection) =
-                gssapi::authenticate(acceptor, client, reader).await?;
+                gssapi_method::authenticate(acceptor, client, reader).await?;
             Ok(Authenticated {
                 user: Some(principal),
                 auth: match level {

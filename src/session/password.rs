@@ -254,13 +254,46 @@ pub(super) async fn user_pass(
         }
         Err(e) => return Err(e),
     };
-    let user = String::from_utf8_lossy(&creds.username).into_owned();
+    let checked = check_login(
+        core,
+        config,
+        users,
+        client_ip,
+        &creds.username,
+        &creds.password,
+    )
+    .await;
+    let status = match checked {
+        Ok(_) => UserPassStatus::SUCCESS,
+        Err(_) => UserPassStatus::FAILURE,
+    };
+    send(client, &status.to_bytes()).await?;
+    Ok(Authenticated {
+        user: Some(checked?),
+        auth: "userpass",
+        protection: None,
+    })
+}
+
+/// Checks a user name and password against the users file, through the
+/// address's throttles, the login cache and the hashing pool: the one
+/// check every protocol's login goes through (RFC 1929, SOCKS4's USERID,
+/// HTTP's Proxy-Authorization). The user's name when it passes.
+pub(super) async fn check_login(
+    core: &Core,
+    config: &Config,
+    users: &UserDb,
+    client_ip: IpAddr,
+    username: &[u8],
+    password: &[u8],
+) -> Result<String, SessionError> {
+    let user = String::from_utf8_lossy(username).into_owned();
     let gate = &core.passwords;
     let per_minute = config.auth_failures_per_client;
     let m = core.metrics();
     let now = Instant::now();
-    let verdict = match users.verify(&creds.username, &creds.password) {
-        Verification::Slow(_) if gate.remembers(users, &creds.username, &creds.password, now) => {
+    let verdict = match users.verify(username, password) {
+        Verification::Slow(_) if gate.remembers(users, username, password, now) => {
             metrics::add(&m.auth_cache_hits, 1);
             Ok((true, false))
         }
@@ -278,7 +311,6 @@ pub(super) async fn user_pass(
         Ok(verdict) => verdict,
         Err(reason) => {
             metrics::add(&m.auth_refusals[reason.index()], 1);
-            send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
             return Err(SessionError::AuthRefused {
                 client: client_ip,
                 reason,
@@ -288,24 +320,12 @@ pub(super) async fn user_pass(
     let now = Instant::now();
     if !ok {
         gate.failed(client_ip, per_minute, now);
-        send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
         return Err(SessionError::AuthFailed(user));
     }
     if hashed {
-        gate.remember(
-            users,
-            &creds.username,
-            &creds.password,
-            config.auth_cache,
-            now,
-        );
+        gate.remember(users, username, password, config.auth_cache, now);
     }
-    send(client, &UserPassStatus::SUCCESS.to_bytes()).await?;
-    Ok(Authenticated {
-        user: Some(user),
-        auth: "userpass",
-        protection: None,
-    })
+    Ok(user)
 }
 
 #[cfg(test)]

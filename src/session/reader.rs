@@ -59,6 +59,22 @@ impl MessageReader {
         }
     }
 
+    /// The first byte not yet taken, read from the client if none is
+    /// buffered: what tells the protocols apart.
+    pub async fn peek_byte(&mut self, client: &mut Stream) -> Result<u8, SessionError> {
+        if self.start == self.end {
+            let n = client
+                .read(&mut self.buf[self.end..])
+                .await
+                .map_err(SessionError::ClientIo)?;
+            if n == 0 {
+                return Err(SessionError::ClientClosed);
+            }
+            self.end += n;
+        }
+        Ok(self.buf[self.start])
+    }
+
     /// Bytes received past the last decoded message.
     pub fn leftover(&self) -> &[u8] {
         &self.buf[self.start..self.end]

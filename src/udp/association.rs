@@ -12,7 +12,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::{UdpTable, MAX_HEADER};
 use crate::events::{DatagramWait, EventRing, Stream};
-use crate::gssapi::Protection;
+use crate::gss_binding::Protection;
 use crate::policy::source::Outbound;
 use crate::policy::{Policy, Requester};
 use crate::proto::{Codec, Command, Decoded, ProtoError, TargetAddr, UdpHeader};

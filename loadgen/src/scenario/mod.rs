@@ -10,7 +10,7 @@ pub mod udp;
 use std::net::SocketAddr;
 
 use coresocks::client::{Credentials, GssapiOptions};
-use coresocks::gssapi::ProtectionLevel;
+use coresocks::gss_binding::ProtectionLevel;
 
 use crate::cli::{AuthArgs, CompareScenario, GssLevel, PathArgs, RunArgs};
 use crate::cores::default_cores;

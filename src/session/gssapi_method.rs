@@ -8,7 +8,7 @@ use libgssapi::context::SecurityContext;
 
 use super::reader::MessageReader;
 use super::{send, SessionError};
-use crate::gssapi::{self, Acceptor, Protection, ProtectionLevel};
+use crate::gss_binding::{self as gssapi, Acceptor, Protection, ProtectionLevel};
 use crate::proto::{Codec, Decoded, GssMessage, GssMessageType, Request};
 
 /// Runs the method: returns the client's principal, the level agreed, and
