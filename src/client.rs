@@ -1,5 +1,7 @@
 //! A SOCKS5 client over the same sans-io codec the server uses: for tests,
-//! for loadgen, and for anyone scripting against a proxy.
+//! for loadgen, and for anyone scripting against a proxy. SOCKS4/4a
+//! ([`handshake_socks4`]) and HTTP CONNECT ([`handshake_http_connect`])
+//! too, for the proxies and listeners that speak them.
 //!
 //! [`handshake`] works on any futures `AsyncRead + AsyncWrite` stream
 //! (glommio's included); [`handshake_blocking`] runs the same code on a std
@@ -9,6 +11,10 @@
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::gss_binding::{self as gssapi, LevelEncoding, Protection, ProtectionLevel};
+use crate::proto::{
+    BasicCredentials, ConnectRequest, ConnectResponseHead, HttpVersion, Socks4Command, Socks4Reply,
+    Socks4ReplyCode, Socks4Request,
+};
 use crate::proto::{
     Codec, Command, Decoded, Greeting, GssMessage, GssMessageType, Method, MethodSelection,
     ProtoError, Reply, ReplyCode, Request, TargetAddr, UserPassRequest, UserPassStatus,
@@ -39,6 +45,10 @@ pub enum ClientError {
     Gssapi(String),
     #[error("proxy refused the GSSAPI authentication (RFC 1961 abort)")]
     GssapiAborted,
+    #[error("proxy replied SOCKS4 {0}")]
+    Socks4Rejected(Socks4ReplyCode),
+    #[error("proxy answered HTTP {0}")]
+    HttpStatus(u16),
 }
 
 impl From<gssapi::GssError> for ClientError {
@@ -121,6 +131,71 @@ pub async fn read_reply<S: AsyncRead + Unpin>(s: &mut S) -> Result<TargetAddr, C
     }
 }
 
+/// Sends one SOCKS4 request (4a's form for a domain target; SOCKS4 has no
+/// IPv6) with `user_id`, and reads the reply; returns its address on 90.
+/// BIND's second reply is another [`read_socks4_reply`].
+pub async fn handshake_socks4<S>(
+    s: &mut S,
+    command: Socks4Command,
+    target: &TargetAddr,
+    user_id: &[u8],
+) -> Result<std::net::SocketAddrV4, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let request = Socks4Request::new(command, target.clone(), user_id.to_vec())?;
+    s.write_all(&request.to_bytes()).await?;
+    read_socks4_reply(s).await
+}
+
+/// Reads one SOCKS4 reply; anything but 90 is [`ClientError::Socks4Rejected`].
+pub async fn read_socks4_reply<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<std::net::SocketAddrV4, ClientError> {
+    let reply = read_message::<Socks4Reply, _>(s).await?;
+    match reply.code {
+        Socks4ReplyCode::Granted => Ok(reply.addr),
+        code => Err(ClientError::Socks4Rejected(code)),
+    }
+}
+
+/// Sends `CONNECT target HTTP/1.1` (with `Proxy-Authorization: Basic` when
+/// `creds` is given) and reads the response head; a status other than 2xx
+/// is [`ClientError::HttpStatus`]. Returns the bytes read past the head:
+/// the head's length is not known before its end, so the reads may take
+/// the tunnel's first bytes with it (none when the target waits for the
+/// client to speak first).
+pub async fn handshake_http_connect<S>(
+    s: &mut S,
+    target: &TargetAddr,
+    creds: Option<&Credentials>,
+) -> Result<Vec<u8>, ClientError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let basic = creds.map(|c| BasicCredentials {
+        user: c.username.clone(),
+        password: c.password.clone(),
+    });
+    let request = ConnectRequest::new(target.clone(), HttpVersion::Http11, basic)?;
+    s.write_all(&request.to_bytes()).await?;
+    let mut buf = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    loop {
+        if let Decoded::Complete(head, used) = ConnectResponseHead::decode(&buf)? {
+            if !(200..300).contains(&head.status) {
+                return Err(ClientError::HttpStatus(head.status));
+            }
+            return Ok(buf.split_off(used));
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// [`handshake`] on a blocking std stream.
 pub fn handshake_blocking<S>(
     s: &mut S,
@@ -133,6 +208,33 @@ where
 {
     let mut s = futures_lite::io::AssertAsync::new(s);
     futures_lite::future::block_on(handshake(&mut s, command, target, creds))
+}
+
+/// [`handshake_socks4`] on a blocking std stream.
+pub fn handshake_socks4_blocking<S>(
+    s: &mut S,
+    command: Socks4Command,
+    target: &TargetAddr,
+    user_id: &[u8],
+) -> Result<std::net::SocketAddrV4, ClientError>
+where
+    S: std::io::Read + std::io::Write,
+{
+    let mut s = futures_lite::io::AssertAsync::new(s);
+    futures_lite::future::block_on(handshake_socks4(&mut s, command, target, user_id))
+}
+
+/// [`handshake_http_connect`] on a blocking std stream.
+pub fn handshake_http_connect_blocking<S>(
+    s: &mut S,
+    target: &TargetAddr,
+    creds: Option<&Credentials>,
+) -> Result<Vec<u8>, ClientError>
+where
+    S: std::io::Read + std::io::Write,
+{
+    let mut s = futures_lite::io::AssertAsync::new(s);
+    futures_lite::future::block_on(handshake_http_connect(&mut s, target, creds))
 }
 
 /// Builds a datagram for a UDP relay: the RFC 1928 header for `target`,

@@ -17,6 +17,7 @@ mod gssapi;
 mod lifecycle;
 mod netns;
 mod policy;
+mod protocols;
 mod quota;
 mod relay;
 mod reload;

@@ -20,6 +20,10 @@ pub enum SessionError {
     NoAcceptableMethod,
     #[error("authentication failed for user {0:?}")]
     AuthFailed(String),
+    /// A SOCKS4 or HTTP CONNECT client without the credentials this proxy
+    /// needs (or only GSSAPI configured, which those cannot carry).
+    #[error("{0}: no credentials, and this proxy needs them")]
+    CredentialsRequired(&'static str),
     /// The GSSAPI method (RFC 1961) failed; the client got the abort.
     #[error("GSSAPI: {0}")]
     GssapiFailed(String),
@@ -103,6 +107,7 @@ impl SessionError {
             | SessionError::HandshakeTimeout
             | SessionError::NoAcceptableMethod
             | SessionError::AuthFailed(_)
+            | SessionError::CredentialsRequired(_)
             | SessionError::AuthRefused { .. }
             | SessionError::GssapiFailed(_)
             | SessionError::Stopped(_) => None,
@@ -118,6 +123,7 @@ impl SessionError {
             SessionError::HandshakeTimeout => "handshake-timeout",
             SessionError::NoAcceptableMethod => "no-acceptable-method",
             SessionError::AuthFailed(_) => "auth-failed",
+            SessionError::CredentialsRequired(_) => "auth-required",
             SessionError::AuthRefused { reason, .. } => reason.tag(),
             SessionError::Exhausted(crate::runtime::Exhausted::ClientShare(_)) => "client-share",
             SessionError::Exhausted(crate::runtime::Exhausted::Core) => "descriptor-limit",

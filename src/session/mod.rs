@@ -11,14 +11,21 @@
 //! with its protection level) -> request -> command (CONNECT: resolve,
 //! connect, reply, relay) -> access log line. Under GSSAPI protection the
 //! request, the replies and the data are encapsulated (`gssapi_method.rs`).
+//!
+//! Where `--protocols` says so, the client's first byte may instead open
+//! a SOCKS4/4a (`socks4.rs`) or HTTP CONNECT (`http_connect.rs`)
+//! handshake: one request carrying its own credentials, then the same
+//! policy, quotas, commands and relay, with replies in that protocol.
 
 mod access;
 mod bind;
 mod connect;
 mod error;
 mod gssapi_method;
+mod http_connect;
 mod password;
 mod reader;
+mod socks4;
 mod udp;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -34,7 +41,7 @@ pub use error::{connect_reply_code, SessionError};
 pub use password::PasswordGate;
 use reader::MessageReader;
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::gss_binding::{Protection, ProtectionLevel};
 use crate::metrics;
 use crate::policy::Requester;
@@ -77,17 +84,42 @@ impl Authenticated {
             user: self.user,
             auth: self.auth,
             protection: self.protection,
+            dialect: Dialect::Socks5,
         };
         (requested, request)
     }
 }
 
 /// An authenticated client whose request has been read: the only state in
-/// which the proxy may reply. Made only from an [`Authenticated`].
+/// which the proxy may reply. Made from an [`Authenticated`] (SOCKS5), or
+/// by the SOCKS4 and HTTP CONNECT handshakes once the request, which
+/// carries their credentials, has passed its login check.
 struct Requested {
     user: Option<String>,
     auth: &'static str,
     protection: Option<Protection>,
+    dialect: Dialect,
+}
+
+/// The protocol replies are written in.
+#[derive(Debug, Clone, Copy)]
+enum Dialect {
+    Socks5,
+    Socks4,
+    Http(crate::proto::HttpVersion),
+}
+
+impl Protocol {
+    /// The protocol a client's first byte opens: SOCKS's version byte, or
+    /// the first letter of an HTTP method (uppercase, as methods are).
+    fn of_first_byte(b: u8) -> Option<Protocol> {
+        match b {
+            0x05 => Some(Protocol::Socks5),
+            0x04 => Some(Protocol::Socks4),
+            b'A'..=b'Z' => Some(Protocol::HttpConnect),
+            _ => None,
+        }
+    }
 }
 
 /// One client past its request: what every command needs to reply, judge
@@ -226,15 +258,41 @@ async fn establish<'a>(
 ) -> Result<Option<Established>, SessionError> {
     let mut reader = MessageReader::new();
     let client_ip = record.client.ip().to_canonical();
+    // Known once the first byte is in, for the record whatever happens next.
+    let spoken = std::cell::Cell::new(None);
     let handshake = async {
-        let auth = negotiate(core, config, client_ip, &mut client, &mut reader).await?;
-        Ok::<_, SessionError>(auth.read_request(&mut reader, &mut client).await)
+        // A byte that opens no protocol served here goes the SOCKS5 way,
+        // whose decoder says what is wrong with it.
+        let first = reader.peek_byte(&mut client).await?;
+        let protocol = Protocol::of_first_byte(first)
+            .filter(|p| config.protocols[p.index()])
+            .unwrap_or(Protocol::Socks5);
+        spoken.set(Some(protocol));
+        let dialect_handshake = match protocol {
+            Protocol::Socks5 => {
+                let auth = negotiate(core, config, client_ip, &mut client, &mut reader).await?;
+                return Ok::<_, SessionError>(auth.read_request(&mut reader, &mut client).await);
+            }
+            Protocol::Socks4 => {
+                socks4::handshake(core, config, client_ip, &mut client, &mut reader).await
+            }
+            Protocol::HttpConnect => {
+                http_connect::handshake(core, config, client_ip, &mut client, &mut reader).await
+            }
+        };
+        let (requested, request) = dialect_handshake?;
+        Ok((requested, Ok((request, Vec::new()))))
     };
     let deadline = async {
         crate::events::sleep(config.handshake_timeout).await;
         Err(SessionError::HandshakeTimeout)
     };
-    let (requested, request) = future::or(handshake, deadline).await?;
+    let outcome = future::or(handshake, deadline).await;
+    if let Some(protocol) = spoken.get() {
+        record.protocol = Some(protocol.as_str());
+        metrics::add(&core.metrics().sessions_by_protocol[protocol.index()], 1);
+    }
+    let (requested, request) = outcome?;
     // What the client's pace decides is over; from here the proxy's own
     // timeouts bound the session.
     ticket.handshake_done();
@@ -243,7 +301,8 @@ async fn establish<'a>(
         .observe(record.started.elapsed(), &metrics::LATENCY_BUCKETS);
     record.user = requested.user.clone();
     record.auth = Some(requested.auth);
-    if let ("userpass", Some(user)) = (requested.auth, &requested.user) {
+    if let ("userpass" | "socks4-userid" | "basic", Some(user)) = (requested.auth, &requested.user)
+    {
         ticket.set_user(user.as_bytes());
     }
     let mut session = Session {
@@ -525,22 +584,43 @@ impl<'a> Session<'a> {
         Err(SessionError::NotAllowed(message))
     }
 
-    /// Sends the success reply and records it.
+    /// Sends the success reply, in the client's protocol, and records it
+    /// (as the SOCKS5 code it stands for, whatever the protocol).
     async fn reply_success(&mut self, bound: SocketAddr) -> Result<(), SessionError> {
         self.record.reply = Some(ReplyCode::Succeeded);
         self.core.metrics().reply(ReplyCode::Succeeded);
         let bound = SocketAddr::new(bound.ip().to_canonical(), bound.port());
-        self.send_reply(ReplyCode::Succeeded, &TargetAddr::Ip(bound))
-            .await
+        match self.requested.dialect {
+            Dialect::Socks5 => {
+                self.send_reply(ReplyCode::Succeeded, &TargetAddr::Ip(bound))
+                    .await
+            }
+            Dialect::Socks4 => send(&mut self.client, &socks4::granted(bound).to_bytes()).await,
+            Dialect::Http(version) => {
+                let status = crate::proto::HttpStatus::ConnectionEstablished;
+                http_connect::respond(&mut self.client, status, version, "").await
+            }
+        }
     }
 
     /// Sends the failure reply for `e`, if it has one, and records it.
     async fn reply_error(&mut self, e: &SessionError) {
-        if let Some(code) = e.reply_code() {
-            self.record.reply = Some(code);
-            self.core.metrics().reply(code);
-            let _ = self.send_reply(code, &unspecified()).await;
-        }
+        let Some(code) = e.reply_code() else {
+            return;
+        };
+        self.record.reply = Some(code);
+        self.core.metrics().reply(code);
+        let _ = match self.requested.dialect {
+            Dialect::Socks5 => self.send_reply(code, &unspecified()).await,
+            Dialect::Socks4 => send(&mut self.client, &socks4::rejected().to_bytes()).await,
+            Dialect::Http(version) => match http_connect::status_of(e) {
+                Some(status) => {
+                    let body = http_connect::body_of(e);
+                    http_connect::respond(&mut self.client, status, version, &body).await
+                }
+                None => Ok(()),
+            },
+        };
     }
 
     async fn send_reply(

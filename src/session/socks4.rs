@@ -1,0 +1,90 @@
+//! SOCKS4 and 4a: one message up, one reply down. The request carries the
+//! command, the target (an IPv4 address, or 4a's domain name) and a USERID;
+//! there is no method negotiation. Where users are configured the USERID
+//! must be `user:password`, checked as an RFC 1929 login is; reply codes
+//! are 90 (granted) and 91 (rejected or failed): 92 and 93 are about an
+//! identd, which this server does not ask.
+
+use std::net::IpAddr;
+
+use crate::events::Stream;
+
+use super::{password, send, Dialect, MessageReader, Requested, SessionError};
+use crate::config::Config;
+use crate::proto::{Codec, Command, Request, Socks4Command, Socks4Reply, Socks4ReplyCode};
+use crate::runtime::Core;
+
+/// Reads the request and checks its USERID; a request that cannot be
+/// served from here gets 91 before the error returns.
+pub(super) async fn handshake(
+    core: &Core,
+    config: &Config,
+    client_ip: IpAddr,
+    client: &mut Stream,
+    reader: &mut MessageReader,
+) -> Result<(Requested, Request), SessionError> {
+    let request = match reader.next::<crate::proto::Socks4Request>(client).await {
+        Ok(r) => r,
+        Err(e @ SessionError::Proto(_)) => {
+            send(client, &rejected().to_bytes()).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    let (command, target, user_id) = request.into_parts();
+    let (user, auth) = match (&config.users, &config.gssapi) {
+        (Some(users), _) => {
+            // "user:password"; a USERID without the colon is a user with
+            // an empty password, which no users-file entry has.
+            let (name, secret) = match user_id.iter().position(|&b| b == b':') {
+                Some(at) => (&user_id[..at], &user_id[at + 1..]),
+                None => (&user_id[..], &[][..]),
+            };
+            match password::check_login(core, config, users, client_ip, name, secret).await {
+                Ok(user) => (Some(user), "socks4-userid"),
+                Err(e) => {
+                    send(client, &rejected().to_bytes()).await?;
+                    return Err(e);
+                }
+            }
+        }
+        // GSSAPI alone: SOCKS4 has no way to carry it.
+        (None, Some(_)) => {
+            send(client, &rejected().to_bytes()).await?;
+            return Err(SessionError::CredentialsRequired("socks4"));
+        }
+        (None, None) => (None, "none"),
+    };
+    let command = match command {
+        Socks4Command::Connect => Command::Connect,
+        Socks4Command::Bind => Command::Bind,
+    };
+    let requested = Requested {
+        user,
+        auth,
+        protection: None,
+        dialect: Dialect::Socks4,
+    };
+    Ok((requested, Request { command, target }))
+}
+
+/// Reply 91 with no address.
+pub(super) fn rejected() -> Socks4Reply {
+    Socks4Reply {
+        code: Socks4ReplyCode::Rejected,
+        addr: std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+    }
+}
+
+/// Reply 90 with the bound address where it is IPv4 (BIND's listener);
+/// SOCKS4 cannot name an IPv6 one, so that reply carries only the port.
+pub(super) fn granted(bound: std::net::SocketAddr) -> Socks4Reply {
+    let ip = match bound.ip().to_canonical() {
+        std::net::IpAddr::V4(ip) => ip,
+        std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+    };
+    Socks4Reply {
+        code: Socks4ReplyCode::Granted,
+        addr: std::net::SocketAddrV4::new(ip, bound.port()),
+    }
+}
