@@ -8,6 +8,7 @@ mod common;
 mod admission;
 mod auth;
 mod bind;
+mod clients;
 mod connect;
 mod curl;
 mod deploy;

@@ -105,7 +105,8 @@ pub struct DiffArgs {
 /// How loadgen reaches the target: through a SOCKS5 proxy, or direct.
 #[derive(Debug, Clone, Args)]
 pub struct PathArgs {
-    /// SOCKS5 proxy to measure (HOST:PORT)
+    /// Proxy to measure: HOST:PORT (SOCKS5), or with the protocol as a
+    /// scheme: socks5://, socks4a://, http:// (HTTP CONNECT)
     #[arg(long, value_name = "HOST:PORT", required_unless_present = "direct")]
     pub proxy: Option<String>,
     /// No proxy: connect to the target directly (the baseline)
@@ -355,7 +356,10 @@ pub struct ServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CompareArgs {
-    /// A proxy to measure, as NAME=HOST:PORT (repeat for each proxy)
+    /// A proxy to measure, as NAME=HOST:PORT (repeat for each proxy);
+    /// HOST:PORT may carry the protocol as a scheme (socks4a://HOST:PORT,
+    /// http://HOST:PORT for HTTP CONNECT), so one proxy can be measured
+    /// in each protocol it serves
     #[arg(long = "proxy", value_name = "NAME=HOST:PORT", value_parser = parse_named_proxy)]
     pub proxies: Vec<(String, String)>,
     /// Also measure without a proxy (the baseline for the ratios)

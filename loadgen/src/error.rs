@@ -69,6 +69,9 @@ impl Failure {
                 Failure::AuthRejected
             }
             ClientError::Rejected(code) => Failure::Reply(code.to_byte()),
+            // Counted with the SOCKS5 code of the same meaning: 0x01,
+            // general failure (SOCKS4's 91 and an HTTP error say no more).
+            ClientError::Socks4Rejected(_) | ClientError::HttpStatus(_) => Failure::Reply(1),
         }
     }
 

@@ -9,17 +9,58 @@ use std::time::{Duration, Instant};
 
 use coresocks::client::{self, Credentials, GssapiOptions};
 use coresocks::gss_binding::Protection;
-use coresocks::proto::{Command, TargetAddr};
+use coresocks::proto::{Command, Socks4Command, TargetAddr};
 use coresocks_io::events::Stream;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{describe, Failure, LoadgenError, Stage};
 use crate::wire::{HELLO_REPLY, MODE_HELLO};
 
-/// How to reach the target: through a SOCKS5 proxy or directly.
+/// The protocol loadgen speaks to a proxy, from the scheme its address is
+/// given with (`socks4a://HOST:PORT`, `http://HOST:PORT`; none: SOCKS5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProxyProtocol {
+    #[default]
+    Socks5,
+    /// SOCKS4 with the 4a extension (loadgen's targets are IPv4 addresses,
+    /// so the requests are plain SOCKS4 on the wire).
+    Socks4a,
+    HttpConnect,
+}
+
+impl ProxyProtocol {
+    /// Takes the scheme off a proxy address: the protocol and the rest.
+    pub fn split(text: &str) -> Result<(ProxyProtocol, &str), String> {
+        let Some((scheme, rest)) = text.split_once("://") else {
+            return Ok((ProxyProtocol::Socks5, text));
+        };
+        let protocol = match scheme.to_ascii_lowercase().as_str() {
+            "socks5" | "socks5h" => ProxyProtocol::Socks5,
+            "socks4" | "socks4a" => ProxyProtocol::Socks4a,
+            "http" | "http-connect" => ProxyProtocol::HttpConnect,
+            other => {
+                return Err(format!(
+                    "{other}:// is not a proxy protocol loadgen speaks (socks5://, socks4a://, http://)"
+                ))
+            }
+        };
+        Ok((protocol, rest))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::Socks5 => "socks5",
+            ProxyProtocol::Socks4a => "socks4a",
+            ProxyProtocol::HttpConnect => "http-connect",
+        }
+    }
+}
+
+/// How to reach the target: through a proxy or directly.
 #[derive(Debug, Clone)]
 pub struct PathSpec {
     pub proxy: Option<SocketAddr>,
+    pub protocol: ProxyProtocol,
     pub creds: Option<Credentials>,
     /// GSSAPI (RFC 1961) instead of RFC 1929.
     pub gssapi: Option<GssapiOptions>,
@@ -47,11 +88,37 @@ pub async fn negotiate<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match &path.gssapi {
-        Some(opts) => client::handshake_gssapi(s, command, target, opts).await,
-        None => client::handshake(s, command, target, path.creds.as_ref())
+    match (path.protocol, &path.gssapi) {
+        (ProxyProtocol::Socks5, Some(opts)) => {
+            client::handshake_gssapi(s, command, target, opts).await
+        }
+        (ProxyProtocol::Socks5, None) => client::handshake(s, command, target, path.creds.as_ref())
             .await
             .map(|bound| (bound, None)),
+        (ProxyProtocol::Socks4a, _) => {
+            let command = match command {
+                Command::Bind => Socks4Command::Bind,
+                _ => Socks4Command::Connect,
+            };
+            // SOCKS4's USERID; "user:password" where the proxy has users.
+            let user_id = path
+                .creds
+                .as_ref()
+                .map(|c| format!("{}:{}", c.username, c.password))
+                .unwrap_or_default();
+            let bound = client::handshake_socks4(s, command, target, user_id.as_bytes()).await?;
+            Ok((TargetAddr::Ip(SocketAddr::V4(bound)), None))
+        }
+        (ProxyProtocol::HttpConnect, _) => {
+            let early = client::handshake_http_connect(s, target, path.creds.as_ref()).await?;
+            // loadgen's targets speak only when spoken to.
+            if !early.is_empty() {
+                return Err(client::ClientError::Proto(
+                    coresocks::proto::ProtoError::MalformedStatusLine,
+                ));
+            }
+            Ok((TargetAddr::Ip(path.target), None))
+        }
     }
 }
 

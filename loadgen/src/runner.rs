@@ -71,6 +71,7 @@ pub struct Plan {
     pub load_cpus: Vec<usize>,
     pub targets: Targets,
     pub proxy: Option<SocketAddr>,
+    pub protocol: crate::net::ProxyProtocol,
     pub creds: Option<Credentials>,
     pub gssapi: Option<coresocks::client::GssapiOptions>,
     pub warmup: Duration,
@@ -257,6 +258,7 @@ where
     };
     let path = PathSpec {
         proxy: plan.proxy,
+        protocol: plan.protocol,
         creds: plan.creds.clone(),
         gssapi: plan.gssapi.clone(),
         target: target_addr,

@@ -87,3 +87,55 @@ fn needs_a_path() {
     let run = loadgen(&["compare", "--rounds", "1", "cps"]);
     run.assert_clean_error("at least one --proxy");
 }
+
+/// One proxy measured in each protocol it serves, the protocol given as
+/// the address's scheme; a proxy that does not serve one fails its runs
+/// without stopping the others.
+#[test]
+fn one_proxy_in_three_protocols_side_by_side() {
+    let _serial = serial();
+    let proxy = coresocks(&["--protocols", "socks5,socks4,http-connect"]);
+    let json = TempFile::new("compare-protocols.json");
+    let run = loadgen(&[
+        "compare",
+        "--proxy",
+        &format!("socks5={}", proxy.arg()),
+        "--proxy",
+        &format!("socks4a=socks4a://{}", proxy.arg()),
+        "--proxy",
+        &format!("http=http://{}", proxy.arg()),
+        "--rounds",
+        "1",
+        "--gap",
+        "0",
+        "--json",
+        json.arg(),
+        "cps",
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+    ]);
+    run.assert_ok();
+    let r = json.json();
+    for s in r["summary"].as_array().expect("summary") {
+        assert!(f64_at(s, "/median/conn~1s") > 0.0, "{s}");
+        assert_eq!(f64_at(s, "/median/errors"), 0.0, "{s}");
+    }
+    // A socks5-only proxy answers neither: every connection fails.
+    let plain = coresocks(&[]);
+    let failed = loadgen(&[
+        "cps",
+        "--proxy",
+        &format!("http://{}", plain.arg()),
+        "--duration",
+        "0.3",
+        "--warmup",
+        "0",
+    ]);
+    assert!(
+        !failed.stdout.contains("errors        0"),
+        "{}",
+        failed.stdout
+    );
+}

@@ -561,7 +561,10 @@ fn socket_tuning(s: &Settings) -> Result<SocketTuning, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use super::settings::parse_rate;
     use super::*;
+    use clap::Parser;
+    use std::path::Path;
 
     fn parse(args: &[&str]) -> Cli {
         Cli::try_parse_from(std::iter::once("coresocks").chain(args.iter().copied())).unwrap()

@@ -525,7 +525,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Bytes per second: a number and an optional unit, decimal (k, M, G,
 /// with or without B), binary (KiB, MiB, GiB) or in bits (kbit, Mbit,
 /// Gbit); "/s" may follow. At least 1 byte per second.
-fn parse_rate(s: &str) -> Result<u64, String> {
+pub(super) fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let t = t.strip_suffix("/s").unwrap_or(t).trim_end();
     let split = t

@@ -26,6 +26,8 @@ pub struct PathChoice {
     /// "direct", or a name for the proxy.
     pub name: String,
     pub proxy: Option<SocketAddr>,
+    /// The protocol spoken to the proxy (its address's scheme).
+    pub protocol: crate::net::ProxyProtocol,
     pub creds: Option<Credentials>,
     /// GSSAPI instead of RFC 1929 (`--gssapi`).
     pub gssapi: Option<GssapiOptions>,
@@ -39,6 +41,7 @@ impl PathChoice {
         PathChoice {
             name: "direct".into(),
             proxy: None,
+            protocol: crate::net::ProxyProtocol::Socks5,
             creds: None,
             gssapi: None,
             proxy_pid: None,
@@ -46,11 +49,21 @@ impl PathChoice {
     }
 
     pub fn proxy(name: &str, addr: &str, auth: &AuthArgs) -> Result<PathChoice, LoadgenError> {
+        let (protocol, addr) =
+            crate::net::ProxyProtocol::split(addr).map_err(LoadgenError::Usage)?;
+        let gssapi = gssapi_options(addr, auth);
+        if gssapi.is_some() && protocol != crate::net::ProxyProtocol::Socks5 {
+            return Err(LoadgenError::Usage(format!(
+                "--gssapi is SOCKS5's (RFC 1961), not {}'s",
+                protocol.as_str()
+            )));
+        }
         Ok(PathChoice {
             name: name.to_owned(),
             proxy: Some(resolve("proxy", addr)?),
+            protocol,
             creds: credentials(auth),
-            gssapi: gssapi_options(addr, auth),
+            gssapi,
             proxy_pid: None,
         })
     }
@@ -160,6 +173,7 @@ impl RunSetup {
                 proxy: path.proxy,
                 creds: path.creds.clone(),
                 gssapi: path.gssapi.clone(),
+                protocol: path.protocol,
                 warmup: run.warmup,
                 duration: run.duration,
                 timeout: run.timeout,

@@ -74,6 +74,12 @@ impl CoreStats {
 }
 
 pub fn run(path: &PathChoice, args: &UdpArgs) -> Result<Report, LoadgenError> {
+    if path.proxy.is_some() && path.protocol != crate::net::ProxyProtocol::Socks5 {
+        return Err(LoadgenError::Usage(format!(
+            "UDP goes through SOCKS5's UDP ASSOCIATE only, not {}",
+            path.protocol.as_str()
+        )));
+    }
     if !(args.rate.is_finite() && args.rate > 0.0 && args.rate <= 1e7) {
         return Err(LoadgenError::Usage(format!(
             "--rate {} must be a number of datagrams per second between 0 and 1e7",
