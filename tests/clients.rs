@@ -5,7 +5,7 @@
 //! tool is installed by `scripts/test`; a missing one skips here and fails
 //! under CI. README's "Clients" table lists the same commands.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -201,21 +201,10 @@ fn ncat_speaks_socks4_socks5_and_http() {
     let echo = echo_server("127.0.0.1:0");
     let proxy = Proxy::start(ALL);
     for kind in ["socks4", "socks5", "http"] {
-        let mut child = Command::new("ncat")
-            .args(["--proxy", &proxy.addr.to_string(), "--proxy-type", kind])
-            .args(["127.0.0.1", &echo.target().port().to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("through {kind}\n").as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let mut ncat = Command::new("ncat");
+        ncat.args(["--proxy", &proxy.addr.to_string(), "--proxy-type", kind])
+            .args(["127.0.0.1", &echo.target().port().to_string()]);
+        let out = output_with_input(&mut ncat, format!("through {kind}\n").as_bytes());
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             format!("through {kind}\n"),

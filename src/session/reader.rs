@@ -48,29 +48,29 @@ impl MessageReader {
                     self.buf.resize(len, 0);
                 }
             }
-            let n = client
-                .read(&mut self.buf[self.end..])
-                .await
-                .map_err(SessionError::ClientIo)?;
-            if n == 0 {
-                return Err(SessionError::ClientClosed);
-            }
-            self.end += n;
+            self.read_more(client).await?;
         }
+    }
+
+    /// One read into the free end of the buffer; the client's close is
+    /// [`SessionError::ClientClosed`].
+    async fn read_more(&mut self, client: &mut Stream) -> Result<(), SessionError> {
+        let n = client
+            .read(&mut self.buf[self.end..])
+            .await
+            .map_err(SessionError::ClientIo)?;
+        if n == 0 {
+            return Err(SessionError::ClientClosed);
+        }
+        self.end += n;
+        Ok(())
     }
 
     /// The first byte not yet taken, read from the client if none is
     /// buffered: what tells the protocols apart.
     pub async fn peek_byte(&mut self, client: &mut Stream) -> Result<u8, SessionError> {
         if self.start == self.end {
-            let n = client
-                .read(&mut self.buf[self.end..])
-                .await
-                .map_err(SessionError::ClientIo)?;
-            if n == 0 {
-                return Err(SessionError::ClientClosed);
-            }
-            self.end += n;
+            self.read_more(client).await?;
         }
         Ok(self.buf[self.start])
     }

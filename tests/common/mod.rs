@@ -560,24 +560,23 @@ pub fn congestion_of(filter: &str) -> &'static str {
         .unwrap_or_else(|| panic!("{filter}: no congestion control in {text:?}"))
 }
 
-/// `coresocks hash-password` with `password` on stdin: (exit code, stdout,
-/// stderr).
-pub fn hash_password(password: &str) -> (Option<i32>, String, String) {
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(env!("CARGO_BIN_EXE_coresocks"))
-        .arg("hash-password")
+/// Runs `cmd` with `input` on its stdin (then closed), to its exit.
+pub fn output_with_input(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(password.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `coresocks hash-password` with `password` on stdin: (exit code, stdout,
+/// stderr).
+pub fn hash_password(password: &str) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coresocks"));
+    let out = output_with_input(cmd.arg("hash-password"), password.as_bytes());
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
