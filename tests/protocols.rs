@@ -356,3 +356,31 @@ impl TargetAddrIp {
         }
     }
 }
+
+#[test]
+fn a_reload_changes_the_protocols_served() {
+    let echo = echo_server("127.0.0.1:0");
+    let file = TempPath::new("protocols-reload.toml");
+    let settings = |protocols: &str| {
+        format!("protocols = [{protocols}]\n[[rule]]\naction = \"allow\"\nto = [\"127.0.0.0/8\"]\n")
+    };
+    std::fs::write(&file.0, settings("\"socks5\"")).unwrap();
+    let proxy = Proxy::start(&["--config", file.arg(), "--deny", "192.0.2.1"]);
+    let port = echo.target().port();
+    let request = format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n\r\n");
+    assert!(
+        exchange_raw(&proxy, request.as_bytes()).is_empty(),
+        "not served yet"
+    );
+    std::fs::write(&file.0, settings("\"socks5\", \"http-connect\"")).unwrap();
+    proxy.signal(libc::SIGHUP);
+    // Logged once every core serves new sessions with it.
+    proxy.wait_for_log(&["configuration 1 applied"]);
+    let mut s = proxy.raw();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut got = [0u8; 39];
+    s.read_exact(&mut got).unwrap();
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{got:?}");
+    echo_through(&mut s, b"after the reload");
+    proxy.assert_serves(&echo);
+}
