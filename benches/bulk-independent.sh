@@ -110,11 +110,11 @@ CONF
         pre=(proxychains4 -q -f "$OUT/bulk-proxychains.conf")
       fi
       taskset -c "$LOAD_CPU" "${pre[@]}" iperf3 -c 127.0.0.1 -p "$iperf_port" -R -t "$IPERF_SECS" \
-        -J >"$OUT/bulk-iperf.json"
+        -J >"$OUT/bulk-iperf.out"
       read -r gbits bytes < <(python3 -c '
 import json, sys
 e = json.load(open(sys.argv[1]))["end"]["sum_received"]
-print("%.2f %d" % (e["bits_per_second"] / 1e9, e["bytes"]))' "$OUT/bulk-iperf.json")
+print("%.2f %d" % (e["bits_per_second"] / 1e9, e["bytes"]))' "$OUT/bulk-iperf.out")
       ;;
   esac
   if [ -n "$pid" ]; then

@@ -1,20 +1,21 @@
-//! coresocks: a thread-per-core SOCKS5 proxy for Linux.
+//! coresocks: a thread-per-core SOCKS5 (and SOCKS4/4a, HTTP CONNECT) proxy
+//! for Linux.
 //!
-//! - [`proto`]: the sans-io RFC 1928/1929 codec, its own crate
-//!   (`coresocks-proto`, shared with loadgen's client and the fuzz targets)
+//! - [`proto`]: the sans-io codecs, their own crate (`coresocks-proto`,
+//!   shared with the client and the fuzz targets)
 //! - [`runtime`]: pinned executors, per-core listeners, signals, shutdown
-//! - [`session`]: one connection's state machine, greeting to access log
-//! - [`relay`]: the engines that move a tunnel's bytes
-//! - [`udp`]: UDP ASSOCIATE, per-core associations
-//! - [`resolve`]: name resolution off the cores
+//! - [`session`]: one connection's state machine, first byte to access log
+//! - `relay`: the engines that move a tunnel's bytes
+//! - `udp`: UDP ASSOCIATE, per-core associations
+//! - `resolve`: name resolution off the cores
 //! - [`config`]: flags and TOML file
 //! - [`policy`]: egress rules, who may reach which destination
-//! - [`gssapi`]: Kerberos for the GSSAPI method (RFC 1961)
-//! - [`client`]: a small SOCKS5 client over the same codec
+//! - [`gss_binding`]: Kerberos for the GSSAPI method (RFC 1961), from the
+//!   client crate (`coresocks-client`), which both sides use
+//! - [`client`]: the client over the same codecs (`coresocks-client`)
+//! - `sys`, `events`: the I/O layer (`coresocks-io`)
 
-pub mod client;
 pub mod config;
-pub mod gss_binding;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod policy;
@@ -27,6 +28,9 @@ pub(crate) mod stop;
 pub(crate) mod udp;
 
 pub use coresocks_proto as proto;
+// The client (tests, loadgen) and the GSS-API binding both sides use.
+pub use coresocks_client as client;
+pub use coresocks_client::gss as gss_binding;
 // The I/O layer is a crate of its own; the proxy's modules reach it by
 // these names.
 pub(crate) use coresocks_io::{events, sys};

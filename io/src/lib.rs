@@ -9,5 +9,6 @@
 //! descriptor number is accepted only by an `unsafe fn` whose contract says
 //! what the caller promises.
 
+pub mod cpus;
 pub mod events;
 pub mod sys;

@@ -1,7 +1,7 @@
 //! Which CPUs get an executor: the same `--cores` syntax as coresocks
-//! (`coresocks::config::CoreSpec`), with a different default.
+//! (`coresocks_io::cpus::CoreSpec`), with a different default.
 
-pub use coresocks::config::CoreSpec;
+pub use coresocks_io::cpus::CoreSpec;
 
 /// The default: the first CPU of the affinity mask, so that
 /// `taskset -c 3 loadgen ...` runs on CPU 3 without more flags.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 
-use coresocks::client::ClientError;
-use coresocks::proto::ReplyCode;
+use coresocks_client::ClientError;
+use coresocks_proto::ReplyCode;
 
 /// Where an operation was when it failed; picks the wording of errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,10 +7,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use coresocks::client::{self, Credentials, GssapiOptions};
-use coresocks::gss_binding::Protection;
-use coresocks::proto::{Command, Socks4Command, TargetAddr};
+use coresocks_client::gss::Protection;
+use coresocks_client::{self as client, Credentials, GssapiOptions};
 use coresocks_io::events::Stream;
+use coresocks_proto::{Command, Socks4Command, TargetAddr};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 
 use crate::error::{describe, Failure, LoadgenError, Stage};
@@ -114,7 +114,7 @@ where
             // loadgen's targets speak only when spoken to.
             if !early.is_empty() {
                 return Err(client::ClientError::Proto(
-                    coresocks::proto::ProtoError::MalformedStatusLine,
+                    coresocks_proto::ProtoError::MalformedStatusLine,
                 ));
             }
             Ok((TargetAddr::Ip(path.target), None))
@@ -295,12 +295,12 @@ const UDP_PROBE: &[u8] = b"loadgen udp check";
 pub fn describe_udp(failure: Failure, stage: Stage, path: &PathSpec) -> String {
     match (failure, path.proxy) {
         (Failure::Reply(code), Some(proxy)) => {
-            let code = coresocks::proto::ReplyCode::from_byte(code);
+            let code = coresocks_proto::ReplyCode::from_byte(code);
             let hint = match code {
-                coresocks::proto::ReplyCode::CommandNotSupported => {
+                coresocks_proto::ReplyCode::CommandNotSupported => {
                     " (the proxy does not support UDP ASSOCIATE)"
                 }
-                coresocks::proto::ReplyCode::NotAllowed => {
+                coresocks_proto::ReplyCode::NotAllowed => {
                     " (its rules forbid UDP, or this client or target; coresocks needs --allow 127.0.0.0/8 for loopback targets)"
                 }
                 _ => "",

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use coresocks::client::Credentials;
+use coresocks_client::Credentials;
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::error::LoadgenError;
@@ -73,7 +73,7 @@ pub struct Plan {
     pub proxy: Option<SocketAddr>,
     pub protocol: crate::net::ProxyProtocol,
     pub creds: Option<Credentials>,
-    pub gssapi: Option<coresocks::client::GssapiOptions>,
+    pub gssapi: Option<coresocks_client::GssapiOptions>,
     pub warmup: Duration,
     pub duration: Duration,
     pub timeout: Duration,

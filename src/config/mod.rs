@@ -6,7 +6,6 @@
 //! distinguishable from "given as the default": a flag overrides the file,
 //! the file overrides the built-in default.
 
-mod cores;
 mod settings;
 mod sockets;
 mod users;
@@ -17,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use cores::CoreSpec;
+pub use coresocks_io::cpus::CoreSpec;
 pub use settings::{Cli, Settings, Tool};
 pub use sockets::{BusyPoll, Congestion, CongestionError, SocketTuning, Steering};
 

@@ -9,8 +9,8 @@ pub mod udp;
 
 use std::net::SocketAddr;
 
-use coresocks::client::{Credentials, GssapiOptions};
-use coresocks::gss_binding::ProtectionLevel;
+use coresocks_client::gss::ProtectionLevel;
+use coresocks_client::{Credentials, GssapiOptions};
 
 use crate::cli::{AuthArgs, CompareScenario, GssLevel, PathArgs, RunArgs};
 use crate::cores::default_cores;

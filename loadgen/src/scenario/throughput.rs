@@ -12,7 +12,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use coresocks::gss_binding::{Protection, MAX_PLAIN_PER_MESSAGE};
+use coresocks_client::gss::{Protection, MAX_PLAIN_PER_MESSAGE};
 use coresocks_io::events::Stream;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use coresocks::proto::{Codec, Command, Decoded, TargetAddr, UdpHeader};
 use coresocks_io::events::Stream;
+use coresocks_proto::{Codec, Command, Decoded, TargetAddr, UdpHeader};
 use glommio::net::UdpSocket;
 
 use crate::cli::UdpArgs;
@@ -584,7 +584,7 @@ pub fn unframe(datagram: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use coresocks::client;
+    use coresocks_client as client;
 
     #[test]
     fn unframe_takes_whole_datagrams_only() {

@@ -10,12 +10,14 @@
 
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::gss_binding::{self as gssapi, LevelEncoding, Protection, ProtectionLevel};
-use crate::proto::{
+pub mod gss;
+
+use crate::gss::{self as gssapi, LevelEncoding, Protection, ProtectionLevel};
+use coresocks_proto::{
     BasicCredentials, ConnectRequest, ConnectResponseHead, HttpVersion, Socks4Command, Socks4Reply,
     Socks4ReplyCode, Socks4Request,
 };
-use crate::proto::{
+use coresocks_proto::{
     Codec, Command, Decoded, Greeting, GssMessage, GssMessageType, Method, MethodSelection,
     ProtoError, Reply, ReplyCode, Request, TargetAddr, UserPassRequest, UserPassStatus,
 };
@@ -241,7 +243,7 @@ where
 /// then `payload`.
 pub fn udp_datagram(target: &TargetAddr, payload: &[u8], out: &mut Vec<u8>) {
     out.clear();
-    crate::proto::UdpHeader {
+    coresocks_proto::UdpHeader {
         frag: 0,
         target: target.clone(),
     }
@@ -252,7 +254,7 @@ pub fn udp_datagram(target: &TargetAddr, payload: &[u8], out: &mut Vec<u8>) {
 /// Splits a datagram from a UDP relay into the address it came from and
 /// its payload. A truncated header is an error.
 pub fn udp_payload(datagram: &[u8]) -> Result<(TargetAddr, &[u8]), ProtoError> {
-    match crate::proto::UdpHeader::decode(datagram)? {
+    match coresocks_proto::UdpHeader::decode(datagram)? {
         Decoded::Complete(h, n) => Ok((h.target, &datagram[n..])),
         Decoded::Incomplete(_) => Err(ProtoError::UnsupportedAddressType(0)),
     }

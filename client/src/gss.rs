@@ -15,8 +15,8 @@ use libgssapi::credential::{Cred, CredUsage};
 use libgssapi::name::Name;
 use libgssapi::oid::{GSS_MECH_KRB5, GSS_NT_HOSTBASED_SERVICE, GSS_NT_KRB5_PRINCIPAL};
 
-pub use crate::proto::ProtectionLevel;
-use crate::proto::{GssMessage, GssMessageType, MAX_TOKEN};
+pub use coresocks_proto::ProtectionLevel;
+use coresocks_proto::{GssMessage, GssMessageType, MAX_TOKEN};
 
 /// The most plaintext one encapsulated message carries. A wrapped token
 /// adds a header, a confounder and a checksum, under 100 octets with the
@@ -261,7 +261,7 @@ impl Protection {
     /// opens it: `Ok(None)` while `buf` holds only part of one, else the
     /// plaintext and the octets the message took.
     pub fn open_message(&mut self, buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, GssError> {
-        use crate::proto::{Codec, Decoded};
+        use coresocks_proto::{Codec, Decoded};
         match GssMessage::decode(buf).map_err(|e| GssError::Protocol(e.to_string()))? {
             Decoded::Incomplete(_) => Ok(None),
             Decoded::Complete(m, used) if m.kind == GssMessageType::Encapsulated => {
