@@ -8,12 +8,24 @@ use std::rc::Rc;
 use futures_lite::future;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{Established, Session, SessionError};
+use super::reply::{AwaitingPeer, AwaitingReply, Session};
+use super::{Established, SessionError};
 use crate::events::{EventRing, Listener, Stream};
 use crate::proto::{Command, TargetAddr};
 use crate::resolve;
 
-impl Session<'_> {
+/// BIND's listening socket between the two replies. Fields drop in
+/// order: the guard stops the socket before the listener that owns it
+/// closes it.
+struct Listening {
+    _stop: StopListening,
+    listener: Listener,
+    addr: SocketAddr,
+    /// The host the request named, when it named one.
+    expected: Option<IpAddr>,
+}
+
+impl<'a> Session<'a, AwaitingReply> {
     /// BIND: listen, first reply, one incoming connection, second reply,
     /// and the tunnel to relay.
     pub(super) async fn bind(
@@ -21,22 +33,31 @@ impl Session<'_> {
         target: TargetAddr,
         early: Vec<u8>,
     ) -> Result<Established, SessionError> {
-        match self.accept_incoming(&target).await {
-            Ok(incoming) => {
-                self.record.outbound = incoming.local_addr().ok();
-                Ok(self.established(incoming, early))
+        let listening = match self.listen(&target).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.refuse(&e).await;
+                return Err(e);
+            }
+        };
+        let mut waiting = self.reply_listening(listening.addr).await?;
+        match waiting.accept_peer(listening).await {
+            Ok((incoming, peer)) => {
+                waiting.record.outbound = incoming.local_addr().ok();
+                let replied = waiting.reply_success(peer).await?;
+                Ok(replied.established(incoming, early))
             }
             Err(e) => {
-                self.reply_error(&e).await;
+                waiting.refuse(&e).await;
                 Err(e)
             }
         }
     }
 
-    /// Everything up to the second reply. On error, no second reply was
-    /// sent.
-    async fn accept_incoming(&mut self, target: &TargetAddr) -> Result<Stream, SessionError> {
-        let control_local = self.client.local_addr().map_err(SessionError::ClientIo)?;
+    /// Judges the host the request names and listens on the interface
+    /// that reaches it.
+    async fn listen(&mut self, target: &TargetAddr) -> Result<Listening, SessionError> {
+        let control_local = self.client().local_addr().map_err(SessionError::ClientIo)?;
         // DST.ADDR names the host expected to connect (RFC 1928: the client
         // passes what it learned from the application protocol).
         // The egress policy judges that host as a destination (command bind).
@@ -52,20 +73,34 @@ impl Session<'_> {
                 addrs.first().map(|a| a.ip().to_canonical())
             }
         };
-        // Listen on the address of the interface that reaches that host.
         let local_ip = expected
             .and_then(|ip| crate::sys::local_addr_towards(SocketAddr::new(ip, 9)).ok())
             .unwrap_or(control_local.ip())
             .to_canonical();
-        let (mut listener, listen_addr, _stop) =
+        let (listener, addr, stop) =
             listen_once(SocketAddr::new(local_ip, 0), self.core.events.as_ref())
                 .map_err(SessionError::BindFailed)?;
-        self.reply_success(listen_addr).await?;
+        Ok(Listening {
+            _stop: stop,
+            listener,
+            addr,
+            expected,
+        })
+    }
+}
 
+impl Session<'_, AwaitingPeer> {
+    /// The one incoming connection, from the host the request named and
+    /// the policy allows; the listener is closed when this returns.
+    async fn accept_peer(
+        &mut self,
+        mut listening: Listening,
+    ) -> Result<(Stream, SocketAddr), SessionError> {
+        let bind_timeout = self.config.bind_timeout;
         let accepted = async {
             loop {
                 // `None`: one that reset before it was taken; wait on.
-                match listener.next().await {
+                match listening.listener.next().await {
                     Ok(Some((incoming, _))) => return Ok(incoming),
                     Ok(None) => continue,
                     Err(e) => return Err(SessionError::BindFailed(e)),
@@ -73,13 +108,13 @@ impl Session<'_> {
             }
         };
         let timed_out = async {
-            crate::events::sleep(self.config.bind_timeout).await;
+            crate::events::sleep(bind_timeout).await;
             Err(SessionError::BindTimeout)
         };
         // A client that gives up closes its control connection; stop waiting.
         let abandoned = async {
             let mut b = [0u8; 1];
-            match self.client.peek(&mut b).await {
+            match self.peek_client(&mut b).await {
                 Ok(0) | Err(_) => Err(SessionError::ClientClosed),
                 // Early data: keep waiting for the incoming connection.
                 Ok(_) => future::pending().await,
@@ -93,7 +128,7 @@ impl Session<'_> {
             crate::sys::set_linger_zero(&incoming);
             Err(e)
         };
-        if let Some(ip) = expected {
+        if let Some(ip) = listening.expected {
             if peer.ip() != ip {
                 return refuse(SessionError::BindWrongPeer(peer));
             }
@@ -102,8 +137,7 @@ impl Session<'_> {
         if let Err(e) = self.egress_filter(Command::Bind, &TargetAddr::Ip(peer), vec![peer]) {
             return refuse(e);
         }
-        self.reply_success(peer).await?;
-        Ok(incoming)
+        Ok((incoming, peer))
     }
 }
 
@@ -113,8 +147,8 @@ struct StopListening(std::os::fd::RawFd);
 
 impl Drop for StopListening {
     fn drop(&mut self) {
-        // SAFETY: `listen_once` returns this guard beside the listener
-        // that owns the fd, and the session drops the guard first.
+        // SAFETY: the guard sits in `Listening` before the listener that
+        // owns the fd, so it drops first, while the fd is still open.
         unsafe { crate::sys::stop_listening_raw(self.0) };
     }
 }
@@ -134,7 +168,7 @@ fn listen_once(
     s.listen(1)?;
     let owned = std::os::fd::OwnedFd::from(s);
     // The guard only calls shutdown(2) on the descriptor, before the
-    // listener that owns it is dropped (locals drop in reverse order).
+    // listener that owns it is dropped (`Listening` orders them so).
     let fd = owned.as_raw_fd();
     let local = crate::sys::local_addr(std::os::fd::AsFd::as_fd(&owned))?;
     Ok((Listener::new(owned, ring), local, StopListening(fd)))

@@ -14,13 +14,14 @@ use crate::events::Stream;
 use crate::events::Timer;
 use futures_lite::future;
 
-use super::{Established, Session, SessionError};
+use super::reply::{AwaitingReply, Session};
+use super::{Established, SessionError};
 use crate::config::SocketTuning;
 use crate::events::EventRing;
 use crate::proto::{Command, TargetAddr};
 use crate::resolve;
 
-impl Session<'_> {
+impl Session<'_, AwaitingReply> {
     /// CONNECT: the upstream connection, the reply, and the tunnel to relay.
     pub(super) async fn connect(
         mut self,
@@ -36,14 +37,14 @@ impl Session<'_> {
                 s
             }
             Err(e) => {
-                self.reply_error(&e).await;
+                self.refuse(&e).await;
                 return Err(e);
             }
         };
         let bound = upstream.local_addr().map_err(SessionError::ClientIo)?;
         self.record.outbound = Some(bound);
-        self.reply_success(bound).await?;
-        Ok(self.established(upstream, early))
+        let replied = self.reply_success(bound).await?;
+        Ok(replied.established(upstream, early))
     }
 
     /// Resolves the target and races connection attempts to its addresses

@@ -3,7 +3,10 @@
 //! The handshake is typed: [`negotiate`] is the only way to get an
 //! [`Authenticated`] proof; reading the request uses it up and yields the
 //! [`Requested`] state that a [`Session`] needs to send any reply. So no
-//! request is read, and no reply sent, before authentication. The three
+//! request is read, and no reply sent, before authentication. A session is
+//! typed by where it stands in its replies (`reply.rs`): each reply
+//! consumes it, so a second reply, or one after a refusal, does not
+//! compile, and only `reply.rs` can write to the client. The three
 //! commands are methods of [`Session`] (`connect.rs`, `bind.rs`,
 //! `udp.rs`).
 //!
@@ -25,6 +28,7 @@ mod gssapi_method;
 mod http_connect;
 mod password;
 mod reader;
+mod reply;
 mod socks4;
 mod udp;
 
@@ -40,14 +44,13 @@ pub use access::AccessRecord;
 pub use error::{connect_reply_code, SessionError};
 pub use password::PasswordGate;
 use reader::MessageReader;
+use reply::Session;
 
 use crate::config::{Config, Protocol};
 use crate::gss_binding::{Protection, ProtectionLevel};
 use crate::metrics;
 use crate::policy::Requester;
-use crate::proto::{
-    Codec, Command, Greeting, Method, MethodSelection, Reply, ReplyCode, Request, TargetAddr,
-};
+use crate::proto::{Codec, Command, Greeting, Method, MethodSelection, Request, TargetAddr};
 use crate::relay::Sealed;
 use crate::runtime::{Core, Stop, StopSignal, Ticket};
 
@@ -120,21 +123,6 @@ impl Protocol {
             _ => None,
         }
     }
-}
-
-/// One client past its request: what every command needs to reply, judge
-/// destinations against the egress policy, and record what happened.
-struct Session<'a> {
-    core: &'a Core,
-    /// The configuration this session started with (a reload does not
-    /// change it midway).
-    config: &'a Config,
-    client: Stream,
-    requested: Requested,
-    record: &'a mut AccessRecord,
-    /// Client bytes past the request that are still encapsulated (GSSAPI
-    /// protection): the relay unwraps them first.
-    pending_sealed: Vec<u8>,
 }
 
 /// A session that is ready to relay a TCP tunnel (CONNECT, BIND).
@@ -305,19 +293,12 @@ async fn establish<'a>(
     {
         ticket.set_user(user.as_bytes());
     }
-    let mut session = Session {
-        core,
-        config,
-        client,
-        requested,
-        record,
-        pending_sealed: Vec::new(),
-    };
+    let mut session = Session::new(core, config, client, requested, record);
     let (request, early_plain) = match request {
         Ok(r) => r,
         Err(e) => {
             // A malformed request gets the reply its error calls for.
-            session.reply_error(&e).await;
+            session.refuse(&e).await;
             return Err(e);
         }
     };
@@ -328,7 +309,7 @@ async fn establish<'a>(
         Err((refusal, reason)) => {
             metrics::add(&core.metrics().quota_refusals[reason], 1);
             let e = SessionError::from(refusal);
-            session.reply_error(&e).await;
+            session.refuse(&e).await;
             return Err(e);
         }
     };
@@ -343,7 +324,7 @@ async fn establish<'a>(
     };
     if let Err(short) = ticket.over_share().and_then(|()| ticket.charge(extra)) {
         let e = exhausted(core, short);
-        session.reply_error(&e).await;
+        session.refuse(&e).await;
         return Err(e);
     }
     let with_quota = |mut t: Established| {
@@ -521,7 +502,7 @@ fn tunnel_ended(
     record.end = Some(r.end.to_string());
 }
 
-impl<'a> Session<'a> {
+impl<'a, S> Session<'a, S> {
     /// The authenticated user, if users are configured.
     fn user(&self) -> Option<&str> {
         self.requested.user.as_deref()
@@ -582,79 +563,6 @@ impl<'a> Session<'a> {
         self.record.rule = Some(denial.name().to_owned());
         self.record.resolved = Some(addr);
         Err(SessionError::NotAllowed(message))
-    }
-
-    /// Sends the success reply, in the client's protocol, and records it
-    /// (as the SOCKS5 code it stands for, whatever the protocol).
-    async fn reply_success(&mut self, bound: SocketAddr) -> Result<(), SessionError> {
-        self.record.reply = Some(ReplyCode::Succeeded);
-        self.core.metrics().reply(ReplyCode::Succeeded);
-        let bound = SocketAddr::new(bound.ip().to_canonical(), bound.port());
-        match self.requested.dialect {
-            Dialect::Socks5 => {
-                self.send_reply(ReplyCode::Succeeded, &TargetAddr::Ip(bound))
-                    .await
-            }
-            Dialect::Socks4 => send(&mut self.client, &socks4::granted(bound).to_bytes()).await,
-            Dialect::Http(version) => {
-                let status = crate::proto::HttpStatus::ConnectionEstablished;
-                http_connect::respond(&mut self.client, status, version, "").await
-            }
-        }
-    }
-
-    /// Sends the failure reply for `e`, if it has one, and records it.
-    async fn reply_error(&mut self, e: &SessionError) {
-        let Some(code) = e.reply_code() else {
-            return;
-        };
-        self.record.reply = Some(code);
-        self.core.metrics().reply(code);
-        let _ = match self.requested.dialect {
-            Dialect::Socks5 => self.send_reply(code, &unspecified()).await,
-            Dialect::Socks4 => send(&mut self.client, &socks4::rejected().to_bytes()).await,
-            Dialect::Http(version) => match http_connect::status_of(e) {
-                Some(status) => {
-                    let body = http_connect::body_of(e);
-                    http_connect::respond(&mut self.client, status, version, &body).await
-                }
-                None => Ok(()),
-            },
-        };
-    }
-
-    async fn send_reply(
-        &mut self,
-        code: ReplyCode,
-        bound: &TargetAddr,
-    ) -> Result<(), SessionError> {
-        let reply = Reply {
-            code,
-            bound: bound.clone(),
-        }
-        .to_bytes();
-        match &mut self.requested.protection {
-            Some(p) => {
-                let sealed = gssapi_method::seal(p, &reply)?;
-                send(&mut self.client, &sealed).await
-            }
-            None => send(&mut self.client, &reply).await,
-        }
-    }
-
-    /// The tunnel to relay once a command has its other stream.
-    fn established(self, target: Stream, early: Vec<u8>) -> Established {
-        let pending = self.pending_sealed;
-        Established {
-            client: self.client,
-            target,
-            early,
-            quota: None,
-            sealed: self.requested.protection.map(|protection| Sealed {
-                protection,
-                pending,
-            }),
-        }
     }
 }
 

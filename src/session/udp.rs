@@ -1,17 +1,18 @@
 //! UDP ASSOCIATE: set up the association on this core, reply with its
 //! relay address, then serve it until the control connection closes.
 
-use super::{Session, SessionError};
+use super::reply::{AwaitingReply, Session};
+use super::SessionError;
 use crate::metrics;
 use crate::proto::TargetAddr;
 use crate::runtime::Ticket;
 use crate::udp;
 
-impl Session<'_> {
+impl Session<'_, AwaitingReply> {
     /// UDP ASSOCIATE: the association, its reply, and its datagrams until
     /// the control connection closes.
     pub(super) async fn udp_associate(
-        mut self,
+        self,
         requested: TargetAddr,
         ticket: &Ticket,
     ) -> Result<(), SessionError> {
@@ -26,15 +27,20 @@ impl Session<'_> {
             metrics: core.metrics(),
         };
         let resolve_timeout = config.resolve_timeout;
-        let mut prepared =
-            match udp::prepare(&core.udp, egress, &self.client, &requested, resolve_timeout) {
-                Ok(p) => p,
-                Err(e) => {
-                    let e = SessionError::UdpSetup(e);
-                    self.reply_error(&e).await;
-                    return Err(e);
-                }
-            };
+        let mut prepared = match udp::prepare(
+            &core.udp,
+            egress,
+            self.client(),
+            &requested,
+            resolve_timeout,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                let e = SessionError::UdpSetup(e);
+                self.refuse(&e).await;
+                return Err(e);
+            }
+        };
         // Charged for two sockets beside the outbound one; one dual-stack
         // outbound socket leaves one of them unused.
         ticket.refund(3 - prepared.sockets());
@@ -49,12 +55,12 @@ impl Session<'_> {
             Some(ip) => std::net::SocketAddr::new(ip, relay_addr.port()),
             None => relay_addr,
         };
-        self.reply_success(advertised).await?;
+        let mut replied = self.reply_success(advertised).await?;
         // The reply went out wrapped; the datagrams use the context now.
-        if let Some(protection) = self.requested.protection.take() {
+        if let Some(protection) = replied.requested.protection.take() {
             prepared.protect(protection);
         }
-        let Session { client, record, .. } = self;
+        let (client, record) = replied.into_client();
         let m = core.metrics();
         metrics::set(&m.udp_associations, core.udp.live() as u64);
         let open = super::OpenGauge::new(core, Some(crate::proto::Command::UdpAssociate));
