@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::events::Stream;
 
-use super::{password, send, Dialect, MessageReader, Requested, SessionError};
+use super::{password, send, Authenticated, Dialect, MessageReader, Requested, SessionError};
 use crate::config::Config;
 use crate::proto::{encode_response, Command, ConnectRequest, HttpStatus, HttpVersion, Request};
 use crate::resolve::ResolveError;
@@ -84,12 +84,7 @@ pub(super) async fn handshake(
             }
         }
     };
-    let requested = Requested {
-        user,
-        auth,
-        protection: None,
-        dialect: Dialect::Http(version),
-    };
+    let requested = Authenticated::new(user, auth, None).requested(Dialect::Http(version));
     let request = Request {
         command: Command::Connect,
         target,

@@ -54,9 +54,11 @@ use crate::proto::{Codec, Command, Greeting, Method, MethodSelection, Request, T
 use crate::relay::Sealed;
 use crate::runtime::{Core, Stop, StopSignal, Ticket};
 
-/// Proof that method negotiation (and authentication, if required)
-/// succeeded. Only [`negotiate`] makes one (the fields are private to this
-/// module), and [`Authenticated::read_request`] uses it up.
+/// Proof that authentication, where required, succeeded. Made only by
+/// [`Authenticated::new`], which the check that passed calls (SOCKS5's
+/// negotiation, RFC 1929 in `password.rs`, or the SOCKS4 and HTTP CONNECT
+/// handshakes, whose requests carry their credentials); used up by
+/// [`Authenticated::requested`], the only way to a [`Requested`].
 pub struct Authenticated {
     user: Option<String>,
     /// For the access log: `none`, `userpass`, `gssapi-<level>`.
@@ -67,6 +69,25 @@ pub struct Authenticated {
 }
 
 impl Authenticated {
+    fn new(user: Option<String>, auth: &'static str, protection: Option<Protection>) -> Self {
+        Authenticated {
+            user,
+            auth,
+            protection,
+        }
+    }
+
+    /// The proof with its request read: the state replies need, in the
+    /// protocol the client spoke.
+    fn requested(self, dialect: Dialect) -> Requested {
+        Requested {
+            user: self.user,
+            auth: self.auth,
+            protection: self.protection,
+            dialect,
+        }
+    }
+
     /// Reads the request; the proof becomes the [`Requested`] state that
     /// replies need, whether the request decoded or not (a malformed one
     /// gets the reply its error calls for). Under protection the request
@@ -83,20 +104,12 @@ impl Authenticated {
                 .await
                 .map(|r| (r, Vec::new())),
         };
-        let requested = Requested {
-            user: self.user,
-            auth: self.auth,
-            protection: self.protection,
-            dialect: Dialect::Socks5,
-        };
-        (requested, request)
+        (self.requested(Dialect::Socks5), request)
     }
 }
 
 /// An authenticated client whose request has been read: the only state in
-/// which the proxy may reply. Made from an [`Authenticated`] (SOCKS5), or
-/// by the SOCKS4 and HTTP CONNECT handshakes once the request, which
-/// carries their credentials, has passed its login check.
+/// which the proxy may reply. Made only from an [`Authenticated`].
 struct Requested {
     user: Option<String>,
     auth: &'static str,
@@ -607,24 +620,17 @@ async fn negotiate(
         (Method::GSSAPI, Some(acceptor), _) => {
             let (principal, level, protection) =
                 gssapi_method::authenticate(acceptor, client, reader).await?;
-            Ok(Authenticated {
-                user: Some(principal),
-                auth: match level {
-                    ProtectionLevel::Clear => "gssapi-clear",
-                    ProtectionLevel::Integrity => "gssapi-integrity",
-                    _ => "gssapi-confidentiality",
-                },
-                protection,
-            })
+            let auth = match level {
+                ProtectionLevel::Clear => "gssapi-clear",
+                ProtectionLevel::Integrity => "gssapi-integrity",
+                _ => "gssapi-confidentiality",
+            };
+            Ok(Authenticated::new(Some(principal), auth, protection))
         }
         (Method::USER_PASS, _, Some(users)) => {
             password::user_pass(core, config, users, client_ip, client, reader).await
         }
-        _ => Ok(Authenticated {
-            user: None,
-            auth: "none",
-            protection: None,
-        }),
+        _ => Ok(Authenticated::new(None, "none", None)),
     }
 }
 

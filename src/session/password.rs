@@ -268,11 +268,7 @@ pub(super) async fn user_pass(
         Err(_) => UserPassStatus::FAILURE,
     };
     send(client, &status.to_bytes()).await?;
-    Ok(Authenticated {
-        user: Some(checked?),
-        auth: "userpass",
-        protection: None,
-    })
+    Ok(Authenticated::new(Some(checked?), "userpass", None))
 }
 
 /// Checks a user name and password against the users file, through the

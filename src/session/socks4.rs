@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use crate::events::Stream;
 
-use super::{password, send, Dialect, MessageReader, Requested, SessionError};
+use super::{password, send, Authenticated, Dialect, MessageReader, Requested, SessionError};
 use crate::config::Config;
 use crate::proto::{Codec, Command, Request, Socks4Command, Socks4Reply, Socks4ReplyCode};
 use crate::runtime::Core;
@@ -59,12 +59,7 @@ pub(super) async fn handshake(
         Socks4Command::Connect => Command::Connect,
         Socks4Command::Bind => Command::Bind,
     };
-    let requested = Requested {
-        user,
-        auth,
-        protection: None,
-        dialect: Dialect::Socks4,
-    };
+    let requested = Authenticated::new(user, auth, None).requested(Dialect::Socks4);
     Ok((requested, Request { command, target }))
 }
 
