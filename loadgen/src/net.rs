@@ -97,8 +97,9 @@ where
             .map(|bound| (bound, None)),
         (ProxyProtocol::Socks4a, _) => {
             let command = match command {
+                Command::Connect => Socks4Command::Connect,
                 Command::Bind => Socks4Command::Bind,
-                _ => Socks4Command::Connect,
+                Command::UdpAssociate => return Err(unsupported(command)),
             };
             // SOCKS4's USERID; "user:password" where the proxy has users.
             let user_id = path
@@ -109,6 +110,7 @@ where
             let bound = client::handshake_socks4(s, command, target, user_id.as_bytes()).await?;
             Ok((TargetAddr::Ip(SocketAddr::V4(bound)), None))
         }
+        (ProxyProtocol::HttpConnect, _) if command != Command::Connect => Err(unsupported(command)),
         (ProxyProtocol::HttpConnect, _) => {
             let early = client::handshake_http_connect(s, target, path.creds.as_ref()).await?;
             // loadgen's targets speak only when spoken to.
@@ -117,9 +119,17 @@ where
                     coresocks_proto::ProtoError::MalformedStatusLine,
                 ));
             }
-            Ok((TargetAddr::Ip(path.target), None))
+            // HTTP names no bound address; the target stands for it.
+            Ok((target.clone(), None))
         }
     }
+}
+
+/// A command the path's protocol cannot carry (UDP over SOCKS4 or HTTP).
+fn unsupported(command: Command) -> client::ClientError {
+    client::ClientError::Proto(coresocks_proto::ProtoError::UnsupportedCommand(
+        command as u8,
+    ))
 }
 
 /// [`negotiate`] on a blocking std stream.

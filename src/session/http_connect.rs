@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use crate::events::Stream;
 
-use super::{password, send, Authenticated, Dialect, MessageReader, Requested, SessionError};
+use super::{password, send, Auth, Authenticated, Dialect, MessageReader, Requested, SessionError};
 use crate::config::Config;
 use crate::proto::{encode_response, Command, ConnectRequest, HttpStatus, HttpVersion, Request};
 use crate::resolve::ResolveError;
@@ -38,51 +38,34 @@ pub(super) async fn handshake(
         Err(e) => return Err(e),
     };
     let (target, version, credentials) = request.into_parts();
-    let (user, auth) = if config.users.is_none() && config.gssapi.is_none() {
-        (None, "none")
-    } else {
-        match (&config.users, credentials) {
-            (Some(users), Some(c)) => {
-                let checked = password::check_login(
-                    core,
-                    config,
-                    users,
-                    client_ip,
-                    c.user.as_bytes(),
-                    c.password.as_bytes(),
-                )
-                .await;
-                match checked {
-                    Ok(user) => (Some(user), "basic"),
-                    Err(e) => {
-                        let status = match e {
-                            SessionError::AuthRefused { .. } => HttpStatus::TooManyRequests,
-                            _ => HttpStatus::ProxyAuthenticationRequired,
-                        };
-                        respond(
-                            client,
-                            status,
-                            version,
-                            "the proxy refused these credentials",
-                        )
-                        .await?;
-                        return Err(e);
-                    }
-                }
-            }
-            // No credentials, another scheme, or GSSAPI only (which HTTP
-            // CONNECT cannot carry here): ask for Basic.
-            _ => {
-                respond(
-                    client,
+    let basic = credentials
+        .as_ref()
+        .map(|c| (c.user.as_bytes(), c.password.as_bytes()));
+    let user = match password::request_login(core, config, client_ip, "http-connect", basic).await {
+        Ok(user) => user,
+        Err(e) => {
+            let (status, body) = match e {
+                SessionError::AuthRefused { .. } => (
+                    HttpStatus::TooManyRequests,
+                    "the proxy refused these credentials",
+                ),
+                SessionError::CredentialsRequired(_) => (
                     HttpStatus::ProxyAuthenticationRequired,
-                    version,
                     "this proxy needs Proxy-Authorization: Basic",
-                )
-                .await?;
-                return Err(SessionError::CredentialsRequired("http-connect"));
-            }
+                ),
+                _ => (
+                    HttpStatus::ProxyAuthenticationRequired,
+                    "the proxy refused these credentials",
+                ),
+            };
+            respond(client, status, version, body).await?;
+            return Err(e);
         }
+    };
+    let auth = if user.is_some() {
+        Auth::Basic
+    } else {
+        Auth::None
     };
     let requested = Authenticated::new(user, auth, None).requested(Dialect::Http(version));
     let request = Request {
@@ -100,18 +83,18 @@ pub(super) async fn respond(
     version: HttpVersion,
     body: &str,
 ) -> Result<(), SessionError> {
+    let mut out = Vec::with_capacity(256);
+    if status.is_success() {
+        encode_response(status, version, &[], "", &mut out);
+        return send(client, &out).await;
+    }
     let mut headers = vec![("Connection", "close")];
     match status {
         HttpStatus::ProxyAuthenticationRequired => headers.push(("Proxy-Authenticate", CHALLENGE)),
         HttpStatus::MethodNotAllowed => headers.push(("Allow", "CONNECT")),
         _ => {}
     }
-    if status.is_success() {
-        headers.clear();
-    }
-    let mut out = Vec::with_capacity(256);
-    let body = format!("{body}\n");
-    encode_response(status, version, &headers, &body, &mut out);
+    encode_response(status, version, &headers, &format!("{body}\n"), &mut out);
     send(client, &out).await
 }
 

@@ -61,15 +61,14 @@ use crate::runtime::{Core, Stop, StopSignal, Ticket};
 /// [`Authenticated::requested`], the only way to a [`Requested`].
 pub struct Authenticated {
     user: Option<String>,
-    /// For the access log: `none`, `userpass`, `gssapi-<level>`.
-    auth: &'static str,
+    auth: Auth,
     /// GSSAPI at integrity or confidentiality: every later message is
     /// encapsulated.
     protection: Option<Protection>,
 }
 
 impl Authenticated {
-    fn new(user: Option<String>, auth: &'static str, protection: Option<Protection>) -> Self {
+    fn new(user: Option<String>, auth: Auth, protection: Option<Protection>) -> Self {
         Authenticated {
             user,
             auth,
@@ -112,9 +111,44 @@ impl Authenticated {
 /// which the proxy may reply. Made only from an [`Authenticated`].
 struct Requested {
     user: Option<String>,
-    auth: &'static str,
+    auth: Auth,
     protection: Option<Protection>,
     dialect: Dialect,
+}
+
+/// How the client proved who it is.
+#[derive(Debug, Clone, Copy)]
+enum Auth {
+    None,
+    /// RFC 1929.
+    UserPass,
+    /// SOCKS4's USERID as `user:password`.
+    Socks4UserId,
+    /// HTTP's `Proxy-Authorization: Basic`.
+    Basic,
+    /// RFC 1961, at the protection level agreed.
+    Gssapi(ProtectionLevel),
+}
+
+impl Auth {
+    /// For the access log's `auth=`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Auth::None => "none",
+            Auth::UserPass => "userpass",
+            Auth::Socks4UserId => "socks4-userid",
+            Auth::Basic => "basic",
+            Auth::Gssapi(ProtectionLevel::Clear) => "gssapi-clear",
+            Auth::Gssapi(ProtectionLevel::Integrity) => "gssapi-integrity",
+            Auth::Gssapi(_) => "gssapi-confidentiality",
+        }
+    }
+
+    /// A login checked against the users file, whose user a reload may
+    /// remove (`--reload-closes-removed-users`).
+    fn checks_users_file(self) -> bool {
+        matches!(self, Auth::UserPass | Auth::Socks4UserId | Auth::Basic)
+    }
 }
 
 /// The protocol replies are written in.
@@ -269,20 +303,25 @@ async fn establish<'a>(
             .filter(|p| config.protocols[p.index()])
             .unwrap_or(Protocol::Socks5);
         spoken.set(Some(protocol));
-        let dialect_handshake = match protocol {
+        // SOCKS4 and HTTP CONNECT requests that fail to decode were
+        // answered inside their handshakes; SOCKS5 answers them below.
+        let whole = |(requested, request)| (requested, Ok((request, Vec::new())));
+        match protocol {
             Protocol::Socks5 => {
                 let auth = negotiate(core, config, client_ip, &mut client, &mut reader).await?;
-                return Ok::<_, SessionError>(auth.read_request(&mut reader, &mut client).await);
+                Ok(auth.read_request(&mut reader, &mut client).await)
             }
             Protocol::Socks4 => {
-                socks4::handshake(core, config, client_ip, &mut client, &mut reader).await
+                socks4::handshake(core, config, client_ip, &mut client, &mut reader)
+                    .await
+                    .map(whole)
             }
             Protocol::HttpConnect => {
-                http_connect::handshake(core, config, client_ip, &mut client, &mut reader).await
+                http_connect::handshake(core, config, client_ip, &mut client, &mut reader)
+                    .await
+                    .map(whole)
             }
-        };
-        let (requested, request) = dialect_handshake?;
-        Ok((requested, Ok((request, Vec::new()))))
+        }
     };
     let deadline = async {
         crate::events::sleep(config.handshake_timeout).await;
@@ -301,9 +340,8 @@ async fn establish<'a>(
         .handshake_seconds
         .observe(record.started.elapsed(), &metrics::LATENCY_BUCKETS);
     record.user = requested.user.clone();
-    record.auth = Some(requested.auth);
-    if let ("userpass" | "socks4-userid" | "basic", Some(user)) = (requested.auth, &requested.user)
-    {
+    record.auth = Some(requested.auth.as_str());
+    if let (true, Some(user)) = (requested.auth.checks_users_file(), &requested.user) {
         ticket.set_user(user.as_bytes());
     }
     let mut session = Session::new(core, config, client, requested, record);
@@ -620,17 +658,16 @@ async fn negotiate(
         (Method::GSSAPI, Some(acceptor), _) => {
             let (principal, level, protection) =
                 gssapi_method::authenticate(acceptor, client, reader).await?;
-            let auth = match level {
-                ProtectionLevel::Clear => "gssapi-clear",
-                ProtectionLevel::Integrity => "gssapi-integrity",
-                _ => "gssapi-confidentiality",
-            };
-            Ok(Authenticated::new(Some(principal), auth, protection))
+            Ok(Authenticated::new(
+                Some(principal),
+                Auth::Gssapi(level),
+                protection,
+            ))
         }
         (Method::USER_PASS, _, Some(users)) => {
             password::user_pass(core, config, users, client_ip, client, reader).await
         }
-        _ => Ok(Authenticated::new(None, "none", None)),
+        _ => Ok(Authenticated::new(None, Auth::None, None)),
     }
 }
 

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use blake2::digest::{FixedOutput, KeyInit, Update};
 use subtle::ConstantTimeEq;
 
-use super::{send, Authenticated, SessionError};
+use super::{send, Auth, Authenticated, SessionError};
 use crate::config::{Config, UserDb, Verification};
 use crate::events::{Pool, Stream};
 use crate::metrics;
@@ -268,7 +268,30 @@ pub(super) async fn user_pass(
         Err(_) => UserPassStatus::FAILURE,
     };
     send(client, &status.to_bytes()).await?;
-    Ok(Authenticated::new(Some(checked?), "userpass", None))
+    Ok(Authenticated::new(Some(checked?), Auth::UserPass, None))
+}
+
+/// The login of a protocol whose request carries its credentials (SOCKS4's
+/// USERID, HTTP's Proxy-Authorization): none where the proxy needs none,
+/// [`check_login`] where it has users, and
+/// [`SessionError::CredentialsRequired`] where it needs a login the
+/// request lacks or cannot carry (GSSAPI alone).
+pub(super) async fn request_login(
+    core: &Core,
+    config: &Config,
+    client_ip: IpAddr,
+    protocol: &'static str,
+    credentials: Option<(&[u8], &[u8])>,
+) -> Result<Option<String>, SessionError> {
+    match (&config.users, credentials) {
+        (None, _) if config.gssapi.is_none() => Ok(None),
+        (Some(users), Some((name, password))) => {
+            check_login(core, config, users, client_ip, name, password)
+                .await
+                .map(Some)
+        }
+        _ => Err(SessionError::CredentialsRequired(protocol)),
+    }
 }
 
 /// Checks a user name and password against the users file, through the

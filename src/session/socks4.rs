@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use crate::events::Stream;
 
-use super::{password, send, Authenticated, Dialect, MessageReader, Requested, SessionError};
+use super::{password, send, Auth, Authenticated, Dialect, MessageReader, Requested, SessionError};
 use crate::config::Config;
 use crate::proto::{Codec, Command, Request, Socks4Command, Socks4Reply, Socks4ReplyCode};
 use crate::runtime::Core;
@@ -32,28 +32,24 @@ pub(super) async fn handshake(
         Err(e) => return Err(e),
     };
     let (command, target, user_id) = request.into_parts();
-    let (user, auth) = match (&config.users, &config.gssapi) {
-        (Some(users), _) => {
-            // "user:password"; a USERID without the colon is a user with
-            // an empty password, which no users-file entry has.
-            let (name, secret) = match user_id.iter().position(|&b| b == b':') {
-                Some(at) => (&user_id[..at], &user_id[at + 1..]),
-                None => (&user_id[..], &[][..]),
-            };
-            match password::check_login(core, config, users, client_ip, name, secret).await {
-                Ok(user) => (Some(user), "socks4-userid"),
-                Err(e) => {
-                    send(client, &rejected().to_bytes()).await?;
-                    return Err(e);
-                }
+    // "user:password"; a USERID without the colon is a user with an empty
+    // password, which no users-file entry has.
+    let credentials = match user_id.iter().position(|&b| b == b':') {
+        Some(at) => (&user_id[..at], &user_id[at + 1..]),
+        None => (&user_id[..], &[][..]),
+    };
+    let user =
+        match password::request_login(core, config, client_ip, "socks4", Some(credentials)).await {
+            Ok(user) => user,
+            Err(e) => {
+                send(client, &rejected().to_bytes()).await?;
+                return Err(e);
             }
-        }
-        // GSSAPI alone: SOCKS4 has no way to carry it.
-        (None, Some(_)) => {
-            send(client, &rejected().to_bytes()).await?;
-            return Err(SessionError::CredentialsRequired("socks4"));
-        }
-        (None, None) => (None, "none"),
+        };
+    let auth = if user.is_some() {
+        Auth::Socks4UserId
+    } else {
+        Auth::None
     };
     let command = match command {
         Socks4Command::Connect => Command::Connect,
