@@ -11,4 +11,5 @@
 
 pub mod cpus;
 pub mod events;
+pub mod sockmap;
 pub mod sys;

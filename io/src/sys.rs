@@ -437,7 +437,11 @@ pub unsafe fn set_linger_zero_raw(fd: RawFd) {
 
 /// The kernel's count of segments this TCP socket retransmitted in its
 /// life (`tcpi_total_retrans` of TCP_INFO).
-pub fn tcp_total_retransmits(socket: impl std::os::fd::AsFd) -> io::Result<u32> {
+pub fn tcp_total_retransmits(socket: impl AsFd) -> io::Result<u32> {
+    Ok(tcp_info(socket.as_fd())?.tcpi_total_retrans)
+}
+
+fn tcp_info(socket: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     // SAFETY: tcp_info is plain old data, so all-zero bytes are a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -445,7 +449,7 @@ pub fn tcp_total_retransmits(socket: impl std::os::fd::AsFd) -> io::Result<u32> 
     // `len` bytes into `info`, which is that large.
     let rc = unsafe {
         libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&socket.as_fd()),
+            socket.as_raw_fd(),
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&mut info as *mut libc::tcp_info).cast(),
@@ -455,7 +459,108 @@ pub fn tcp_total_retransmits(socket: impl std::os::fd::AsFd) -> io::Result<u32> 
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(info.tcpi_total_retrans)
+    Ok(info)
+}
+
+/// What a kernel-relayed TCP socket has received and when (TCP_INFO).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Received {
+    /// Data bytes received in order in the socket's life (the peer's FIN,
+    /// which TCP counts as a byte of sequence space, left out).
+    pub bytes: u64,
+    /// Milliseconds since the last data arrived.
+    pub idle_ms: u32,
+}
+
+pub fn received(socket: BorrowedFd<'_>) -> io::Result<Received> {
+    let info = tcp_info(socket)?;
+    // tcpi_bytes_received follows rcv_nxt, which the FIN moves by one.
+    // TCP_TIME_WAIT, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING
+    // (include/net/tcp_states.h; not in the libc crate).
+    let fin_received = matches!(info.tcpi_state, 6 | 8 | 9 | 11);
+    Ok(Received {
+        bytes: info.tcpi_bytes_received - u64::from(fin_received),
+        idle_ms: info.tcpi_last_data_recv,
+    })
+}
+
+/// Bytes queued in a TCP socket's receive queue (SIOCINQ), the FIN left
+/// out.
+pub fn unread_bytes(socket: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCINQ writes one int through the pointer, to a live local.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n.max(0) as u64)
+}
+
+/// Bytes this socket has received and that its owner has read, or that
+/// the kernel took for it (TCP's copied_seq). Counted from two calls,
+/// retried until no byte arrived between them: exact while nothing else
+/// reads the socket.
+pub fn consumed_bytes(socket: BorrowedFd<'_>) -> io::Result<u64> {
+    loop {
+        let before = received(socket)?.bytes;
+        let unread = unread_bytes(socket)?;
+        if received(socket)?.bytes == before {
+            return Ok(before.saturating_sub(unread));
+        }
+    }
+}
+
+/// Memory held by the skbs a socket received and nobody has freed yet
+/// (SO_MEMINFO's SK_MEMINFO_RMEM_ALLOC): its receive queue, plus, on a
+/// socket that BPF relays, the segments still on their way out of the peer
+/// socket (they stay charged to the socket that received them).
+pub fn receive_memory(socket: BorrowedFd<'_>) -> io::Result<u32> {
+    const SO_MEMINFO: libc::c_int = 55;
+    let mut mem = [0u32; 9]; // SK_MEMINFO_VARS
+    let mut len = std::mem::size_of_val(&mem) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `mem`, that large.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_MEMINFO,
+            mem.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(mem[libc::SK_MEMINFO_RMEM_ALLOC as usize])
+}
+
+/// The socket's cookie: a number the kernel gives each socket, never
+/// reused until reboot (SO_COOKIE), which BPF programs see too.
+pub fn socket_cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
+    const SO_COOKIE: libc::c_int = 57;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` (8) bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// Signals "data ready" on a TCP socket that has data queued, as the
+/// arrival of a segment would: setting SO_RCVLOWAT (to its default, 1)
+/// runs `tcp_data_ready`, which calls the socket's data-ready callback
+/// when the queue holds at least that much.
+pub fn signal_if_readable(socket: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(socket, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1)
 }
 
 /// SO_ATTACH_REUSEPORT_CBPF and SO_PREFER_BUSY_POLL (asm-generic values;
