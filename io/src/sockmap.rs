@@ -3,7 +3,7 @@
 //! softirq that received it, so a tunnel's bytes never wake the proxy.
 //!
 //! Three maps per core (`bpf(2)` through raw system calls; no toolchain,
-//! no loader crate: the program is 21 instructions, assembled below):
+//! no loader crate: the program is 25 instructions, assembled below):
 //! - `peers` (HASH, socket cookie -> peer's cookie): who gets a socket's
 //!   bytes;
 //! - `sockets` (SOCKHASH, cookie -> socket): what the program redirects to,
@@ -47,6 +47,8 @@ const FUNC_SK_REDIRECT_HASH: i32 = 72;
 
 /// `SK_PASS`: leave the segment to the socket itself (its owner reads it).
 const SK_PASS: i32 = 1;
+/// `SK_DROP`: free the segment.
+const SK_DROP: i32 = 0;
 
 /// One eBPF instruction (`struct bpf_insn`).
 #[repr(C)]
@@ -96,6 +98,10 @@ fn load_u64(dst: u8, src: u8, off: i16) -> Insn {
     insn(0x79, dst, src, off, 0) // BPF_LDX | BPF_MEM | BPF_DW
 }
 
+fn load_u32(dst: u8, src: u8, off: i16) -> Insn {
+    insn(0x61, dst, src, off, 0) // BPF_LDX | BPF_MEM | BPF_W
+}
+
 fn call(helper: i32) -> Insn {
     insn(0x85, 0, 0, 0, helper) // BPF_JMP | BPF_CALL
 }
@@ -120,14 +126,22 @@ fn load_map(dst: u8, map: BorrowedFd<'_>) -> [Insn; 2] {
 /// The verdict program, in the C it would be compiled from:
 ///
 /// ```c
+/// if (skb->len == 0) return SK_DROP;  /* a bare FIN: no data to move */
 /// u64 me = bpf_get_socket_cookie(skb);
 /// u64 *peer = bpf_map_lookup_elem(&peers, &me);
 /// if (!peer) return SK_PASS;          /* not (or no longer) a tunnel */
 /// u64 key = *peer;
 /// return bpf_sk_redirect_hash(skb, &sockets, &key, 0);  /* peer's egress */
 /// ```
+///
+/// Why the bare FIN is dropped: the proxy passes FINs on itself once the
+/// data before them has left; redirected, an empty segment would reach
+/// the peer's send path after that shutdown and fail there with EPIPE,
+/// which the kernel reports as the peer socket's error.
 fn verdict_program(peers: BorrowedFd<'_>, sockets: BorrowedFd<'_>) -> Vec<Insn> {
     let mut p = vec![
+        load_u32(R0, R1, 0), // __sk_buff.len
+        jump_if_zero(R0, 21),
         mov64_reg(R6, R1),
         call(FUNC_GET_SOCKET_COOKIE),
         store_u64(R10, -8, R0),
@@ -149,8 +163,11 @@ fn verdict_program(peers: BorrowedFd<'_>, sockets: BorrowedFd<'_>) -> Vec<Insn> 
         mov64_imm(R4, 0),
         call(FUNC_SK_REDIRECT_HASH),
         exit(),
-        // The jump above lands here.
+        // The second jump lands here,
         mov64_imm(R0, SK_PASS),
+        exit(),
+        // the first one here.
+        mov64_imm(R0, SK_DROP),
         exit(),
     ]);
     p
@@ -427,11 +444,14 @@ mod tests {
     fn the_program_is_the_instructions_its_comment_describes() {
         let fake = std::fs::File::open("/dev/null").expect("/dev/null");
         let p = verdict_program(fake.as_fd(), fake.as_fd());
-        assert_eq!(p.len(), 21);
-        // The jump past the redirect lands on `r0 = SK_PASS`.
-        let jump = p.iter().position(|i| i.code == 0x15).expect("a jump");
-        assert_eq!(p[jump + 1 + p[jump].off as usize], mov64_imm(R0, SK_PASS));
-        assert_eq!(p.iter().filter(|i| i.code == 0x95).count(), 2);
-        assert_eq!(p[3].regs, (BPF_PSEUDO_MAP_FD << 4) | R1);
+        assert_eq!(p.len(), 25);
+        let lands = |at: usize| p[at + 1 + p[at].off as usize];
+        let jumps: Vec<usize> = (0..p.len()).filter(|&i| p[i].code == 0x15).collect();
+        assert_eq!(jumps.len(), 2);
+        // An empty segment is dropped; one from a socket with no peer passes.
+        assert_eq!(lands(jumps[0]), mov64_imm(R0, SK_DROP));
+        assert_eq!(lands(jumps[1]), mov64_imm(R0, SK_PASS));
+        assert_eq!(p.iter().filter(|i| i.code == 0x95).count(), 3);
+        assert_eq!(p[5].regs, (BPF_PSEUDO_MAP_FD << 4) | R1);
     }
 }

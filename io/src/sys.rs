@@ -462,75 +462,81 @@ fn tcp_info(socket: BorrowedFd<'_>) -> io::Result<libc::tcp_info> {
     Ok(info)
 }
 
-/// What a kernel-relayed TCP socket has received and when (TCP_INFO).
+/// A TCP socket's counts (TCP_INFO), for a relay that does not see the
+/// bytes itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Received {
-    /// Data bytes received in order in the socket's life (the peer's FIN,
-    /// which TCP counts as a byte of sequence space, left out).
-    pub bytes: u64,
-    /// Milliseconds since the last data arrived.
+pub struct TcpCounts {
+    /// Bytes received in order in the socket's life: rcv_nxt, so the
+    /// peer's FIN, once it came, counts as one.
+    pub received: u64,
+    /// Bytes the peer acknowledged (snd_una).
+    pub acked: u64,
+    /// Milliseconds since data last arrived.
     pub idle_ms: u32,
 }
 
-pub fn received(socket: BorrowedFd<'_>) -> io::Result<Received> {
+pub fn tcp_counts(socket: BorrowedFd<'_>) -> io::Result<TcpCounts> {
     let info = tcp_info(socket)?;
-    // tcpi_bytes_received follows rcv_nxt, which the FIN moves by one.
-    // TCP_TIME_WAIT, TCP_CLOSE_WAIT, TCP_LAST_ACK, TCP_CLOSING
-    // (include/net/tcp_states.h; not in the libc crate).
-    let fin_received = matches!(info.tcpi_state, 6 | 8 | 9 | 11);
-    Ok(Received {
-        bytes: info.tcpi_bytes_received - u64::from(fin_received),
+    Ok(TcpCounts {
+        received: info.tcpi_bytes_received,
+        acked: info.tcpi_bytes_acked,
         idle_ms: info.tcpi_last_data_recv,
     })
 }
 
-/// Bytes queued in a TCP socket's receive queue (SIOCINQ), the FIN left
-/// out.
-pub fn unread_bytes(socket: BorrowedFd<'_>) -> io::Result<u64> {
+/// Whether the peer's FIN (or a reset) has arrived: POLLRDHUP now.
+pub fn peer_finished(socket: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut fds = [libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    }];
+    poll(&mut fds, 0)?;
+    Ok(fds[0].revents & (libc::POLLRDHUP | libc::POLLHUP) != 0)
+}
+
+fn ioctl_int(socket: BorrowedFd<'_>, request: libc::Ioctl) -> io::Result<u64> {
     let mut n: libc::c_int = 0;
-    // SAFETY: SIOCINQ writes one int through the pointer, to a live local.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) } != 0 {
+    // SAFETY: SIOCINQ and SIOCOUTQ write one int through the pointer, to a
+    // live local.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), request, &mut n) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(n.max(0) as u64)
 }
 
-/// Bytes this socket has received and that its owner has read, or that
-/// the kernel took for it (TCP's copied_seq). Counted from two calls,
-/// retried until no byte arrived between them: exact while nothing else
-/// reads the socket.
+/// Bytes queued in a TCP socket's receive queue, the FIN left out
+/// (SIOCINQ).
+pub fn unread_bytes(socket: BorrowedFd<'_>) -> io::Result<u64> {
+    ioctl_int(socket, libc::FIONREAD)
+}
+
+/// Data bytes of this socket's stream that its owner (or the kernel, for
+/// it) has taken: TCP's copied_seq. Read from four calls, retried until no
+/// byte arrived between them, so exact while nothing else reads the
+/// socket.
 pub fn consumed_bytes(socket: BorrowedFd<'_>) -> io::Result<u64> {
     loop {
-        let before = received(socket)?.bytes;
+        let before = tcp_counts(socket)?.received;
+        let fin = u64::from(peer_finished(socket)?);
         let unread = unread_bytes(socket)?;
-        if received(socket)?.bytes == before {
-            return Ok(before.saturating_sub(unread));
+        if tcp_counts(socket)?.received == before {
+            return Ok(before.saturating_sub(fin + unread));
         }
     }
 }
 
-/// Memory held by the skbs a socket received and nobody has freed yet
-/// (SO_MEMINFO's SK_MEMINFO_RMEM_ALLOC): its receive queue, plus, on a
-/// socket that BPF relays, the segments still on their way out of the peer
-/// socket (they stay charged to the socket that received them).
-pub fn receive_memory(socket: BorrowedFd<'_>) -> io::Result<u32> {
-    const SO_MEMINFO: libc::c_int = 55;
-    let mut mem = [0u32; 9]; // SK_MEMINFO_VARS
-    let mut len = std::mem::size_of_val(&mem) as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `mem`, that large.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_MEMINFO,
-            mem.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+/// Data bytes written into this socket in its life, sent or still queued
+/// (TCP's write_seq): acknowledged plus SIOCOUTQ, retried until no
+/// acknowledgement came between the calls. Exact before this side's FIN.
+pub fn written_bytes(socket: BorrowedFd<'_>) -> io::Result<u64> {
+    loop {
+        let before = tcp_counts(socket)?.acked;
+        let queued = ioctl_int(socket, libc::TIOCOUTQ)?;
+        if tcp_counts(socket)?.acked == before {
+            return Ok(before + queued);
+        }
     }
-    Ok(mem[libc::SK_MEMINFO_RMEM_ALLOC as usize])
 }
 
 /// The socket's cookie: a number the kernel gives each socket, never

@@ -55,6 +55,11 @@ fn a_joined_pair_relays_queued_and_new_bytes_both_ways_and_its_counts_close_it()
         sys::consumed_bytes(b.as_fd()).unwrap(),
     ];
     assert_eq!(consumed, [0, 0]);
+    // Counted from the join (the active opener's count includes its SYN).
+    let written_before = [
+        sys::written_bytes(a.as_fd()).unwrap(),
+        sys::written_bytes(b.as_fd()).unwrap(),
+    ];
     let joined = map.join(a.as_fd(), b.as_fd()).expect("join");
 
     let mut got = [0u8; 6];
@@ -86,17 +91,24 @@ fn a_joined_pair_relays_queued_and_new_bytes_both_ways_and_its_counts_close_it()
     down.join().unwrap();
     assert!(at_server == data && at_client == data, "bytes differ");
 
-    // The client's FIN: every byte `a` received has left through `b`, so
-    // a's counts say the direction is done.
-    wait_until("a's FIN and nothing in flight", || {
-        sys::received(a.as_fd()).unwrap().bytes == 5 + size as u64
-            && sys::receive_memory(a.as_fd()).unwrap() == 0
-            && sys::unread_bytes(a.as_fd()).unwrap() == 0
+    // The client's FIN: TCP counts it as a byte received; every data byte
+    // `a` received has been written into `b`.
+    wait_until("a's FIN", || sys::peer_finished(a.as_fd()).unwrap());
+    assert_eq!(
+        sys::tcp_counts(a.as_fd()).unwrap().received,
+        5 + size as u64 + 1
+    );
+    assert_eq!(sys::consumed_bytes(a.as_fd()).unwrap(), 5 + size as u64);
+    wait_until("a's bytes written into b", || {
+        sys::written_bytes(b.as_fd()).unwrap() - written_before[1] == 5 + size as u64
     });
     sys::shutdown_write(b.as_fd()).unwrap();
     let mut rest = Vec::new();
     server.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty());
-    assert_eq!(sys::received(b.as_fd()).unwrap().bytes, 6 + size as u64);
+    assert_eq!(
+        sys::written_bytes(a.as_fd()).unwrap() - written_before[0],
+        6 + size as u64
+    );
     map.part(&joined);
 }

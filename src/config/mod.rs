@@ -35,6 +35,10 @@ pub enum RelayMode {
     Splice,
     /// Copy first, switch a direction to splice once it carries bulk data.
     Auto,
+    /// The kernel relays each tunnel with a BPF sockmap program, the proxy
+    /// only waits for its end; a tunnel that cannot (bandwidth limits,
+    /// GSSAPI protection, a kernel without sockmap) runs `auto`.
+    Sockmap,
 }
 
 impl RelayMode {
@@ -43,6 +47,7 @@ impl RelayMode {
             RelayMode::Copy => "copy",
             RelayMode::Splice => "splice",
             RelayMode::Auto => "auto",
+            RelayMode::Sockmap => "sockmap",
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::proto::ReplyCode;
 use crate::stop::ShedReason;
 
 /// Relay engines, as indexed in [`CoreMetrics::tunnels_by_engine`].
-pub const ENGINES: [&str; 3] = ["copy", "splice", "sealed"];
+pub const ENGINES: [&str; 4] = ["copy", "splice", "sealed", "sockmap"];
 
 #[derive(Default)]
 #[repr(align(128))]
@@ -40,7 +40,7 @@ pub struct CoreMetrics {
     pub bytes_client_to_target: AtomicU64,
     pub bytes_target_to_client: AtomicU64,
     /// Tunnels finished, by the engine that carried most of their bytes.
-    pub tunnels_by_engine: [AtomicU64; 3],
+    pub tunnels_by_engine: [AtomicU64; 4],
     /// Bytes moved by splice (both directions); the rest were copied.
     pub bytes_spliced: AtomicU64,
     /// Pipes this core holds now (in use or pooled).
@@ -72,7 +72,7 @@ pub struct CoreMetrics {
     pub open_by_command: [AtomicU64; 3],
     /// Directions of open tunnels relaying with each engine now, by
     /// [`ENGINES`] (`auto` moves a direction between copy and splice).
-    pub directions_by_engine: [AtomicU64; 3],
+    pub directions_by_engine: [AtomicU64; 4],
     /// Accept to request read.
     pub handshake_seconds: Histogram,
     /// The connect race of a CONNECT, resolution included.

@@ -13,6 +13,7 @@
 //! - an idle tunnel holds no buffer.
 
 mod copy;
+mod kernel;
 mod pipes;
 mod pool;
 mod sealed;
@@ -34,8 +35,8 @@ pub use throttle::{Bandwidth, Throttle};
 use crate::config::{Config, RelayMode};
 use crate::events::Stream;
 use crate::stop::{Stop, StopSignal};
-use tunnel::Direction;
-pub use tunnel::Tunnel;
+pub use kernel::Kernel;
+use tunnel::{Direction, UserTunnel};
 
 /// One side of a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +91,8 @@ pub enum Engine {
     /// Copied through GSS-API wrap/unwrap (RFC 1961 protection; `sealed.rs`);
     /// a direction keeps it for life.
     Sealed,
+    /// Relayed in the kernel by the sockmap program (`kernel.rs`).
+    Sockmap,
 }
 
 impl Engine {
@@ -98,6 +101,7 @@ impl Engine {
             Engine::Copy => "copy",
             Engine::Splice => "splice",
             Engine::Sealed => "sealed",
+            Engine::Sockmap => "sockmap",
         }
     }
 
@@ -107,6 +111,7 @@ impl Engine {
             Engine::Copy => 0,
             Engine::Splice => 1,
             Engine::Sealed => 2,
+            Engine::Sockmap => 3,
         }
     }
 }
@@ -137,6 +142,8 @@ pub struct Relay {
     pub idle_timeout: std::cell::Cell<Duration>,
     /// The core's counters, moved as bytes flow.
     pub live: LiveCounters,
+    /// `sockmap`: the core's maps, when the kernel allows them.
+    pub kernel: Option<Kernel>,
 }
 
 /// This core's byte counters and engine gauge, which tunnels move as they
@@ -188,6 +195,7 @@ impl Relay {
             splice_threshold: config.splice_threshold.min(config.buffer_size as u64),
             idle_timeout: std::cell::Cell::new(config.idle_timeout),
             live,
+            kernel: None,
         }
     }
 
@@ -200,14 +208,14 @@ impl Relay {
     /// the target's wrapped; its bytes are client bytes that came with the
     /// request, still wrapped.
     ///
-    /// A named future rather than an async fn: an idle tunnel is this
-    /// struct and nothing else (an async fn keeps room for every argument
-    /// and local next to it, for the tunnel's whole life).
+    /// With `sockmap` the kernel relays the tunnel when it can: not with
+    /// bandwidth limits or GSSAPI protection (both need each byte in user
+    /// space), nor when the kernel refuses the pair; those run `auto`.
     pub fn run<'a>(
         &'a self,
-        client: Stream,
-        target: Stream,
-        early: Vec<u8>,
+        mut client: Stream,
+        mut target: Stream,
+        mut early: Vec<u8>,
         throttle: Throttle,
         sealed: Option<Sealed>,
         stop: &'a StopSignal,
@@ -216,7 +224,21 @@ impl Relay {
         // them so, connects start that way), which splice(2) needs: no
         // fcntl per tunnel here.
         crate::sys::set_nodelay(&target);
-        let mut tunnel = Tunnel {
+        let mut early_sent = 0;
+        if let (Some(k), true) = (&self.kernel, throttle.is_empty() && sealed.is_none()) {
+            let before = early.len();
+            match kernel::start(k, &mut client, &mut target, &mut early) {
+                Ok(started) => {
+                    let relay = kernel::relay(self, k, client, target, started, stop);
+                    return Tunnel::Kernel(Box::pin(relay));
+                }
+                Err(e) => {
+                    early_sent = (before - early.len()) as u64;
+                    tracing::debug!("sockmap: relaying this tunnel in user space: {e}");
+                }
+            }
+        }
+        let mut tunnel = UserTunnel {
             relay: self,
             up: Direction::new(Side::Client, Side::Target, self, throttle.clone()),
             down: Direction::new(Side::Target, Side::Client, self, throttle),
@@ -236,7 +258,39 @@ impl Relay {
             tunnel.up.seal(state(sealed::Seal::Unwrap, &pending), self);
             tunnel.down.seal(state(sealed::Seal::Wrap, &[]), self);
         }
-        tunnel
+        // Sent before the kernel declined (no throttle then to charge).
+        if early_sent > 0 {
+            tunnel.up.copied += early_sent;
+            self.live.moved(throttle::Way::Up, early_sent as usize);
+        }
+        Tunnel::User(tunnel)
+    }
+}
+
+/// One tunnel, as [`Relay::run`] makes it; ready with its report once it
+/// has ended.
+pub enum Tunnel<'a> {
+    /// Relayed by the core (copy, splice, sealed). A named future rather
+    /// than an async fn: an idle tunnel is this struct and nothing else
+    /// (an async fn keeps room for every argument and local next to it,
+    /// for the tunnel's whole life).
+    User(UserTunnel<'a>),
+    /// Relayed by the kernel (sockmap): its task only waits for the end.
+    /// Boxed, so the user-space tunnels do not carry its room.
+    Kernel(std::pin::Pin<Box<dyn std::future::Future<Output = RelayReport> + 'a>>),
+}
+
+impl std::future::Future for Tunnel<'_> {
+    type Output = RelayReport;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<RelayReport> {
+        match self.get_mut() {
+            Tunnel::User(t) => std::pin::Pin::new(t).poll(cx),
+            Tunnel::Kernel(t) => t.as_mut().poll(cx),
+        }
     }
 }
 

@@ -68,7 +68,8 @@ impl Direction {
         let (engine, auto) = match relay.mode {
             RelayMode::Copy => (Engine::Copy, None),
             RelayMode::Splice => (Engine::Splice, None),
-            RelayMode::Auto => (Engine::Copy, Some(Auto::default())),
+            // A tunnel the kernel could not take runs `auto`.
+            RelayMode::Auto | RelayMode::Sockmap => (Engine::Copy, Some(Auto::default())),
         };
         relay.live.engine(None, Some(engine.metrics_index()));
         Direction {
@@ -129,7 +130,7 @@ impl Direction {
                     moved = true;
                     relay.live.moved(self.way, n);
                     match self.engine {
-                        Engine::Copy | Engine::Sealed => self.copied += n as u64,
+                        Engine::Copy | Engine::Sealed | Engine::Sockmap => self.copied += n as u64,
                         Engine::Splice => self.spliced += n as u64,
                     }
                     continue;
@@ -255,7 +256,7 @@ impl Auto {
         let n = n as u64;
         match engine {
             Engine::Copy if may_splice && n >= threshold => self.next = Engine::Splice,
-            Engine::Copy | Engine::Sealed => {}
+            Engine::Copy | Engine::Sealed | Engine::Sockmap => {}
             Engine::Splice if n < threshold / 4 => {
                 self.small_splices += 1;
                 if self.small_splices >= Auto::SMALL_IN_A_ROW {
@@ -270,7 +271,7 @@ impl Auto {
 /// One tunnel, as [`Relay::run`] makes it: both streams, both
 /// directions, and the client bytes that came with the request. Ready with
 /// the tunnel's report once it has ended.
-pub struct Tunnel<'a> {
+pub struct UserTunnel<'a> {
     pub(super) relay: &'a Relay,
     pub(super) client: Stream,
     pub(super) target: Stream,
@@ -283,7 +284,7 @@ pub struct Tunnel<'a> {
     pub(super) stop: &'a StopSignal,
 }
 
-impl Tunnel<'_> {
+impl UserTunnel<'_> {
     fn poll_end(&mut self, cx: &mut Context<'_>) -> Poll<TunnelEnd> {
         if let Poll::Ready(stop) = self.stop.poll_stop(cx) {
             return Poll::Ready(TunnelEnd::Stopped(stop));
@@ -357,14 +358,14 @@ impl Tunnel<'_> {
 /// Buffers and pipes go back to their pools however the tunnel ends
 /// (finished, or dropped with its task); then the sockets close, each
 /// after its watch.
-impl Drop for Tunnel<'_> {
+impl Drop for UserTunnel<'_> {
     fn drop(&mut self) {
         self.up.release(self.relay);
         self.down.release(self.relay);
     }
 }
 
-impl Future for Tunnel<'_> {
+impl Future for UserTunnel<'_> {
     type Output = RelayReport;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayReport> {

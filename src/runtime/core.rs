@@ -81,14 +81,18 @@ impl Core {
                 None
             }
         };
+        let mut relay = Relay::new(
+            &config,
+            limits.pipes_per_core,
+            crate::relay::LiveCounters::new(all_metrics.clone(), index),
+        );
+        if config.relay == crate::config::RelayMode::Sockmap {
+            relay.kernel = kernel_relay(index, events.as_ref(), limits.budgets.connections);
+        }
         Core {
             id,
             index,
-            relay: Relay::new(
-                &config,
-                limits.pipes_per_core,
-                crate::relay::LiveCounters::new(all_metrics.clone(), index),
-            ),
+            relay,
             udp: UdpTable::new(config.max_udp_associations_per_core, config.max_udp_targets),
             admission: Admission::new(limits.budgets),
             quotas: crate::quota::Quotas::new(config.quotas, all_metrics.len()),
@@ -408,5 +412,38 @@ mod tests {
         std::thread::sleep(Duration::from_millis(210));
         assert_eq!(log.hit(), Some(5), "then one line counting the rest");
         assert_eq!(log.hit(), None);
+    }
+}
+
+/// `--relay sockmap`: this core's maps, or `None` (its tunnels run `auto`)
+/// with the reason logged once, by the first core.
+fn kernel_relay(
+    index: usize,
+    events: Option<&Rc<EventRing>>,
+    tunnels: usize,
+) -> Option<crate::relay::Kernel> {
+    let made = match events {
+        Some(ring) => crate::relay::Kernel::new(tunnels, ring.clone()),
+        None => Err(std::io::Error::other(
+            "it waits through the event ring, which is off",
+        )),
+    };
+    match made {
+        Ok(kernel) => {
+            if index == 0 {
+                tracing::info!(
+                    "relay: sockmap, the kernel relays each tunnel (a BPF sk_skb program per core, maps for {tunnels} tunnels); tunnels with bandwidth limits or GSSAPI protection run auto"
+                );
+            }
+            Some(kernel)
+        }
+        Err(e) => {
+            if index == 0 {
+                tracing::warn!(
+                    "relay: sockmap is not available here ({e}); tunnels run auto. It needs Linux with CONFIG_BPF_STREAM_PARSER and CAP_BPF + CAP_NET_ADMIN (or root)"
+                );
+            }
+            None
+        }
     }
 }

@@ -16,6 +16,6 @@ pub mod timer;
 pub use datagram::DatagramWait;
 pub use listener::Listener;
 pub use offcore::{blocking, blocking_on, Pool};
-pub use ring::{counted, root, spawn, EventRing, RingSetup, Watch};
+pub use ring::{counted, root, spawn, EventRing, Readiness, RingSetup, Watch};
 pub use stream::Stream;
 pub use timer::{sleep, Timer};

@@ -749,10 +749,18 @@ impl Watch {
     }
 }
 
-impl Drop for Watch {
-    fn drop(&mut self) {
+impl Watch {
+    /// Removes the multishot POLLIN, for a socket whose bytes the kernel
+    /// relays from now on: every segment would otherwise raise a
+    /// completion on the core. A later `poll_readable` arms it again.
+    pub fn stop_reading(&mut self) {
+        let read = self.read.take();
+        self.remove([read, None]);
+    }
+
+    fn remove(&self, slots: [Option<usize>; 2]) {
         let mut removed = false;
-        for i in [self.read.take(), self.write.take()].into_iter().flatten() {
+        for i in slots.into_iter().flatten() {
             let armed = !matches!(
                 self.ring.slots.borrow()[i],
                 Slot::Ready(_) | Slot::Multi { armed: false, .. }
@@ -763,6 +771,13 @@ impl Drop for Watch {
         if removed {
             self.ring.run_deferred();
         }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let slots = [self.read.take(), self.write.take()];
+        self.remove(slots);
     }
 }
 

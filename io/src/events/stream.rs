@@ -155,6 +155,14 @@ impl Stream {
         }
     }
 
+    /// The kernel relays this socket from now on (the sockmap engine):
+    /// the ring stops watching it for data.
+    pub fn stop_reading(&mut self) {
+        if let Stream::Ring(s) = self {
+            s.watch.stop_reading();
+        }
+    }
+
     /// Passes a FIN on: shutdown(SHUT_WR).
     pub fn poll_shutdown_write(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
