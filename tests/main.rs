@@ -15,6 +15,7 @@ mod deploy;
 mod errors;
 mod fairness;
 mod gssapi;
+mod kernel_relay;
 mod lifecycle;
 mod netns;
 mod policy;

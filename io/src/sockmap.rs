@@ -2,10 +2,12 @@
 //! each segment a socket receives straight out of its peer socket, in the
 //! softirq that received it, so a tunnel's bytes never wake the proxy.
 //!
-//! Three maps per core (`bpf(2)` through raw system calls; no toolchain,
-//! no loader crate: the program is 25 instructions, assembled below):
-//! - `peers` (HASH, socket cookie -> peer's cookie): who gets a socket's
-//!   bytes;
+//! Four maps per core (`bpf(2)` through raw system calls; no toolchain,
+//! no loader crate: the program is 35 instructions, assembled below):
+//! - `peers` (HASH, socket cookie -> peer's cookie and the direction): who
+//!   gets a socket's bytes;
+//! - `counters` (PERCPU_ARRAY, direction -> bytes): what the program moved
+//!   each way, read when the metrics are scraped;
 //! - `sockets` (SOCKHASH, cookie -> socket): what the program redirects to,
 //!   with no program of its own;
 //! - `verdict` (SOCKHASH, cookie -> socket): the map the program is
@@ -28,11 +30,13 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// `enum bpf_cmd`, `bpf_map_type`, `bpf_prog_type` and `bpf_attach_type`
 /// values (linux/bpf.h; the libc crate has none of them).
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
 const BPF_PROG_TYPE_SK_SKB: u32 = 14;
 const BPF_SK_SKB_STREAM_VERDICT: u32 = 5;
@@ -94,6 +98,15 @@ fn store_u64(dst: u8, off: i16, src: u8) -> Insn {
     insn(0x7b, dst, src, off, 0) // BPF_STX | BPF_MEM | BPF_DW
 }
 
+fn store_u32(dst: u8, off: i16, src: u8) -> Insn {
+    insn(0x63, dst, src, off, 0) // BPF_STX | BPF_MEM | BPF_W
+}
+
+/// `lock *(u64 *)(dst + off) += src`.
+fn atomic_add_u64(dst: u8, off: i16, src: u8) -> Insn {
+    insn(0xdb, dst, src, off, 0) // BPF_STX | BPF_ATOMIC | BPF_DW, BPF_ADD
+}
+
 fn load_u64(dst: u8, src: u8, off: i16) -> Insn {
     insn(0x79, dst, src, off, 0) // BPF_LDX | BPF_MEM | BPF_DW
 }
@@ -128,9 +141,12 @@ fn load_map(dst: u8, map: BorrowedFd<'_>) -> [Insn; 2] {
 /// ```c
 /// if (skb->len == 0) return SK_DROP;  /* a bare FIN: no data to move */
 /// u64 me = bpf_get_socket_cookie(skb);
-/// u64 *peer = bpf_map_lookup_elem(&peers, &me);
+/// struct peer *peer = bpf_map_lookup_elem(&peers, &me);
 /// if (!peer) return SK_PASS;          /* not (or no longer) a tunnel */
-/// u64 key = *peer;
+/// u64 key = peer->cookie;
+/// u32 way = peer->way;
+/// u64 *moved = bpf_map_lookup_elem(&counters, &way);
+/// if (moved) __sync_fetch_and_add(moved, skb->len);
 /// return bpf_sk_redirect_hash(skb, &sockets, &key, 0);  /* peer's egress */
 /// ```
 ///
@@ -138,10 +154,14 @@ fn load_map(dst: u8, map: BorrowedFd<'_>) -> [Insn; 2] {
 /// data before them has left; redirected, an empty segment would reach
 /// the peer's send path after that shutdown and fail there with EPIPE,
 /// which the kernel reports as the peer socket's error.
-fn verdict_program(peers: BorrowedFd<'_>, sockets: BorrowedFd<'_>) -> Vec<Insn> {
+fn verdict_program(
+    peers: BorrowedFd<'_>,
+    counters: BorrowedFd<'_>,
+    sockets: BorrowedFd<'_>,
+) -> Vec<Insn> {
     let mut p = vec![
         load_u32(R0, R1, 0), // __sk_buff.len
-        jump_if_zero(R0, 21),
+        jump_if_zero(R0, 31), // to SK_DROP
         mov64_reg(R6, R1),
         call(FUNC_GET_SOCKET_COOKIE),
         store_u64(R10, -8, R0),
@@ -151,9 +171,20 @@ fn verdict_program(peers: BorrowedFd<'_>, sockets: BorrowedFd<'_>) -> Vec<Insn> 
         mov64_reg(R2, R10),
         add64_imm(R2, -8),
         call(FUNC_MAP_LOOKUP_ELEM),
-        jump_if_zero(R0, 10),
+        jump_if_zero(R0, 20), // to SK_PASS
         load_u64(R1, R0, 0),
         store_u64(R10, -16, R1),
+        load_u64(R1, R0, 8),
+        store_u32(R10, -20, R1),
+    ]);
+    p.extend(load_map(R1, counters));
+    p.extend([
+        mov64_reg(R2, R10),
+        add64_imm(R2, -20),
+        call(FUNC_MAP_LOOKUP_ELEM),
+        jump_if_zero(R0, 2), // past the count
+        load_u32(R1, R6, 0),
+        atomic_add_u64(R0, 0, R1),
         mov64_reg(R1, R6),
     ]);
     p.extend(load_map(R2, sockets));
@@ -163,10 +194,8 @@ fn verdict_program(peers: BorrowedFd<'_>, sockets: BorrowedFd<'_>) -> Vec<Insn> 
         mov64_imm(R4, 0),
         call(FUNC_SK_REDIRECT_HASH),
         exit(),
-        // The second jump lands here,
         mov64_imm(R0, SK_PASS),
         exit(),
-        // the first one here.
         mov64_imm(R0, SK_DROP),
         exit(),
     ]);
@@ -219,14 +248,14 @@ struct MapCreate {
 
 fn create_map(
     map_type: u32,
-    value_size: u32,
+    (key_size, value_size): (u32, u32),
     max_entries: u32,
     flags: u32,
     name: &str,
 ) -> io::Result<OwnedFd> {
     let mut attr = MapCreate {
         map_type,
-        key_size: 8,
+        key_size,
         value_size,
         max_entries,
         map_flags: flags,
@@ -248,16 +277,18 @@ struct Elem {
     flags: u64,
 }
 
-fn update(map: BorrowedFd<'_>, key: u64, value: u64) -> io::Result<()> {
+/// Adds `key -> value` to a map whose key is 8 bytes and whose value is
+/// `V`'s size (the maps this module makes).
+fn update<V: Copy>(map: BorrowedFd<'_>, key: u64, value: &V) -> io::Result<()> {
     let mut attr = Elem {
         map_fd: map.as_raw_fd() as u32,
         _pad: 0,
         key: &key as *const u64 as u64,
-        value: &value as *const u64 as u64,
+        value: value as *const V as u64,
         flags: BPF_NOEXIST,
     };
     // SAFETY: Elem is BPF_MAP_UPDATE_ELEM's layout; key and value point at
-    // 8-byte locals (the maps' key and value size) that outlive the call.
+    // live values of the map's key and value sizes for the whole call.
     unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
 }
 
@@ -360,9 +391,67 @@ fn attach_verdict(map: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()
 /// frees the maps once no socket is left in them.
 pub struct SockMap {
     peers: OwnedFd,
+    counters: OwnedFd,
     sockets: OwnedFd,
     verdict: OwnedFd,
     _program: OwnedFd,
+}
+
+/// A `peers` value: where a socket's bytes go, and which way that is.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Peer {
+    cookie: u64,
+    way: u64,
+}
+
+/// Which way a joined socket's bytes go, as the byte counters index it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Way {
+    /// From the first socket of [`SockMap::join`] to the second.
+    FirstToSecond = 0,
+    SecondToFirst = 1,
+}
+
+/// The bytes a core's program moved each way, readable from any thread
+/// (the metrics endpoint reads them when scraped).
+pub struct Counters {
+    map: OwnedFd,
+    /// The kernel keeps one counter per possible CPU.
+    cpus: usize,
+}
+
+impl Counters {
+    /// Bytes moved `way` since the maps were made: the sum over CPUs.
+    pub fn read(&self, way: Way) -> io::Result<u64> {
+        let key = way as u32;
+        let mut values = vec![0u64; self.cpus];
+        let mut attr = Elem {
+            map_fd: self.map.as_raw_fd() as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: values.as_mut_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: Elem is BPF_MAP_LOOKUP_ELEM's layout; key points at a
+        // 4-byte local (the array's key size) and value at 8 bytes for
+        // each possible CPU, which is what a per-CPU lookup writes.
+        unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }?;
+        Ok(values.iter().sum())
+    }
+}
+
+/// How many CPUs the kernel may ever bring up (`/sys/devices/system/cpu/
+/// possible`, "0-3" or "0,2-5"): per-CPU maps hold a value for each.
+fn possible_cpus() -> io::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let last = text
+        .trim()
+        .split([',', '-'])
+        .filter_map(|n| n.parse::<usize>().ok())
+        .max()
+        .ok_or_else(|| io::Error::other(format!("unreadable possible CPUs {text:?}")))?;
+    Ok(last + 1)
 }
 
 /// A tunnel's two sockets, spliced in the kernel until [`SockMap::part`].
@@ -378,21 +467,33 @@ impl SockMap {
     pub fn new(tunnels: u32) -> io::Result<SockMap> {
         let sockets_max = tunnels.saturating_mul(2).max(2);
         let what = |step: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{step}: {e}"));
-        let peers = create_map(BPF_MAP_TYPE_HASH, 8, sockets_max, BPF_F_NO_PREALLOC, "coresocks_peer")
+        let peer_size = std::mem::size_of::<Peer>() as u32;
+        let peers = create_map(BPF_MAP_TYPE_HASH, (8, peer_size), sockets_max, BPF_F_NO_PREALLOC, "coresocks_peer")
             .map_err(what("creating the peers map"))?;
-        let sockets = create_map(BPF_MAP_TYPE_SOCKHASH, 8, sockets_max, 0, "coresocks_sock")
+        let counters = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, (4, 8), 2, 0, "coresocks_byte")
+            .map_err(what("creating the byte counters"))?;
+        let sockets = create_map(BPF_MAP_TYPE_SOCKHASH, (8, 8), sockets_max, 0, "coresocks_sock")
             .map_err(what("creating a SOCKHASH"))?;
-        let verdict = create_map(BPF_MAP_TYPE_SOCKHASH, 8, sockets_max, 0, "coresocks_verd")
+        let verdict = create_map(BPF_MAP_TYPE_SOCKHASH, (8, 8), sockets_max, 0, "coresocks_verd")
             .map_err(what("creating a SOCKHASH"))?;
-        let program = load_program(&verdict_program(peers.as_fd(), sockets.as_fd()))
-            .map_err(what("loading the sk_skb verdict program"))?;
+        let program = verdict_program(peers.as_fd(), counters.as_fd(), sockets.as_fd());
+        let program = load_program(&program).map_err(what("loading the sk_skb verdict program"))?;
         attach_verdict(verdict.as_fd(), program.as_fd())
             .map_err(what("attaching the verdict program"))?;
         Ok(SockMap {
             peers,
+            counters,
             sockets,
             verdict,
             _program: program,
+        })
+    }
+
+    /// The byte counters, for another thread to read.
+    pub fn counters(&self) -> io::Result<Counters> {
+        Ok(Counters {
+            map: self.counters.try_clone()?,
+            cpus: possible_cpus()?,
         })
     }
 
@@ -407,12 +508,16 @@ impl SockMap {
         let cookies = [crate::sys::socket_cookie(a)?, crate::sys::socket_cookie(b)?];
         let joined = Joined { cookies };
         let steps = || -> io::Result<()> {
-            update(self.peers.as_fd(), cookies[0], cookies[1])?;
-            update(self.peers.as_fd(), cookies[1], cookies[0])?;
-            update(self.sockets.as_fd(), cookies[0], a.as_raw_fd() as u64)?;
-            update(self.sockets.as_fd(), cookies[1], b.as_raw_fd() as u64)?;
-            update(self.verdict.as_fd(), cookies[0], a.as_raw_fd() as u64)?;
-            update(self.verdict.as_fd(), cookies[1], b.as_raw_fd() as u64)?;
+            let peer = |cookie, way: Way| Peer {
+                cookie,
+                way: way as u64,
+            };
+            update(self.peers.as_fd(), cookies[0], &peer(cookies[1], Way::FirstToSecond))?;
+            update(self.peers.as_fd(), cookies[1], &peer(cookies[0], Way::SecondToFirst))?;
+            for map in [&self.sockets, &self.verdict] {
+                update(map.as_fd(), cookies[0], &(a.as_raw_fd() as u64))?;
+                update(map.as_fd(), cookies[1], &(b.as_raw_fd() as u64))?;
+            }
             crate::sys::signal_if_readable(a)?;
             crate::sys::signal_if_readable(b)
         };
@@ -443,15 +548,18 @@ mod tests {
     #[test]
     fn the_program_is_the_instructions_its_comment_describes() {
         let fake = std::fs::File::open("/dev/null").expect("/dev/null");
-        let p = verdict_program(fake.as_fd(), fake.as_fd());
-        assert_eq!(p.len(), 25);
+        let p = verdict_program(fake.as_fd(), fake.as_fd(), fake.as_fd());
+        assert_eq!(p.len(), 35);
         let lands = |at: usize| p[at + 1 + p[at].off as usize];
         let jumps: Vec<usize> = (0..p.len()).filter(|&i| p[i].code == 0x15).collect();
-        assert_eq!(jumps.len(), 2);
-        // An empty segment is dropped; one from a socket with no peer passes.
+        assert_eq!(jumps.len(), 3);
+        // An empty segment is dropped; one from a socket with no peer
+        // passes; a missing counter skips only the count.
         assert_eq!(lands(jumps[0]), mov64_imm(R0, SK_DROP));
         assert_eq!(lands(jumps[1]), mov64_imm(R0, SK_PASS));
+        assert_eq!(lands(jumps[2]), mov64_reg(R1, R6));
         assert_eq!(p.iter().filter(|i| i.code == 0x95).count(), 3);
-        assert_eq!(p[5].regs, (BPF_PSEUDO_MAP_FD << 4) | R1);
+        let maps: Vec<usize> = (0..p.len()).filter(|&i| p[i].code == 0x18).collect();
+        assert_eq!(maps, [5, 15, 24]);
     }
 }

@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use coresocks_io::sockmap::SockMap;
+use coresocks_io::sockmap::{SockMap, Way};
 use coresocks_io::sys;
 
 fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
@@ -90,6 +90,10 @@ fn a_joined_pair_relays_queued_and_new_bytes_both_ways_and_its_counts_close_it()
     up.join().unwrap();
     down.join().unwrap();
     assert!(at_server == data && at_client == data, "bytes differ");
+    // The program counted what it moved, queued bytes included.
+    let counters = map.counters().unwrap();
+    assert_eq!(counters.read(Way::FirstToSecond).unwrap(), 5 + size as u64);
+    assert_eq!(counters.read(Way::SecondToFirst).unwrap(), 6 + size as u64);
 
     // The client's FIN: TCP counts it as a byte received; every data byte
     // `a` received has been written into `b`.

@@ -39,6 +39,10 @@ pub struct CoreMetrics {
     pub replies: [AtomicU64; 9],
     pub bytes_client_to_target: AtomicU64,
     pub bytes_target_to_client: AtomicU64,
+    /// `--relay sockmap`: what the kernel moved for this core's tunnels,
+    /// counted by its BPF program and read at each scrape (added to the
+    /// two above).
+    pub kernel_bytes: std::sync::OnceLock<coresocks_io::sockmap::Counters>,
     /// Tunnels finished, by the engine that carried most of their bytes.
     pub tunnels_by_engine: [AtomicU64; 4],
     /// Bytes moved by splice (both directions); the rest were copied.
@@ -143,6 +147,17 @@ pub fn add(counter: &AtomicU64, n: u64) {
 }
 
 impl CoreMetrics {
+    /// Bytes relayed `way`: by the core, plus by the kernel's program.
+    fn bytes(&self, way: coresocks_io::sockmap::Way) -> u64 {
+        use coresocks_io::sockmap::Way;
+        let by_core = match way {
+            Way::FirstToSecond => &self.bytes_client_to_target,
+            Way::SecondToFirst => &self.bytes_target_to_client,
+        };
+        let by_kernel = self.kernel_bytes.get().and_then(|c| c.read(way).ok());
+        by_core.load(Relaxed) + by_kernel.unwrap_or(0)
+    }
+
     pub fn reply(&self, code: ReplyCode) {
         if let Some(c) = self.replies.get(code.to_byte() as usize) {
             add(c, 1);
@@ -235,13 +250,15 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
             "bytes_client_to_target_total",
             "counter",
             "Bytes relayed from clients to targets (counted as they move).",
-            &|m| m.bytes_client_to_target.load(Relaxed),
+            // The kernel relays a tunnel's client socket as the first of
+            // its pair (`relay::kernel`).
+            &|m| m.bytes(coresocks_io::sockmap::Way::FirstToSecond),
         ),
         (
             "bytes_target_to_client_total",
             "counter",
             "Bytes relayed from targets to clients (counted as they move).",
-            &|m| m.bytes_target_to_client.load(Relaxed),
+            &|m| m.bytes(coresocks_io::sockmap::Way::SecondToFirst),
         ),
         (
             "bytes_spliced_total",

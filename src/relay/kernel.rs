@@ -10,14 +10,15 @@
 //!   join, what the other had written into it since, acknowledged or still
 //!   queued), and only then shuts the peer's write side, so the FIN never
 //!   overtakes data: it queues behind them.
-//! - **Counts.** Bytes moved are what TCP says each socket received since
-//!   the join (TCP_INFO), read at ticks for the live counters and at the
-//!   end for the access log.
+//! - **Counts.** The live counters are the program's own (a per-CPU map the
+//!   metrics endpoint reads when scraped); the access log's are what TCP
+//!   says each socket received since the join (TCP_INFO), read at the end.
 //! - **Idle timeout.** TCP_INFO also says how long since each socket last
-//!   received data.
+//!   received data: one look when the timeout would be due, so an idle
+//!   tunnel costs its core nothing in between.
 //! - **Errors after a half-close.** io_uring always reports POLLRDHUP, so a
 //!   socket that sent its FIN is not polled again; its errors (a reset
-//!   after its FIN) are read at the ticks, which come every second then.
+//!   after its FIN) are read by a look every second from then on.
 
 use std::future::Future;
 use std::io;
@@ -30,15 +31,12 @@ use std::time::Duration;
 use coresocks_io::events::{EventRing, Readiness, Timer};
 use coresocks_io::sockmap::{Joined, SockMap};
 
-use super::throttle::Way;
 use super::{Engine, Relay, RelayReport, Side, TunnelEnd};
 use crate::events::Stream;
 use crate::stop::StopSignal;
 
-/// A tick after bytes moved: how fresh the live counters are. Without
-/// traffic the ticks space out (doubling) up to the idle timeout, so an
-/// idle tunnel costs its core next to nothing.
-const LIVE_REFRESH: Duration = Duration::from_secs(1);
+/// How often a socket past its FIN is looked at for errors.
+const HALF_CLOSED_LOOK: Duration = Duration::from_secs(1);
 
 /// First wait for a direction's bytes to leave after its FIN; doubles up
 /// to [`DRAIN_MAX`].
@@ -63,9 +61,14 @@ impl Kernel {
     }
 
     /// Whether the kernel can relay: the same maps and program a core makes,
-    /// made once and dropped (`check-config`, start-up).
+    /// made once and dropped (`check-config`).
     pub fn probe() -> io::Result<()> {
         SockMap::new(1).map(drop)
+    }
+
+    /// The byte counters of this core's program, for the metrics.
+    pub fn counters(&self) -> io::Result<coresocks_io::sockmap::Counters> {
+        self.map.counters()
     }
 }
 
@@ -144,7 +147,6 @@ enum State {
 struct Direction {
     from: Side,
     to: Side,
-    way: Way,
     state: State,
     /// Bytes of the source's stream received before the join.
     consumed: u64,
@@ -152,8 +154,6 @@ struct Direction {
     written: u64,
     /// Bytes sent ahead of the join (the client's early bytes).
     early: u64,
-    /// What the live counters were told.
-    reported: u64,
 }
 
 impl Direction {
@@ -162,16 +162,10 @@ impl Direction {
         Direction {
             from,
             to,
-            way: if from == Side::Client {
-                Way::Up
-            } else {
-                Way::Down
-            },
             state: State::Open,
             consumed: started.consumed[i],
             written: started.written[o],
             early: if from == Side::Client { started.early } else { 0 },
-            reported: 0,
         }
     }
 
@@ -183,16 +177,11 @@ impl Direction {
         counts.received.saturating_sub(fin + self.consumed)
     }
 
-    /// Reads how much the source received since the join, tells the live
-    /// counters what is new; returns the source's idle time.
-    fn refresh(&mut self, from: BorrowedFd<'_>, relay: &Relay) -> io::Result<Duration> {
-        let counts = crate::sys::tcp_counts(from)?;
-        let moved = self.early + self.received(&counts);
-        if moved > self.reported {
-            relay.live.moved(self.way, (moved - self.reported) as usize);
-        }
-        self.reported = moved;
-        Ok(Duration::from_millis(counts.idle_ms.into()))
+    /// Bytes this direction moved, the early ones included (0 when the
+    /// socket no longer answers, after a failure).
+    fn moved(&self, from: BorrowedFd<'_>) -> u64 {
+        let received = crate::sys::tcp_counts(from).map_or(0, |c| self.received(&c));
+        self.early + received
     }
 
     /// After the source's FIN: whether every byte it received has been
@@ -251,14 +240,12 @@ pub(super) async fn relay(
         joined: started.joined,
     };
     let end = until_end(relay, &kernel.ring, &client, &target, &mut up, &mut down, stop).await;
-    // The last counts, for the access log (a failed socket may not answer).
-    let _ = up.refresh(client.as_fd(), relay);
-    let _ = down.refresh(target.as_fd(), relay);
+    let (client_to_target, target_to_client) = (up.moved(client.as_fd()), down.moved(target.as_fd()));
     drop(parted);
     super::close_after(&end, &client, &target);
     RelayReport {
-        client_to_target: up.reported,
-        target_to_client: down.reported,
+        client_to_target,
+        target_to_client,
         spliced: 0,
         engine: Engine::Sockmap,
         end,
@@ -280,8 +267,7 @@ async fn until_end(
         Side::Target => target.as_fd(),
     };
     let idle_timeout = relay.idle_timeout.get();
-    let mut tick_every = LIVE_REFRESH.min(idle_timeout);
-    let mut tick = Timer::new(tick_every);
+    let mut tick = Timer::new(idle_timeout);
     let mut drain_wait = DRAIN_FIRST;
     let mut drain: Option<Timer> = None;
     let mut waits: [Option<Readiness<'_>>; 2] = [None, None];
@@ -355,14 +341,15 @@ async fn until_end(
                 };
                 d.state = State::Draining;
                 drain_wait = DRAIN_FIRST;
+                // From now on its socket is looked at for errors.
+                tick.reset(HALF_CLOSED_LOOK);
             }
             Event::Drain => {
                 drain_wait = (drain_wait * 2).min(DRAIN_MAX);
                 drain = None;
             }
             Event::Tick => {
-                let before = up.reported + down.reported;
-                let idle = match (up.refresh(fd(Side::Client), relay), down.refresh(fd(Side::Target), relay)) {
+                let idle = match (idle_for(fd(Side::Client)), idle_for(fd(Side::Target))) {
                     (Ok(a), Ok(b)) => a.min(b),
                     (Err(e), _) => return TunnelEnd::Failed(Side::Client, e),
                     (_, Err(e)) => return TunnelEnd::Failed(Side::Target, e),
@@ -378,16 +365,17 @@ async fn until_end(
                 if idle >= idle_timeout {
                     return TunnelEnd::IdleTimeout;
                 }
+                let due = idle_timeout - idle;
                 let half_closed = up.state != State::Open || down.state != State::Open;
-                tick_every = if up.reported + down.reported > before || half_closed {
-                    LIVE_REFRESH
-                } else {
-                    (tick_every * 2).min(idle_timeout)
-                };
-                tick.reset(tick_every.min(idle_timeout - idle));
+                tick.reset(if half_closed { due.min(HALF_CLOSED_LOOK) } else { due });
             }
         }
     }
+}
+
+/// How long since the socket last received data.
+fn idle_for(fd: BorrowedFd<'_>) -> io::Result<Duration> {
+    Ok(Duration::from_millis(crate::sys::tcp_counts(fd)?.idle_ms.into()))
 }
 
 /// The error a readiness report carries, if any: the socket's pending

@@ -229,6 +229,7 @@ impl Relay {
             let before = early.len();
             match kernel::start(k, &mut client, &mut target, &mut early) {
                 Ok(started) => {
+                    self.live.moved(throttle::Way::Up, before - early.len());
                     let relay = kernel::relay(self, k, client, target, started, stop);
                     return Tunnel::Kernel(Box::pin(relay));
                 }

@@ -88,6 +88,12 @@ impl Core {
         );
         if config.relay == crate::config::RelayMode::Sockmap {
             relay.kernel = kernel_relay(index, events.as_ref(), limits.budgets.connections);
+            if let Some(kernel) = &relay.kernel {
+                match kernel.counters() {
+                    Ok(c) => drop(all_metrics[index].kernel_bytes.set(c)),
+                    Err(e) => tracing::warn!("sockmap: its byte counters cannot be read: {e}"),
+                }
+            }
         }
         Core {
             id,
