@@ -108,6 +108,14 @@ fn check_config(file: &std::path::Path) -> ExitCode {
                 eprintln!("coresocks: {e}");
                 return ExitCode::from(2);
             }
+            // Not an error: the proxy runs, relaying in user space.
+            if c.relay == coresocks::config::RelayMode::Sockmap {
+                if let Err(e) = coresocks::runtime::probe_sockmap() {
+                    eprintln!(
+                        "coresocks: note: relay = \"sockmap\" is not available here ({e}); tunnels would run auto. It needs Linux with CONFIG_BPF_STREAM_PARSER and CAP_BPF + CAP_NET_ADMIN (or root)"
+                    );
+                }
+            }
             println!(
                 "{}: ok ({} listener(s), {} rule(s), {} user(s){})",
                 file.display(),

@@ -94,8 +94,14 @@ fn tunnel(proxy: &Proxy, close: Close, up: usize, down: usize, seed: u64) {
         let got = match close {
             Close::ClientFirst => exchange(s, down_data.clone(), true),
             Close::TargetFirst | Close::Together => exchange(s, down_data.clone(), false),
-            Close::ClientReset => hash_until_eof(&mut s).map_err(|e| e.kind()),
+            // A hello first: once the client has it, the tunnel is up, so
+            // the reset comes mid-transfer, not before the kernel took it.
+            Close::ClientReset => {
+                s.write_all(b"h").unwrap();
+                hash_until_eof(&mut s).map_err(|e| e.kind())
+            }
             Close::TargetReset => {
+                s.write_all(b"h").unwrap();
                 let mut first = [0u8; 1];
                 let _ = s.read_exact(&mut first);
                 let _ = s.write_all(&down_data);
@@ -120,6 +126,7 @@ fn tunnel(proxy: &Proxy, close: Close, up: usize, down: usize, seed: u64) {
         }
         Close::ClientReset => {
             let mut s = s;
+            s.read_exact(&mut [0u8; 1]).unwrap();
             s.write_all(&pattern(200_000 + up, seed)).unwrap();
             socket2::SockRef::from(&s)
                 .set_linger(Some(Duration::ZERO))
@@ -131,6 +138,7 @@ fn tunnel(proxy: &Proxy, close: Close, up: usize, down: usize, seed: u64) {
         }
         Close::TargetReset => {
             let mut s = s;
+            s.read_exact(&mut [0u8; 1]).unwrap();
             s.write_all(b"go").unwrap();
             let err = loop {
                 match hash_until_eof(&mut s) {
@@ -265,4 +273,36 @@ fn idle_tunnels_are_closed_and_counters_move_while_the_kernel_relays() {
     // Then nothing moves: the idle timeout closes it.
     assert!(closed_without_data(&mut s));
     proxy.wait_for_log(&["end=idle-timeout", "engine=sockmap", "up=1048576", "down=1048576"]);
+}
+
+#[test]
+fn without_the_privilege_to_load_bpf_it_says_why_and_relays_in_user_space() {
+    if !crate::common::root::root_or_skip("dropping to an unprivileged user") {
+        return;
+    }
+    // As nobody: no CAP_BPF, so the maps cannot be made.
+    let nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"];
+    let proxy = Proxy::start_in(&nobody, &["--relay", "sockmap", "--cores", "1"]);
+    let warning = proxy.wait_for_log(&["relay: sockmap is not available here"]);
+    assert!(warning.contains("Operation not permitted"), "{warning}");
+    let echo = echo_server("127.0.0.1:0");
+    proxy.assert_serves(&echo);
+    let line = proxy.wait_for_log(&["cmd=connect", "end=closed"]);
+    assert!(!line.contains("engine=sockmap"), "{line}");
+
+    let config = TempPath::new("sockmap.toml");
+    std::fs::write(&config.0, "relay = \"sockmap\"\n").unwrap();
+    let mut perms = std::fs::metadata(&config.0).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&config.0, perms).unwrap();
+    let out = std::process::Command::new(nobody[0])
+        .args(&nobody[1..])
+        .arg(env!("CARGO_BIN_EXE_coresocks"))
+        .args(["check-config", config.arg()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("relay = \"sockmap\" is not available here"), "{stderr}");
+    assert!(stderr.contains("tunnels would run auto"), "{stderr}");
 }

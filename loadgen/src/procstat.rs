@@ -85,6 +85,9 @@ pub struct SystemSample {
     pub at: Instant,
     /// (cpu id, softirq ticks) for each CPU line of /proc/stat.
     pub softirq: Vec<(usize, u64)>,
+    /// Ticks every CPU together spent not idle (user, nice, system, irq,
+    /// softirq, steal; the `cpu` line less idle and iowait).
+    pub busy: u64,
     pub tcp_out_segs: Option<u64>,
     pub tcp_retrans_segs: Option<u64>,
 }
@@ -97,6 +100,7 @@ pub fn sample_system() -> Result<SystemSample, String> {
     Ok(SystemSample {
         at,
         softirq: parse_softirq(&stat),
+        busy: parse_busy(&stat).unwrap_or(0),
         tcp_out_segs: snmp_counter(&snmp, "Tcp:", "OutSegs"),
         tcp_retrans_segs: snmp_counter(&snmp, "Tcp:", "RetransSegs"),
     })
@@ -112,6 +116,20 @@ fn parse_softirq(stat: &str) -> Vec<(usize, u64)> {
             Some((cpu, softirq))
         })
         .collect()
+}
+
+/// The `cpu` line's ticks less idle (4th) and iowait (5th); guest time is
+/// already inside user and nice, so the first eight columns are summed.
+fn parse_busy(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = ticks.iter().sum();
+    Some(total - ticks.get(3)? - ticks.get(4)?)
 }
 
 /// A counter of /proc/net/snmp: a header line and a value line that start
@@ -133,6 +151,12 @@ pub struct SystemCost {
     pub softirq_cpu_s: f64,
     /// The same per CPU: (cpu id, seconds).
     pub softirq_cpu_s_by_cpu: Vec<(usize, f64)>,
+    /// CPU time every CPU together spent not idle: the proxy, loadgen, the
+    /// targets and the kernel's work for all of them (softirqs, kworkers),
+    /// so a relay whose work leaves the proxy's process is still counted.
+    pub busy_cpu_s: f64,
+    /// `busy_cpu_s` per GiB moved (throughput only).
+    pub busy_cpu_s_per_gib: Option<f64>,
     /// TCP segments sent and retransmitted in this network namespace
     /// (every socket, not only loadgen's); null when unreadable.
     pub tcp_segments_out: Option<u64>,
@@ -159,9 +183,19 @@ impl SystemCost {
             seconds: b.at.saturating_duration_since(a.at).as_secs_f64(),
             softirq_cpu_s: by_cpu.iter().map(|x| x.1).sum(),
             softirq_cpu_s_by_cpu: by_cpu,
+            busy_cpu_s: b.busy.saturating_sub(a.busy) as f64 / hz,
+            busy_cpu_s_per_gib: None,
             tcp_segments_out: delta(a.tcp_out_segs, b.tcp_out_segs),
             tcp_retransmits: delta(a.tcp_retrans_segs, b.tcp_retrans_segs),
         }
+    }
+}
+
+impl SystemCost {
+    /// Sets busy_cpu_s_per_gib from the bytes counted in the window.
+    pub fn per_gib(&mut self, bytes: u64) {
+        self.busy_cpu_s_per_gib =
+            (bytes > 0).then(|| self.busy_cpu_s / (bytes as f64 / (1u64 << 30) as f64));
     }
 }
 
@@ -266,6 +300,9 @@ mod tests {
     fn softirq_and_snmp_counters() {
         let stat = "cpu  1 2 3 4 5 6 700 8 9 10\ncpu0 1 2 3 4 5 6 300 8 9 10\ncpu1 1 2 3 4 5 6 400 8 9 10\nintr 5\n";
         assert_eq!(parse_softirq(stat), [(0, 300), (1, 400)]);
+        // user 1, nice 2, system 3, irq 6, softirq 700, steal 8; idle 4
+        // and iowait 5 left out.
+        assert_eq!(parse_busy(stat), Some(720));
         let snmp =
             "Ip: Forwarding X\nIp: 1 2\nTcp: RtoAlgorithm OutSegs RetransSegs\nTcp: 1 5000 12\n";
         assert_eq!(snmp_counter(snmp, "Tcp:", "RetransSegs"), Some(12));

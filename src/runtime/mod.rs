@@ -460,3 +460,9 @@ mod tests {
         assert_eq!(l.budgets.handshakes_per_client, 10);
     }
 }
+
+/// Whether `--relay sockmap` can run here: the maps and program a core
+/// makes, made once and dropped (`check-config`).
+pub fn probe_sockmap() -> std::io::Result<()> {
+    crate::relay::Kernel::probe()
+}

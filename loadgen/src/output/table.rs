@@ -226,6 +226,13 @@ pub fn table(report: &Report) -> String {
             "softirq CPU",
             format!("{:.3} s ({})", s.softirq_cpu_s, by_cpu.join(", ")),
         );
+        let per_gib = s
+            .busy_cpu_s_per_gib
+            .map_or(String::new(), |g| format!(", {g:.3} s/GiB"));
+        row(
+            "CPU, all CPUs",
+            format!("{:.3} s busy{per_gib} (proxy, load, targets and kernel)", s.busy_cpu_s),
+        );
         if let (Some(out), Some(re)) = (s.tcp_segments_out, s.tcp_retransmits) {
             row(
                 "TCP segments",

@@ -252,6 +252,9 @@ impl Report {
         }
         if let Some(s) = &self.system {
             metrics.push(m("softirq CPU s", s.softirq_cpu_s, false));
+            if let Some(per_gib) = s.busy_cpu_s_per_gib {
+                metrics.push(m("all-CPU s/GiB", per_gib, false));
+            }
             if let Some(r) = s.tcp_retransmits {
                 metrics.push(m("TCP retransmits", r as f64, false));
             }

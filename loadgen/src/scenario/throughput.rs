@@ -150,6 +150,9 @@ pub fn run(
     if let Some(p) = report.proxy_process.as_mut() {
         p.per_gib(bytes_up + bytes_down);
     }
+    if let Some(s) = report.system.as_mut() {
+        s.per_gib(bytes_up + bytes_down);
+    }
     Ok(report)
 }
 
