@@ -50,6 +50,9 @@ start_coresocks() { # name relay [extra args]
 start_coresocks coresocks-copy copy
 start_coresocks coresocks-splice splice
 start_coresocks coresocks-auto auto
+# The kernel relay needs root (CAP_BPF): without it that proxy would run
+# auto under sockmap's name, so it is left out.
+if [ "$(id -u)" = 0 ] && [ "${SOCKMAP:-1}" = 1 ]; then start_coresocks coresocks-sockmap sockmap; fi
 # Before/after in one run: each VARIANTS entry "NAME:ARGS" (separated by
 # ";") adds coresocks-NAME, relay auto, with those extra flags; BASELINE
 # (the path of another coresocks binary, e.g. an older build) adds
@@ -110,10 +113,10 @@ for s in "${scenarios[@]}"; do
   if [ "$s" = udp ]; then
     paths=(); pflags=()
     for ((i = 0; i < ${#proxies[@]}; i += 2)); do
-      case ${proxies[i+1]} in microsocks=* | coresocks-splice=* | coresocks-auto=*) ;; *) paths+=("${proxies[i]}" "${proxies[i+1]}") ;; esac
+      case ${proxies[i+1]} in microsocks=* | coresocks-splice=* | coresocks-auto=* | coresocks-sockmap=*) ;; *) paths+=("${proxies[i]}" "${proxies[i+1]}") ;; esac
     done
     for ((i = 0; i < ${#pid_flags[@]}; i += 2)); do
-      case ${pid_flags[i+1]} in microsocks=* | coresocks-splice=* | coresocks-auto=*) ;; *) pflags+=("${pid_flags[i]}" "${pid_flags[i+1]}") ;; esac
+      case ${pid_flags[i+1]} in microsocks=* | coresocks-splice=* | coresocks-auto=* | coresocks-sockmap=*) ;; *) pflags+=("${pid_flags[i]}" "${pid_flags[i+1]}") ;; esac
     done
   fi
   taskset -c "$LOAD_CPU" "$bin/loadgen" compare --direct "${paths[@]}" "${pflags[@]}" \

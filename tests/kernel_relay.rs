@@ -118,11 +118,19 @@ fn tunnel(proxy: &Proxy, close: Close, up: usize, down: usize, seed: u64) {
     match close {
         Close::ClientFirst | Close::Together => {
             let got = exchange(s, up_data.clone(), false);
-            assert_eq!(got, Ok((down as u64, sha256(&pattern(down, seed ^ 0xd0)))), "{close:?} {up}/{down}: client's bytes");
+            assert_eq!(
+                got,
+                Ok((down as u64, sha256(&pattern(down, seed ^ 0xd0)))),
+                "{close:?} {up}/{down}: client's bytes"
+            );
         }
         Close::TargetFirst => {
             let got = exchange(s, up_data.clone(), true);
-            assert_eq!(got, Ok((down as u64, sha256(&pattern(down, seed ^ 0xd0)))), "{close:?} {up}/{down}: client's bytes");
+            assert_eq!(
+                got,
+                Ok((down as u64, sha256(&pattern(down, seed ^ 0xd0)))),
+                "{close:?} {up}/{down}: client's bytes"
+            );
         }
         Close::ClientReset => {
             let mut s = s;
@@ -133,7 +141,11 @@ fn tunnel(proxy: &Proxy, close: Close, up: usize, down: usize, seed: u64) {
                 .unwrap();
             drop(s);
             let got = from_target.recv_timeout(IO_TIMEOUT).unwrap();
-            assert_eq!(got.map(|_| ()), Err(ErrorKind::ConnectionReset), "{close:?}: target sees the reset");
+            assert_eq!(
+                got.map(|_| ()),
+                Err(ErrorKind::ConnectionReset),
+                "{close:?}: target sees the reset"
+            );
             return;
         }
         Close::TargetReset => {
@@ -147,12 +159,20 @@ fn tunnel(proxy: &Proxy, close: Close, up: usize, down: usize, seed: u64) {
                     Err(e) => break e,
                 }
             };
-            assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{close:?}: client sees the reset");
+            assert_eq!(
+                err.kind(),
+                ErrorKind::ConnectionReset,
+                "{close:?}: client sees the reset"
+            );
             return;
         }
     }
     let at_target = from_target.recv_timeout(IO_TIMEOUT).unwrap();
-    assert_eq!(at_target, Ok((up as u64, sha256(&up_data))), "{close:?} {up}/{down}: target's bytes");
+    assert_eq!(
+        at_target,
+        Ok((up as u64, sha256(&up_data))),
+        "{close:?} {up}/{down}: target's bytes"
+    );
 }
 
 #[test]
@@ -190,8 +210,15 @@ fn random_sizes_both_ways_arrive_whole_under_every_close_order() {
     let lines = access_lines(&proxy);
     assert_eq!(lines.len(), 18, "{lines:#?}");
     assert!(lines.iter().all(|l| l.contains("end=closed")), "{lines:#?}");
-    let in_kernel = lines.iter().filter(|l| l.contains("engine=sockmap")).count();
-    let declined = proxy.log().iter().filter(|l| l.contains("relaying this tunnel in user space")).count();
+    let in_kernel = lines
+        .iter()
+        .filter(|l| l.contains("engine=sockmap"))
+        .count();
+    let declined = proxy
+        .log()
+        .iter()
+        .filter(|l| l.contains("relaying this tunnel in user space"))
+        .count();
     assert_eq!(in_kernel + declined, 18, "{lines:#?}");
     assert!(in_kernel >= 9, "most tunnels are the kernel's: {lines:#?}");
 }
@@ -243,7 +270,10 @@ fn tunnels_with_bandwidth_limits_or_early_data_that_waits_fall_back_to_user_spac
     let echo = echo_server("127.0.0.1:0");
     proxy.assert_serves(&echo);
     let line = proxy.wait_for_log(&["cmd=connect", "end=closed"]);
-    assert!(line.contains("engine=copy"), "a metered tunnel is copied: {line}");
+    assert!(
+        line.contains("engine=copy"),
+        "a metered tunnel is copied: {line}"
+    );
 }
 
 #[test]
@@ -252,7 +282,13 @@ fn idle_tunnels_are_closed_and_counters_move_while_the_kernel_relays() {
         return;
     };
     let line = proxy.wait_for_log(&["metrics on http://"]);
-    let metrics = line.split("http://").nth(1).unwrap().split('/').next().unwrap();
+    let metrics = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
     let echo = echo_server("127.0.0.1:0");
     let mut s = proxy.connect(&echo.target()).unwrap();
     let chunk = vec![5u8; 1 << 20];
@@ -267,12 +303,20 @@ fn idle_tunnels_are_closed_and_counters_move_while_the_kernel_relays() {
         if up >= 1 << 20 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "counters did not move: {body}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "counters did not move: {body}"
+        );
         thread::sleep(Duration::from_millis(100));
     }
     // Then nothing moves: the idle timeout closes it.
     assert!(closed_without_data(&mut s));
-    proxy.wait_for_log(&["end=idle-timeout", "engine=sockmap", "up=1048576", "down=1048576"]);
+    proxy.wait_for_log(&[
+        "end=idle-timeout",
+        "engine=sockmap",
+        "up=1048576",
+        "down=1048576",
+    ]);
 }
 
 #[test]
@@ -281,7 +325,14 @@ fn without_the_privilege_to_load_bpf_it_says_why_and_relays_in_user_space() {
         return;
     }
     // As nobody: no CAP_BPF, so the maps cannot be made.
-    let nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"];
+    let nobody = [
+        "setpriv",
+        "--reuid",
+        "65534",
+        "--regid",
+        "65534",
+        "--clear-groups",
+    ];
     let proxy = Proxy::start_in(&nobody, &["--relay", "sockmap", "--cores", "1"]);
     let warning = proxy.wait_for_log(&["relay: sockmap is not available here"]);
     assert!(warning.contains("Operation not permitted"), "{warning}");
@@ -303,6 +354,51 @@ fn without_the_privilege_to_load_bpf_it_says_why_and_relays_in_user_space() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("relay = \"sockmap\" is not available here"), "{stderr}");
+    assert!(
+        stderr.contains("relay = \"sockmap\" is not available here"),
+        "{stderr}"
+    );
     assert!(stderr.contains("tunnels would run auto"), "{stderr}");
+}
+
+#[test]
+fn bind_tunnels_are_relayed_by_the_kernel_after_the_second_reply() {
+    use coresocks::proto::{Command, TargetAddr};
+    let Some(proxy) = sockmap_proxy(&[]) else {
+        return;
+    };
+    let mut control = proxy.raw();
+    let bound = coresocks::client::handshake_blocking(
+        &mut control,
+        Command::Bind,
+        &TargetAddr::Ip("127.0.0.1:0".parse().unwrap()),
+        None,
+    )
+    .unwrap();
+    let TargetAddr::Ip(listen) = bound else {
+        panic!("{bound:?}")
+    };
+    let mut peer = TcpStream::connect(listen).unwrap();
+    peer.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let mut s = futures_lite::io::AssertAsync::new(&mut control);
+    futures_lite::future::block_on(coresocks::client::read_reply(&mut s)).unwrap();
+    let up = pattern(3 << 20, 11);
+    let down = pattern(1 << 20, 12);
+    let from_client = {
+        let (control, up) = (control.try_clone().unwrap(), up.clone());
+        thread::spawn(move || exchange(control, up, false))
+    };
+    let at_peer = exchange(peer, down.clone(), true);
+    assert_eq!(at_peer, Ok((up.len() as u64, sha256(&up))));
+    assert_eq!(
+        from_client.join().unwrap(),
+        Ok((down.len() as u64, sha256(&down)))
+    );
+    proxy.wait_for_log(&[
+        "cmd=bind",
+        "engine=sockmap",
+        "end=closed",
+        "up=3145728",
+        "down=1048576",
+    ]);
 }

@@ -26,6 +26,10 @@
 #   --wan-cpu CPUS  CPU of the forwarder (default 2 with 3 or more CPUs, else 0)
 #   --wan-rt PRIO   run it SCHED_FIFO at PRIO (default 0: normal scheduling)
 #   --no-direct     no direct client<->target path (then `--direct` baselines fail)
+#   --rps CPUS      steer the proxy's received packets (RPS on both of its
+#                   veths' rx queues) to these CPUs, e.g. 1: its softirq work
+#                   (and a sockmap redirect) then runs there, not on the
+#                   sender's CPU as a veth delivers by default
 #
 # RUN OPTIONS (run does `up` first unless a lab with the same UP OPTIONS is
 # up; a lab it brought up it takes down again unless --keep)
@@ -166,7 +170,7 @@ teardown() {
 
 # --- up -------------------------------------------------------------------
 
-Q=4 RATE='' BURST=256kb DELAY=0 LOSS=0 SEED=1 LIMIT=20000 WAN=0 DIRECT=1 GSO_MAX='' WAN_RT=0
+Q=4 RATE='' BURST=256kb DELAY=0 LOSS=0 SEED=1 LIMIT=20000 WAN=0 DIRECT=1 GSO_MAX='' WAN_RT=0 RPS=''
 # The forwarder gets a CPU of its own where there is one beside the
 # proxy's (1) and loadgen's (0).
 WAN_CPU=0
@@ -176,7 +180,7 @@ UP_SHIFT=0
 parse_up_opt() { # one up option at $1 (value at $2): sets its global and UP_SHIFT (0: not one)
   UP_SHIFT=2
   case "$1" in
-  --queues | --rate | --burst | --delay | --loss | --seed | --limit | --wan-cpu | --wan-rt | --gso-max)
+  --queues | --rate | --burst | --delay | --loss | --seed | --limit | --wan-cpu | --wan-rt | --gso-max | --rps)
     [ $# -ge 2 ] || die "$1 needs a value" ;;
   esac
   case "$1" in
@@ -189,6 +193,7 @@ parse_up_opt() { # one up option at $1 (value at $2): sets its global and UP_SHI
   --limit) LIMIT=$2 ;;
   --wan-cpu) WAN_CPU=$2 ;;
   --gso-max) GSO_MAX=$2 ;;
+  --rps) RPS=$2 ;;
   --wan-rt) WAN_RT=$2 ;;
   --wan) WAN=1; UP_SHIFT=1 ;;
   --no-direct) DIRECT=0; UP_SHIFT=1 ;;
@@ -205,11 +210,20 @@ validate_up() {
   [[ -z $GSO_MAX || $GSO_MAX =~ ^[0-9]+$ ]] || die "--gso-max $GSO_MAX: want bytes, e.g. 1500"
   { [[ $WAN_RT =~ ^[0-9]+$ ]] && [ "$WAN_RT" -le 99 ]; } || die "--wan-rt $WAN_RT: want 0 (off) to 99"
   [[ -z $RATE || $RATE =~ ^[0-9.]+[a-zA-Z]*$ ]] || die "--rate $RATE: want e.g. 1gbit"
+  [[ -z $RPS || $RPS =~ ^[0-9]+(,[0-9]+)*$ ]] || die "--rps $RPS: want CPU ids, e.g. 1 or 1,3"
   if ! is_zero "$DELAY" || ! is_zero "$LOSS"; then WAN=1; fi
   if [ "$WAN" = 1 ] && ! command -v python3 >/dev/null; then die "the forwarder needs python3"; fi
   return 0
 }
-config_line() { echo "queues=$Q rate=${RATE:-none} burst=$BURST delay=$DELAY loss=$LOSS seed=$SEED limit=$LIMIT wan=$WAN wan_cpu=$WAN_CPU wan_rt=$WAN_RT direct=$DIRECT gso_max=${GSO_MAX:-default}"; }
+config_line() { echo "queues=$Q rate=${RATE:-none} burst=$BURST delay=$DELAY loss=$LOSS seed=$SEED limit=$LIMIT wan=$WAN wan_cpu=$WAN_CPU wan_rt=$WAN_RT direct=$DIRECT gso_max=${GSO_MAX:-default} rps=${RPS:-off}"; }
+
+rps_steer() { # ns dev: every rx queue's rps_cpus to the --rps CPUs
+  local mask=0 cpu q
+  for cpu in ${RPS//,/ }; do mask=$((mask | (1 << cpu))); done
+  for q in $(nsx "$1" sh -c "ls -d /sys/class/net/$2/queues/rx-*"); do
+    nsx "$1" sh -c "printf %x $mask > $q/rps_cpus"
+  done
+}
 
 veth() { # ns_a name_a ns_b name_b
   ip -n "$1" link add "$2" numtxqueues "$Q" numrxqueues "$Q" type veth \
@@ -327,6 +341,10 @@ build() {
     fi
   fi
   fail_point tbf
+  if [ -n "$RPS" ]; then
+    rps_steer "$NS_P" p-client
+    rps_steer "$NS_P" p-target
+  fi
 
   if [ "$WAN" = 1 ]; then
     local pairs=(--pair w-proxy:w-target)

@@ -160,7 +160,7 @@ fn verdict_program(
     sockets: BorrowedFd<'_>,
 ) -> Vec<Insn> {
     let mut p = vec![
-        load_u32(R0, R1, 0), // __sk_buff.len
+        load_u32(R0, R1, 0),  // __sk_buff.len
         jump_if_zero(R0, 31), // to SK_DROP
         mov64_reg(R6, R1),
         call(FUNC_GET_SOCKET_COOKIE),
@@ -466,16 +466,36 @@ impl SockMap {
     /// or the process may not load BPF programs (CAP_BPF and CAP_NET_ADMIN).
     pub fn new(tunnels: u32) -> io::Result<SockMap> {
         let sockets_max = tunnels.saturating_mul(2).max(2);
-        let what = |step: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{step}: {e}"));
+        let what = |step: &'static str| {
+            move |e: io::Error| io::Error::new(e.kind(), format!("{step}: {e}"))
+        };
         let peer_size = std::mem::size_of::<Peer>() as u32;
-        let peers = create_map(BPF_MAP_TYPE_HASH, (8, peer_size), sockets_max, BPF_F_NO_PREALLOC, "coresocks_peer")
-            .map_err(what("creating the peers map"))?;
+        let peers = create_map(
+            BPF_MAP_TYPE_HASH,
+            (8, peer_size),
+            sockets_max,
+            BPF_F_NO_PREALLOC,
+            "coresocks_peer",
+        )
+        .map_err(what("creating the peers map"))?;
         let counters = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, (4, 8), 2, 0, "coresocks_byte")
             .map_err(what("creating the byte counters"))?;
-        let sockets = create_map(BPF_MAP_TYPE_SOCKHASH, (8, 8), sockets_max, 0, "coresocks_sock")
-            .map_err(what("creating a SOCKHASH"))?;
-        let verdict = create_map(BPF_MAP_TYPE_SOCKHASH, (8, 8), sockets_max, 0, "coresocks_verd")
-            .map_err(what("creating a SOCKHASH"))?;
+        let sockets = create_map(
+            BPF_MAP_TYPE_SOCKHASH,
+            (8, 8),
+            sockets_max,
+            0,
+            "coresocks_sock",
+        )
+        .map_err(what("creating a SOCKHASH"))?;
+        let verdict = create_map(
+            BPF_MAP_TYPE_SOCKHASH,
+            (8, 8),
+            sockets_max,
+            0,
+            "coresocks_verd",
+        )
+        .map_err(what("creating a SOCKHASH"))?;
         let program = verdict_program(peers.as_fd(), counters.as_fd(), sockets.as_fd());
         let program = load_program(&program).map_err(what("loading the sk_skb verdict program"))?;
         attach_verdict(verdict.as_fd(), program.as_fd())
@@ -512,8 +532,16 @@ impl SockMap {
                 cookie,
                 way: way as u64,
             };
-            update(self.peers.as_fd(), cookies[0], &peer(cookies[1], Way::FirstToSecond))?;
-            update(self.peers.as_fd(), cookies[1], &peer(cookies[0], Way::SecondToFirst))?;
+            update(
+                self.peers.as_fd(),
+                cookies[0],
+                &peer(cookies[1], Way::FirstToSecond),
+            )?;
+            update(
+                self.peers.as_fd(),
+                cookies[1],
+                &peer(cookies[0], Way::SecondToFirst),
+            )?;
             for map in [&self.sockets, &self.verdict] {
                 update(map.as_fd(), cookies[0], &(a.as_raw_fd() as u64))?;
                 update(map.as_fd(), cookies[1], &(b.as_raw_fd() as u64))?;

@@ -165,7 +165,11 @@ impl Direction {
             state: State::Open,
             consumed: started.consumed[i],
             written: started.written[o],
-            early: if from == Side::Client { started.early } else { 0 },
+            early: if from == Side::Client {
+                started.early
+            } else {
+                0
+            },
         }
     }
 
@@ -239,8 +243,18 @@ pub(super) async fn relay(
         map: &kernel.map,
         joined: started.joined,
     };
-    let end = until_end(relay, &kernel.ring, &client, &target, &mut up, &mut down, stop).await;
-    let (client_to_target, target_to_client) = (up.moved(client.as_fd()), down.moved(target.as_fd()));
+    let end = until_end(
+        relay,
+        &kernel.ring,
+        &client,
+        &target,
+        &mut up,
+        &mut down,
+        stop,
+    )
+    .await;
+    let (client_to_target, target_to_client) =
+        (up.moved(client.as_fd()), down.moved(target.as_fd()));
     drop(parted);
     super::close_after(&end, &client, &target);
     RelayReport {
@@ -367,7 +381,11 @@ async fn until_end(
                 }
                 let due = idle_timeout - idle;
                 let half_closed = up.state != State::Open || down.state != State::Open;
-                tick.reset(if half_closed { due.min(HALF_CLOSED_LOOK) } else { due });
+                tick.reset(if half_closed {
+                    due.min(HALF_CLOSED_LOOK)
+                } else {
+                    due
+                });
             }
         }
     }
@@ -375,7 +393,9 @@ async fn until_end(
 
 /// How long since the socket last received data.
 fn idle_for(fd: BorrowedFd<'_>) -> io::Result<Duration> {
-    Ok(Duration::from_millis(crate::sys::tcp_counts(fd)?.idle_ms.into()))
+    Ok(Duration::from_millis(
+        crate::sys::tcp_counts(fd)?.idle_ms.into(),
+    ))
 }
 
 /// The error a readiness report carries, if any: the socket's pending

@@ -231,7 +231,10 @@ pub fn table(report: &Report) -> String {
             .map_or(String::new(), |g| format!(", {g:.3} s/GiB"));
         row(
             "CPU, all CPUs",
-            format!("{:.3} s busy{per_gib} (proxy, load, targets and kernel)", s.busy_cpu_s),
+            format!(
+                "{:.3} s busy{per_gib} (proxy, load, targets and kernel)",
+                s.busy_cpu_s
+            ),
         );
         if let (Some(out), Some(re)) = (s.tcp_segments_out, s.tcp_retransmits) {
             row(
