@@ -378,7 +378,7 @@ fn bind_tunnels_are_relayed_by_the_kernel_after_the_second_reply() {
     let TargetAddr::Ip(listen) = bound else {
         panic!("{bound:?}")
     };
-    let mut peer = TcpStream::connect(listen).unwrap();
+    let peer = TcpStream::connect(listen).unwrap();
     peer.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
     let mut s = futures_lite::io::AssertAsync::new(&mut control);
     futures_lite::future::block_on(coresocks::client::read_reply(&mut s)).unwrap();

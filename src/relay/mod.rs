@@ -270,6 +270,7 @@ impl Relay {
 
 /// One tunnel, as [`Relay::run`] makes it; ready with its report once it
 /// has ended.
+#[allow(clippy::large_enum_variant)] // in place in the task: a box would cost an allocation per tunnel
 pub enum Tunnel<'a> {
     /// Relayed by the core (copy, splice, sealed). A named future rather
     /// than an async fn: an idle tunnel is this struct and nothing else

@@ -404,23 +404,6 @@ pub fn describe(addrs: &[SocketAddr]) -> String {
         .join(", ")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rate_limited_log_says_one_line_per_interval_with_the_count() {
-        let mut log = RateLimitedLog::new(Duration::from_millis(200));
-        assert_eq!(log.hit(), Some(0), "the first is logged");
-        for _ in 0..5 {
-            assert_eq!(log.hit(), None);
-        }
-        std::thread::sleep(Duration::from_millis(210));
-        assert_eq!(log.hit(), Some(5), "then one line counting the rest");
-        assert_eq!(log.hit(), None);
-    }
-}
-
 /// `--relay sockmap`: this core's maps, or `None` (its tunnels run `auto`)
 /// with the reason logged once, by the first core.
 fn kernel_relay(
@@ -451,5 +434,22 @@ fn kernel_relay(
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_log_says_one_line_per_interval_with_the_count() {
+        let mut log = RateLimitedLog::new(Duration::from_millis(200));
+        assert_eq!(log.hit(), Some(0), "the first is logged");
+        for _ in 0..5 {
+            assert_eq!(log.hit(), None);
+        }
+        std::thread::sleep(Duration::from_millis(210));
+        assert_eq!(log.hit(), Some(5), "then one line counting the rest");
+        assert_eq!(log.hit(), None);
     }
 }

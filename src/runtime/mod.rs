@@ -389,6 +389,12 @@ fn install_signal_thread(
     Ok(())
 }
 
+/// Whether `--relay sockmap` can run here: the maps and program a core
+/// makes, made once and dropped (`check-config`).
+pub fn probe_sockmap() -> std::io::Result<()> {
+    crate::relay::Kernel::probe()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,10 +465,4 @@ mod tests {
         assert_eq!(l.budgets.handshakes, 10);
         assert_eq!(l.budgets.handshakes_per_client, 10);
     }
-}
-
-/// Whether `--relay sockmap` can run here: the maps and program a core
-/// makes, made once and dropped (`check-config`).
-pub fn probe_sockmap() -> std::io::Result<()> {
-    crate::relay::Kernel::probe()
 }
