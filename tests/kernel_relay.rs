@@ -18,7 +18,11 @@ use crate::common::*;
 fn sockmap_proxy(args: &[&str]) -> Option<Proxy> {
     let mut all = vec!["--relay", "sockmap", "--cores", "1"];
     all.extend_from_slice(args);
-    let proxy = Proxy::start(&all);
+    sockmap_available(Proxy::start(&all))
+}
+
+/// `proxy`, if it says the kernel relays its tunnels.
+fn sockmap_available(proxy: Proxy) -> Option<Proxy> {
     let line = proxy.wait_for_log(&["relay: sockmap"]);
     if line.contains("not available") {
         crate::common::root::skip(&format!("no sockmap here: {line}"));
@@ -116,16 +120,8 @@ fn tunnel(proxy: &Proxy, close: Close, up: usize, down: usize, seed: u64) {
     let s = proxy.connect(&server.target()).unwrap();
     let up_data = pattern(up, seed ^ 0x0f);
     match close {
-        Close::ClientFirst | Close::Together => {
-            let got = exchange(s, up_data.clone(), false);
-            assert_eq!(
-                got,
-                Ok((down as u64, sha256(&pattern(down, seed ^ 0xd0)))),
-                "{close:?} {up}/{down}: client's bytes"
-            );
-        }
-        Close::TargetFirst => {
-            let got = exchange(s, up_data.clone(), true);
+        Close::ClientFirst | Close::Together | Close::TargetFirst => {
+            let got = exchange(s, up_data.clone(), close == Close::TargetFirst);
             assert_eq!(
                 got,
                 Ok((down as u64, sha256(&pattern(down, seed ^ 0xd0)))),
@@ -278,17 +274,12 @@ fn tunnels_with_bandwidth_limits_or_early_data_that_waits_fall_back_to_user_spac
 
 #[test]
 fn idle_tunnels_are_closed_and_counters_move_while_the_kernel_relays() {
-    let Some(proxy) = sockmap_proxy(&["--idle-timeout", "2s", "--metrics", "127.0.0.1:0"]) else {
+    let (proxy, metrics) =
+        Proxy::start_with_metrics(&["--relay", "sockmap", "--cores", "1", "--idle-timeout", "2s"]);
+    let Some(proxy) = sockmap_available(proxy) else {
         return;
     };
-    let line = proxy.wait_for_log(&["metrics on http://"]);
-    let metrics = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap();
+    let metrics = metrics.as_str();
     let echo = echo_server("127.0.0.1:0");
     let mut s = proxy.connect(&echo.target()).unwrap();
     let chunk = vec![5u8; 1 << 20];

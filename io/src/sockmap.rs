@@ -480,22 +480,12 @@ impl SockMap {
         .map_err(what("creating the peers map"))?;
         let counters = create_map(BPF_MAP_TYPE_PERCPU_ARRAY, (4, 8), 2, 0, "coresocks_byte")
             .map_err(what("creating the byte counters"))?;
-        let sockets = create_map(
-            BPF_MAP_TYPE_SOCKHASH,
-            (8, 8),
-            sockets_max,
-            0,
-            "coresocks_sock",
-        )
-        .map_err(what("creating a SOCKHASH"))?;
-        let verdict = create_map(
-            BPF_MAP_TYPE_SOCKHASH,
-            (8, 8),
-            sockets_max,
-            0,
-            "coresocks_verd",
-        )
-        .map_err(what("creating a SOCKHASH"))?;
+        let sockhash = |name| {
+            create_map(BPF_MAP_TYPE_SOCKHASH, (8, 8), sockets_max, 0, name)
+                .map_err(what("creating a SOCKHASH"))
+        };
+        let sockets = sockhash("coresocks_sock")?;
+        let verdict = sockhash("coresocks_verd")?;
         let program = verdict_program(peers.as_fd(), counters.as_fd(), sockets.as_fd());
         let program = load_program(&program).map_err(what("loading the sk_skb verdict program"))?;
         attach_verdict(verdict.as_fd(), program.as_fd())
