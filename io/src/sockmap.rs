@@ -277,32 +277,45 @@ struct Elem {
     flags: u64,
 }
 
+/// One element command (BPF_MAP_UPDATE_ELEM, _DELETE_ELEM,
+/// _LOOKUP_ELEM) on `map`.
+///
+/// # Safety
+/// `key` must point at a live key of the map's key size, and `value` be 0
+/// (delete) or point at live memory of what `cmd` reads or writes there
+/// (the value size; for a per-CPU lookup, that size times the possible
+/// CPUs), for the whole call.
+unsafe fn elem(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    key: u64,
+    value: u64,
+    flags: u64,
+) -> io::Result<()> {
+    let mut attr = Elem {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key,
+        value,
+        flags,
+    };
+    // SAFETY: Elem is the element commands' layout; the caller vouches for
+    // the pointers.
+    unsafe { bpf(cmd, &mut attr) }.map(drop)
+}
+
 /// Adds `key -> value` to a map whose key is 8 bytes and whose value is
 /// `V`'s size (the maps this module makes).
 fn update<V: Copy>(map: BorrowedFd<'_>, key: u64, value: &V) -> io::Result<()> {
-    let mut attr = Elem {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: &key as *const u64 as u64,
-        value: value as *const V as u64,
-        flags: BPF_NOEXIST,
-    };
-    // SAFETY: Elem is BPF_MAP_UPDATE_ELEM's layout; key and value point at
-    // live values of the map's key and value sizes for the whole call.
-    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
+    let (key, value) = (&key as *const u64 as u64, value as *const V as u64);
+    // SAFETY: key and value point at live values of the map's key and
+    // value sizes for the whole call.
+    unsafe { elem(BPF_MAP_UPDATE_ELEM, map, key, value, BPF_NOEXIST) }
 }
 
 fn delete(map: BorrowedFd<'_>, key: u64) -> io::Result<()> {
-    let mut attr = Elem {
-        map_fd: map.as_raw_fd() as u32,
-        _pad: 0,
-        key: &key as *const u64 as u64,
-        value: 0,
-        flags: 0,
-    };
-    // SAFETY: Elem is BPF_MAP_DELETE_ELEM's layout; key points at an
-    // 8-byte local that outlives the call.
-    unsafe { bpf(BPF_MAP_DELETE_ELEM, &mut attr) }.map(drop)
+    // SAFETY: key points at an 8-byte local that outlives the call.
+    unsafe { elem(BPF_MAP_DELETE_ELEM, map, &key as *const u64 as u64, 0, 0) }
 }
 
 #[repr(C)]
@@ -426,17 +439,11 @@ impl Counters {
     pub fn read(&self, way: Way) -> io::Result<u64> {
         let key = way as u32;
         let mut values = vec![0u64; self.cpus];
-        let mut attr = Elem {
-            map_fd: self.map.as_raw_fd() as u32,
-            _pad: 0,
-            key: &key as *const u32 as u64,
-            value: values.as_mut_ptr() as u64,
-            flags: 0,
-        };
-        // SAFETY: Elem is BPF_MAP_LOOKUP_ELEM's layout; key points at a
-        // 4-byte local (the array's key size) and value at 8 bytes for
-        // each possible CPU, which is what a per-CPU lookup writes.
-        unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) }?;
+        let (key, value) = (&key as *const u32 as u64, values.as_mut_ptr() as u64);
+        // SAFETY: key points at a 4-byte local (the array's key size) and
+        // value at 8 bytes for each possible CPU, which is what a per-CPU
+        // lookup writes.
+        unsafe { elem(BPF_MAP_LOOKUP_ELEM, self.map.as_fd(), key, value, 0) }?;
         Ok(values.iter().sum())
     }
 }
