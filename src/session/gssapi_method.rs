@@ -3,27 +3,28 @@
 //! protection-level sub-negotiation; and, once a level that wraps is
 //! agreed, the encapsulated request and replies.
 
-use crate::events::Stream;
 use libgssapi::context::SecurityContext;
 
-use super::reader::MessageReader;
-use super::{send, SessionError};
+use super::handshake::{Auth, Authenticated, Greeted};
+use super::SessionError;
 use crate::gss_binding::{self as gssapi, Acceptor, Protection, ProtectionLevel};
 use crate::proto::{Codec, Decoded, GssMessage, GssMessageType, Request};
 
-/// Runs the method: returns the client's principal, the level agreed, and
-/// the protection to apply unless that level is `clear`. Any failure sends the abort
-/// message (MTYP 0xFF) before the error returns.
+/// Runs the method: the client is authenticated as its principal, at the
+/// level agreed, with the protection to apply unless that level is
+/// `clear`. Any failure sends the abort message (MTYP 0xFF) before the
+/// error returns.
 pub(super) async fn authenticate(
     acceptor: &Acceptor,
-    client: &mut Stream,
-    reader: &mut MessageReader,
-) -> Result<(String, ProtectionLevel, Option<Protection>), SessionError> {
-    match run(acceptor, client, reader).await {
-        Ok(done) => Ok(done),
+    mut greeted: Greeted,
+) -> Result<Authenticated, SessionError> {
+    match run(acceptor, &mut greeted).await {
+        Ok((principal, level, protection)) => {
+            Ok(greeted.authenticated(Some(principal), Auth::Gssapi(level), protection))
+        }
         Err(e) => {
             if !matches!(e, SessionError::ClientIo(_) | SessionError::ClientClosed) {
-                let _ = send(client, &GssMessage::ABORT.to_bytes()).await;
+                let _ = greeted.send(&GssMessage::ABORT).await;
             }
             Err(e)
         }
@@ -35,12 +36,12 @@ fn failed(what: &str, e: impl std::fmt::Display) -> SessionError {
 }
 
 /// The next message, which must be of `kind`.
-async fn expect(
-    kind: GssMessageType,
-    client: &mut Stream,
-    reader: &mut MessageReader,
-) -> Result<Vec<u8>, SessionError> {
-    let m = reader.next::<GssMessage>(client).await?;
+async fn expect(kind: GssMessageType, greeted: &mut Greeted) -> Result<Vec<u8>, SessionError> {
+    token_of(kind, greeted.read::<GssMessage>().await?)
+}
+
+/// The token of `m`, which must be of `kind`.
+fn token_of(kind: GssMessageType, m: GssMessage) -> Result<Vec<u8>, SessionError> {
     match m.kind {
         k if k == kind => Ok(m.token),
         GssMessageType::Abort => Err(SessionError::GssapiFailed("the client aborted".into())),
@@ -57,13 +58,12 @@ async fn expect(
 
 async fn run(
     acceptor: &Acceptor,
-    client: &mut Stream,
-    reader: &mut MessageReader,
+    greeted: &mut Greeted,
 ) -> Result<(String, ProtectionLevel, Option<Protection>), SessionError> {
     let mut ctx = acceptor.context();
     // Section 3: tokens go back and forth until the context is complete.
     loop {
-        let token = expect(GssMessageType::Context, client, reader).await?;
+        let token = expect(GssMessageType::Context, greeted).await?;
         // Reading the keytab and the replay cache is file I/O: off the core.
         let (back, stepped) = crate::events::blocking(move || {
             let r = ctx.step(&token).map(|t| t.map(|t| t.to_vec()));
@@ -75,7 +75,7 @@ async fn run(
         let reply = stepped.map_err(|e| failed("security context refused", e))?;
         if let Some(token) = reply {
             let m = GssMessage::new(GssMessageType::Context, token);
-            send(client, &m.to_bytes()).await?;
+            greeted.send(&m).await?;
         }
         if ctx.is_complete() {
             break;
@@ -84,7 +84,7 @@ async fn run(
     let principal = gssapi::peer_name(&mut ctx).map_err(|e| failed("client name", e))?;
     // Section 4: the client asks for a level, the server answers with the
     // one it agrees to, in the encoding the client used.
-    let token = expect(GssMessageType::Protection, client, reader).await?;
+    let token = expect(GssMessageType::Protection, greeted).await?;
     let (asked, encoding) =
         gssapi::decode_level(&mut ctx, &token).map_err(|e| failed("protection level", e))?;
     let agreed = acceptor.agree(asked);
@@ -98,11 +98,9 @@ async fn run(
     }
     let token = gssapi::encode_level(&mut ctx, agreed, encoding)
         .map_err(|e| failed("protection level", e))?;
-    send(
-        client,
-        &GssMessage::new(GssMessageType::Protection, token).to_bytes(),
-    )
-    .await?;
+    greeted
+        .send(&GssMessage::new(GssMessageType::Protection, token))
+        .await?;
     let protection = match agreed {
         ProtectionLevel::Clear => None,
         level => Some(Protection::new(Box::new(ctx), level)),
@@ -110,14 +108,13 @@ async fn run(
     Ok((principal, agreed, protection))
 }
 
-/// Reads the request from one encapsulated message. Plaintext past the
-/// request is early data for the target.
-pub(super) async fn read_request(
+/// The request from one encapsulated message. Plaintext past the request
+/// is early data for the target.
+pub(super) fn open_request(
     protection: &mut Protection,
-    client: &mut Stream,
-    reader: &mut MessageReader,
+    m: GssMessage,
 ) -> Result<(Request, Vec<u8>), SessionError> {
-    let token = expect(GssMessageType::Encapsulated, client, reader).await?;
+    let token = token_of(GssMessageType::Encapsulated, m)?;
     let plain = protection
         .open(&token)
         .map_err(|e| failed("encapsulated request refused", e))?;

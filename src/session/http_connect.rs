@@ -8,9 +8,8 @@
 
 use std::net::IpAddr;
 
-use crate::events::Stream;
-
-use super::{password, send, Auth, Authenticated, Dialect, MessageReader, Requested, SessionError};
+use super::handshake::{Auth, Connected, Dialect, Requested};
+use super::{password, SessionError};
 use crate::config::Config;
 use crate::proto::{encode_response, Command, ConnectRequest, HttpStatus, HttpVersion, Request};
 use crate::resolve::ResolveError;
@@ -25,14 +24,15 @@ pub(super) async fn handshake(
     core: &Core,
     config: &Config,
     client_ip: IpAddr,
-    client: &mut Stream,
-    reader: &mut MessageReader,
+    connected: Connected,
 ) -> Result<(Requested, Request), SessionError> {
-    let request = match reader.next::<ConnectRequest>(client).await {
+    let (asked, request) = connected.ask::<ConnectRequest>().await;
+    let request = match request {
         Ok(r) => r,
         Err(SessionError::Proto(e)) => {
             let status = e.http_status().unwrap_or(HttpStatus::BadRequest);
-            respond(client, status, HttpVersion::Http11, &e.to_string()).await?;
+            let answer = response(status, HttpVersion::Http11, &e.to_string());
+            asked.refuse(&answer).await?;
             return Err(SessionError::Proto(e));
         }
         Err(e) => return Err(e),
@@ -58,7 +58,7 @@ pub(super) async fn handshake(
                     "the proxy refused these credentials",
                 ),
             };
-            respond(client, status, version, body).await?;
+            asked.refuse(&response(status, version, body)).await?;
             return Err(e);
         }
     };
@@ -67,7 +67,7 @@ pub(super) async fn handshake(
     } else {
         Auth::None
     };
-    let requested = Authenticated::new(user, auth, None).requested(Dialect::Http(version));
+    let requested = asked.authenticated(user, auth, Dialect::Http(version));
     let request = Request {
         command: Command::Connect,
         target,
@@ -77,16 +77,11 @@ pub(super) async fn handshake(
 
 /// A response with a one-line body; 407 carries the challenge, 405 the
 /// one method served. Every error response closes the connection.
-pub(super) async fn respond(
-    client: &mut Stream,
-    status: HttpStatus,
-    version: HttpVersion,
-    body: &str,
-) -> Result<(), SessionError> {
+pub(super) fn response(status: HttpStatus, version: HttpVersion, body: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     if status.is_success() {
         encode_response(status, version, &[], "", &mut out);
-        return send(client, &out).await;
+        return out;
     }
     let mut headers = vec![("Connection", "close")];
     match status {
@@ -95,7 +90,7 @@ pub(super) async fn respond(
         _ => {}
     }
     encode_response(status, version, &headers, &format!("{body}\n"), &mut out);
-    send(client, &out).await
+    out
 }
 
 /// The status for an error after the request was read, from the same

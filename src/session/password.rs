@@ -29,14 +29,13 @@ use std::time::{Duration, Instant};
 use blake2::digest::{FixedOutput, KeyInit, Update};
 use subtle::ConstantTimeEq;
 
-use super::{send, Auth, Authenticated, SessionError};
+use super::handshake::{Auth, Authenticated, Greeted};
+use super::SessionError;
 use crate::config::{Config, UserDb, Verification};
-use crate::events::{Pool, Stream};
+use crate::events::Pool;
 use crate::metrics;
-use crate::proto::{Codec, UserPassRequest, UserPassStatus};
+use crate::proto::{UserPassRequest, UserPassStatus};
 use crate::runtime::Core;
-
-use super::reader::MessageReader;
 
 /// Logins of one address waiting for a hash on one core.
 pub const WAITING_PER_CLIENT: u32 = 4;
@@ -243,13 +242,12 @@ pub(super) async fn user_pass(
     config: &Config,
     users: &UserDb,
     client_ip: IpAddr,
-    client: &mut Stream,
-    reader: &mut MessageReader,
+    mut greeted: Greeted,
 ) -> Result<Authenticated, SessionError> {
-    let creds = match reader.next::<UserPassRequest>(client).await {
+    let creds = match greeted.read::<UserPassRequest>().await {
         Ok(c) => c,
         Err(e @ SessionError::Proto(_)) => {
-            send(client, &UserPassStatus::FAILURE.to_bytes()).await?;
+            greeted.send(&UserPassStatus::FAILURE).await?;
             return Err(e);
         }
         Err(e) => return Err(e),
@@ -267,8 +265,8 @@ pub(super) async fn user_pass(
         Ok(_) => UserPassStatus::SUCCESS,
         Err(_) => UserPassStatus::FAILURE,
     };
-    send(client, &status.to_bytes()).await?;
-    Ok(Authenticated::new(Some(checked?), Auth::UserPass, None))
+    greeted.send(&status).await?;
+    Ok(greeted.authenticated(Some(checked?), Auth::UserPass, None))
 }
 
 /// The login of a protocol whose request carries its credentials (SOCKS4's

@@ -12,18 +12,18 @@
 //! after the refusal, does not compile. The client stream is private to
 //! this module: the commands (`connect.rs`, `bind.rs`, `udp.rs`) read its
 //! addresses and peek at it, and write to it only through these replies.
-//! A session is made in one place, [`Session::new`], once the request is
-//! read and its sender authenticated.
+//! A session is made in one place, [`Session::new`], from the handshake's
+//! [`Requested`] state.
 
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 
 use crate::events::Stream;
 
-use super::{
-    gssapi_method, http_connect, send, socks4, unspecified, AccessRecord, Dialect, Established,
-    Requested, SessionError,
-};
+use super::handshake::{Dialect, Login, Requested};
+use super::tunnel::Established;
+use super::wire::send;
+use super::{gssapi_method, http_connect, socks4, unspecified, AccessRecord, SessionError};
 use crate::config::Config;
 use crate::proto::{Codec, Reply, ReplyCode, TargetAddr};
 use crate::relay::Sealed;
@@ -44,31 +44,34 @@ pub(super) struct Session<'a, S> {
     /// change it midway).
     pub(super) config: &'a Config,
     client: Stream,
-    pub(super) requested: Requested,
+    pub(super) login: Login,
     pub(super) record: &'a mut AccessRecord,
     /// Client bytes past the request that are still encapsulated (GSSAPI
     /// protection): the relay unwraps them first.
-    pub(super) pending_sealed: Vec<u8>,
+    pending_sealed: Vec<u8>,
     state: PhantomData<S>,
 }
 
 impl<'a> Session<'a, AwaitingReply> {
+    /// The session, and the plaintext client bytes that came with the
+    /// request (for the target).
     pub(super) fn new(
         core: &'a Core,
         config: &'a Config,
-        client: Stream,
         requested: Requested,
         record: &'a mut AccessRecord,
-    ) -> Self {
-        Session {
+    ) -> (Self, Vec<u8>) {
+        let (client, login, early, pending_sealed) = requested.into_parts();
+        let session = Session {
             core,
             config,
             client,
-            requested,
+            login,
             record,
-            pending_sealed: Vec::new(),
+            pending_sealed,
             state: PhantomData,
-        }
+        };
+        (session, early)
     }
 
     /// The success reply (CONNECT's, UDP ASSOCIATE's).
@@ -119,18 +122,13 @@ impl<'a> Session<'a, AwaitingPeer> {
 
 impl<'a> Session<'a, Replied> {
     /// The tunnel to relay once a command has its other stream.
-    pub(super) fn established(self, target: Stream, early: Vec<u8>) -> Established {
+    pub(super) fn established(mut self, target: Stream, early: Vec<u8>) -> Established {
         let pending = self.pending_sealed;
-        Established {
-            client: self.client,
-            target,
-            early,
-            quota: None,
-            sealed: self.requested.protection.map(|protection| Sealed {
-                protection,
-                pending,
-            }),
-        }
+        let sealed = self.login.take_protection().map(|protection| Sealed {
+            protection,
+            pending,
+        });
+        Established::new(self.client, target, early, sealed)
     }
 
     /// The control connection and the record, for a UDP association.
@@ -150,7 +148,7 @@ impl<'a, S> Session<'a, S> {
             core: self.core,
             config: self.config,
             client: self.client,
-            requested: self.requested,
+            login: self.login,
             record: self.record,
             pending_sealed: self.pending_sealed,
             state: PhantomData,
@@ -163,7 +161,7 @@ impl<'a, S> Session<'a, S> {
         self.record.reply = Some(ReplyCode::Succeeded);
         self.core.metrics().reply(ReplyCode::Succeeded);
         let bound = SocketAddr::new(bound.ip().to_canonical(), bound.port());
-        match self.requested.dialect {
+        match self.login.dialect() {
             Dialect::Socks5 => {
                 self.send_socks5(ReplyCode::Succeeded, &TargetAddr::Ip(bound))
                     .await
@@ -171,7 +169,8 @@ impl<'a, S> Session<'a, S> {
             Dialect::Socks4 => send(&mut self.client, &socks4::granted(bound).to_bytes()).await,
             Dialect::Http(version) => {
                 let status = crate::proto::HttpStatus::ConnectionEstablished;
-                http_connect::respond(&mut self.client, status, version, "").await
+                let answer = http_connect::response(status, version, "");
+                send(&mut self.client, &answer).await
             }
         }
     }
@@ -183,13 +182,13 @@ impl<'a, S> Session<'a, S> {
         };
         self.record.reply = Some(code);
         self.core.metrics().reply(code);
-        let _ = match self.requested.dialect {
+        let _ = match self.login.dialect() {
             Dialect::Socks5 => self.send_socks5(code, &unspecified()).await,
             Dialect::Socks4 => send(&mut self.client, &socks4::rejected().to_bytes()).await,
             Dialect::Http(version) => match http_connect::status_of(e) {
                 Some(status) => {
-                    let body = http_connect::body_of(e);
-                    http_connect::respond(&mut self.client, status, version, &body).await
+                    let answer = http_connect::response(status, version, &http_connect::body_of(e));
+                    send(&mut self.client, &answer).await
                 }
                 None => Ok(()),
             },
@@ -206,7 +205,7 @@ impl<'a, S> Session<'a, S> {
             bound: bound.clone(),
         }
         .to_bytes();
-        match &mut self.requested.protection {
+        match self.login.protection() {
             Some(p) => {
                 let sealed = gssapi_method::seal(p, &reply)?;
                 send(&mut self.client, &sealed).await

@@ -7,11 +7,12 @@
 
 use std::net::IpAddr;
 
-use crate::events::Stream;
-
-use super::{password, send, Auth, Authenticated, Dialect, MessageReader, Requested, SessionError};
+use super::handshake::{Auth, Connected, Dialect, Requested};
+use super::{password, SessionError};
 use crate::config::Config;
-use crate::proto::{Codec, Command, Request, Socks4Command, Socks4Reply, Socks4ReplyCode};
+use crate::proto::{
+    Codec, Command, Request, Socks4Command, Socks4Reply, Socks4ReplyCode, Socks4Request,
+};
 use crate::runtime::Core;
 
 /// Reads the request and checks its USERID; a request that cannot be
@@ -20,13 +21,13 @@ pub(super) async fn handshake(
     core: &Core,
     config: &Config,
     client_ip: IpAddr,
-    client: &mut Stream,
-    reader: &mut MessageReader,
+    connected: Connected,
 ) -> Result<(Requested, Request), SessionError> {
-    let request = match reader.next::<crate::proto::Socks4Request>(client).await {
+    let (asked, request) = connected.ask::<Socks4Request>().await;
+    let request = match request {
         Ok(r) => r,
         Err(e @ SessionError::Proto(_)) => {
-            send(client, &rejected().to_bytes()).await?;
+            asked.refuse(&rejected().to_bytes()).await?;
             return Err(e);
         }
         Err(e) => return Err(e),
@@ -42,7 +43,7 @@ pub(super) async fn handshake(
         match password::request_login(core, config, client_ip, "socks4", Some(credentials)).await {
             Ok(user) => user,
             Err(e) => {
-                send(client, &rejected().to_bytes()).await?;
+                asked.refuse(&rejected().to_bytes()).await?;
                 return Err(e);
             }
         };
@@ -55,7 +56,7 @@ pub(super) async fn handshake(
         Socks4Command::Connect => Command::Connect,
         Socks4Command::Bind => Command::Bind,
     };
-    let requested = Authenticated::new(user, auth, None).requested(Dialect::Socks4);
+    let requested = asked.authenticated(user, auth, Dialect::Socks4);
     Ok((requested, Request { command, target }))
 }
 

@@ -57,13 +57,13 @@ impl Session<'_, AwaitingReply> {
         };
         let mut replied = self.reply_success(advertised).await?;
         // The reply went out wrapped; the datagrams use the context now.
-        if let Some(protection) = replied.requested.protection.take() {
+        if let Some(protection) = replied.login.take_protection() {
             prepared.protect(protection);
         }
         let (client, record) = replied.into_client();
         let m = core.metrics();
         metrics::set(&m.udp_associations, core.udp.live() as u64);
-        let open = super::OpenGauge::new(core, Some(crate::proto::Command::UdpAssociate));
+        let open = super::tunnel::OpenGauge::new(core, Some(crate::proto::Command::UdpAssociate));
         let started = std::time::Instant::now();
         let (report, end) = udp::serve(
             prepared,

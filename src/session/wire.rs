@@ -1,5 +1,10 @@
+//! The client's side of the handshake: its stream, and the bytes read
+//! ahead of the message being decoded (pipelined messages, or early data
+//! after the request, which goes on to the target). Only the handshake's
+//! states (`handshake.rs`) hold one, so a tunnel does not carry its buffer.
+
 use crate::events::Stream;
-use futures_lite::io::AsyncReadExt;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::SessionError;
 use crate::proto::{Codec, Decoded, GssMessage};
@@ -11,18 +16,18 @@ use crate::proto::{Codec, Decoded, GssMessage};
 const MAX_MESSAGE: usize = 513;
 
 /// Reads handshake messages off the client stream through the sans-io
-/// decoders, keeping bytes that arrive ahead of time (pipelined messages,
-/// or early data after the request, which goes on to the target). Lives
-/// only for the handshake, so a tunnel does not carry its buffer.
-pub struct MessageReader {
+/// decoders, and writes the handshake's answers.
+pub(super) struct Wire {
+    client: Stream,
     buf: Vec<u8>,
     start: usize,
     end: usize,
 }
 
-impl MessageReader {
-    pub fn new() -> MessageReader {
-        MessageReader {
+impl Wire {
+    pub(super) fn new(client: Stream) -> Wire {
+        Wire {
+            client,
             buf: vec![0u8; 2 * MAX_MESSAGE],
             start: 0,
             end: 0,
@@ -30,7 +35,7 @@ impl MessageReader {
     }
 
     /// The next message of type `T`, read as far as it needs.
-    pub async fn next<T: Codec>(&mut self, client: &mut Stream) -> Result<T, SessionError> {
+    pub(super) async fn next<T: Codec>(&mut self) -> Result<T, SessionError> {
         loop {
             if let Decoded::Complete(value, used) = T::decode(&self.buf[self.start..self.end])? {
                 self.start += used;
@@ -48,14 +53,15 @@ impl MessageReader {
                     self.buf.resize(len, 0);
                 }
             }
-            self.read_more(client).await?;
+            self.read_more().await?;
         }
     }
 
     /// One read into the free end of the buffer; the client's close is
     /// [`SessionError::ClientClosed`].
-    async fn read_more(&mut self, client: &mut Stream) -> Result<(), SessionError> {
-        let n = client
+    async fn read_more(&mut self) -> Result<(), SessionError> {
+        let n = self
+            .client
             .read(&mut self.buf[self.end..])
             .await
             .map_err(SessionError::ClientIo)?;
@@ -68,15 +74,29 @@ impl MessageReader {
 
     /// The first byte not yet taken, read from the client if none is
     /// buffered: what tells the protocols apart.
-    pub async fn peek_byte(&mut self, client: &mut Stream) -> Result<u8, SessionError> {
+    pub(super) async fn peek_byte(&mut self) -> Result<u8, SessionError> {
         if self.start == self.end {
-            self.read_more(client).await?;
+            self.read_more().await?;
         }
         Ok(self.buf[self.start])
     }
 
-    /// Bytes received past the last decoded message.
-    pub fn leftover(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+    pub(super) async fn send(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        send(&mut self.client, bytes).await
     }
+
+    /// The stream, and the bytes received past the last decoded message.
+    pub(super) fn into_parts(self) -> (Stream, Vec<u8>) {
+        let leftover = self.buf[self.start..self.end].to_vec();
+        (self.client, leftover)
+    }
+}
+
+/// Writes all of `bytes` to the client: for the states that own its
+/// stream (this wire, and a session's replies).
+pub(super) async fn send(client: &mut Stream, bytes: &[u8]) -> Result<(), SessionError> {
+    client
+        .write_all(bytes)
+        .await
+        .map_err(SessionError::ClientIo)
 }
