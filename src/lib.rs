@@ -3,8 +3,9 @@
 //!
 //! - [`proto`]: the sans-io codecs, their own crate (`coresocks-proto`,
 //!   shared with the client and the fuzz targets)
-//! - [`runtime`]: pinned executors, per-core listeners, signals, shutdown
-//! - [`session`]: one connection's state machine, first byte to access log
+//! - `runtime`: pinned executors, per-core listeners, signals, shutdown
+//!   ([`run`] starts it)
+//! - `session`: one connection's state machine, first byte to access log
 //! - `relay`: the engines that move a tunnel's bytes
 //! - `udp`: UDP ASSOCIATE, per-core associations
 //! - `resolve`: name resolution off the cores
@@ -15,6 +16,10 @@
 //! - [`client`]: the client over the same codecs (`coresocks-client`)
 //! - `sys`, `events`: the I/O layer (`coresocks-io`)
 
+#![warn(unreachable_pub)]
+// The public modules show only what the binary and the benches use (each
+// item below them that nothing outside needs is `pub(crate)`); the tests
+// drive the binary, through `client` and `proto`.
 pub mod config;
 pub mod logging;
 pub(crate) mod metrics;
@@ -22,8 +27,16 @@ pub mod policy;
 pub(crate) mod quota;
 pub(crate) mod relay;
 pub(crate) mod resolve;
-pub mod runtime;
-pub mod session;
+pub(crate) mod runtime;
+pub(crate) mod session;
+
+pub use runtime::{probe_sockmap, Reloader, RuntimeError};
+
+/// Runs the proxy until it shuts down: a pinned executor per core, each
+/// serving the connections its listeners accept (`session::serve`).
+pub fn run(config: config::Config, reloader: Reloader) -> Result<(), RuntimeError> {
+    runtime::run(config, reloader, session::serve_boxed)
+}
 pub(crate) mod stop;
 pub(crate) mod udp;
 

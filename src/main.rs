@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let reloader = coresocks::runtime::Reloader {
+    let reloader = coresocks::Reloader {
         load: Box::new(move || {
             let from_file = match &file {
                 Some(path) => Settings::from_file(path).map_err(|e| e.to_string())?,
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         "egress policy: {} rule(s), then private destinations denied (open them with --allow)",
         config.policy.rules().len()
     );
-    match coresocks::runtime::run(config, reloader, coresocks::session::serve_boxed) {
+    match coresocks::run(config, reloader) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // Flush the asynchronous log writer before the last word.
@@ -110,7 +110,7 @@ fn check_config(file: &std::path::Path) -> ExitCode {
             }
             // Not an error: the proxy runs, relaying in user space.
             if c.relay == coresocks::config::RelayMode::Sockmap {
-                if let Err(e) = coresocks::runtime::probe_sockmap() {
+                if let Err(e) = coresocks::probe_sockmap() {
                     eprintln!(
                         "coresocks: note: relay = \"sockmap\" is not available here ({e}); tunnels would run auto. It needs Linux with CONFIG_BPF_STREAM_PARSER and CAP_BPF + CAP_NET_ADMIN (or root)"
                     );

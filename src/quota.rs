@@ -22,7 +22,7 @@ use std::time::Instant;
 /// alice", "client address 192.0.2.7"). The session turns it into the
 /// reply and the access log's end.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("{0} holds as many tunnels as its limit allows")]
     OverLimit(String),
     #[error("{0} opens tunnels faster than its rate limit")]
@@ -44,7 +44,7 @@ pub struct QuotaConfig {
 /// Why a request was refused, as labelled in metrics: the four quotas
 /// here, then the client address's share of its core's descriptors and
 /// the core's descriptor budget (`runtime::admission`).
-pub const QUOTA_REASONS: [&str; 6] = [
+pub(crate) const QUOTA_REASONS: [&str; 6] = [
     "user-tunnels",
     "client-tunnels",
     "user-rate",
@@ -54,8 +54,8 @@ pub const QUOTA_REASONS: [&str; 6] = [
 ];
 
 /// Indexes of the last two [`QUOTA_REASONS`].
-pub const CLIENT_SHARE: usize = 4;
-pub const DESCRIPTORS: usize = 5;
+pub(crate) const CLIENT_SHARE: usize = 4;
+pub(crate) const DESCRIPTORS: usize = 5;
 
 /// One key's use on this core.
 struct Usage {
@@ -147,7 +147,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
 }
 
 /// This core's quota tables.
-pub struct Quotas {
+pub(crate) struct Quotas {
     users: RefCell<Table<String>>,
     clients: RefCell<Table<IpAddr>>,
 }
@@ -155,7 +155,7 @@ pub struct Quotas {
 impl Quotas {
     /// A reload's limits: the counts of open tunnels stay, so tunnels
     /// opened before still count against the new limits.
-    pub fn set_limits(&self, config: QuotaConfig, cores: usize) {
+    pub(crate) fn set_limits(&self, config: QuotaConfig, cores: usize) {
         let users = Table::<String>::new(config.tunnels_per_user, config.rate_per_user, cores);
         let clients =
             Table::<IpAddr>::new(config.tunnels_per_client, config.rate_per_client, cores);
@@ -165,7 +165,7 @@ impl Quotas {
         (c.max_open, c.rate) = (clients.max_open, clients.rate);
     }
 
-    pub fn new(config: QuotaConfig, cores: usize) -> Rc<Quotas> {
+    pub(crate) fn new(config: QuotaConfig, cores: usize) -> Rc<Quotas> {
         Rc::new(Quotas {
             users: RefCell::new(Table::new(
                 config.tunnels_per_user,
@@ -183,7 +183,7 @@ impl Quotas {
     /// Counts a new tunnel for `user` (when authenticated) and `client`;
     /// the lease gives it back when dropped. A refusal says which limit,
     /// and its metrics index.
-    pub fn acquire(
+    pub(crate) fn acquire(
         self: &Rc<Self>,
         user: Option<&str>,
         client: IpAddr,
@@ -224,7 +224,7 @@ fn refusal(rate: bool, what: &str, who: &str, index: usize) -> (Refusal, usize) 
 }
 
 /// One tunnel's place in the quota tables, given back on drop.
-pub struct QuotaLease {
+pub(crate) struct QuotaLease {
     quotas: Rc<Quotas>,
     user: Option<String>,
     client: Option<IpAddr>,

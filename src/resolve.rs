@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures_lite::future;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ResolveError {
+pub(crate) enum ResolveError {
     #[error("{name} did not resolve: {source}")]
     Failed { name: String, source: io::Error },
     #[error("{name} resolved to no address")]
@@ -25,7 +25,7 @@ pub enum ResolveError {
 
 /// Parses a domain that is really an IP literal ("10.0.0.1", "::1",
 /// "[::1]"): such names need no resolver.
-pub fn ip_literal(name: &str) -> Option<IpAddr> {
+pub(crate) fn ip_literal(name: &str) -> Option<IpAddr> {
     let bare = name
         .strip_prefix('[')
         .and_then(|s| s.strip_suffix(']'))
@@ -35,7 +35,7 @@ pub fn ip_literal(name: &str) -> Option<IpAddr> {
 
 /// Resolves `name` to every address it has, in getaddrinfo's order (RFC 6724
 /// preference, which /etc/gai.conf can change).
-pub async fn resolve(
+pub(crate) async fn resolve(
     name: &str,
     port: u16,
     timeout: Duration,
@@ -82,7 +82,7 @@ pub async fn resolve(
 /// the family of the first (preferred) address first, then alternating
 /// families, each family keeping its own order. A host whose IPv6 path is
 /// broken then costs one attempt delay, not one timeout per IPv6 address.
-pub fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
+pub(crate) fn interleave_families(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
     let Some(first) = addrs.first() else {
         return addrs;
     };

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 
 /// Why a connection is told to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
+pub(crate) enum Stop {
     /// Its handshake was the oldest unfinished one when room was needed.
     Shed(ShedReason),
     /// The shutdown grace ran out.
@@ -22,7 +22,7 @@ pub enum Stop {
 
 impl Stop {
     /// For the access log's `end=`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Stop::Shed(_) => "handshake-shed",
             Stop::ShutdownCut => "shutdown-cut",
@@ -33,20 +33,20 @@ impl Stop {
 
 /// Which budget made room by shedding a handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ShedReason {
+pub(crate) enum ShedReason {
     ConnectionLimit,
     HandshakeBudget,
     ClientHandshakeBudget,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 3] = [
+    pub(crate) const ALL: [ShedReason; 3] = [
         ShedReason::ConnectionLimit,
         ShedReason::HandshakeBudget,
         ShedReason::ClientHandshakeBudget,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ShedReason::ConnectionLimit => "connection-limit",
             ShedReason::HandshakeBudget => "handshake-budget",
@@ -57,13 +57,13 @@ impl ShedReason {
 
 /// A one-shot signal a connection's task waits on beside its work.
 #[derive(Default)]
-pub struct StopSignal {
+pub(crate) struct StopSignal {
     stop: Cell<Option<Stop>>,
     waker: Cell<Option<Waker>>,
 }
 
 impl StopSignal {
-    pub fn poll_stop(&self, cx: &mut Context<'_>) -> Poll<Stop> {
+    pub(crate) fn poll_stop(&self, cx: &mut Context<'_>) -> Poll<Stop> {
         if let Some(stop) = self.stop.get() {
             return Poll::Ready(stop);
         }
@@ -77,11 +77,11 @@ impl StopSignal {
     }
 
     /// Why the connection was told to stop, if it was.
-    pub fn stopped(&self) -> Option<Stop> {
+    pub(crate) fn stopped(&self) -> Option<Stop> {
         self.stop.get()
     }
 
-    pub async fn wait(&self) -> Stop {
+    pub(crate) async fn wait(&self) -> Stop {
         poll_fn(|cx| self.poll_stop(cx)).await
     }
 

@@ -16,14 +16,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use coresocks_io::cpus::CoreSpec;
+pub(crate) use coresocks_io::cpus::CoreSpec;
 pub use settings::{Cli, Settings, Tool};
-pub use sockets::{BusyPoll, Congestion, CongestionError, SocketTuning, Steering};
+pub(crate) use sockets::{BusyPoll, Congestion, CongestionError, SocketTuning, Steering};
 
 use crate::policy::source::{Outbound, SourcePick};
 use crate::policy::Policy;
 use crate::quota::QuotaConfig;
-pub use users::{hash_password, UserDb, UsersError, Verification};
+pub use users::hash_password;
+pub(crate) use users::{UserDb, UsersError, Verification};
 
 /// Which relay engine moves a tunnel's bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]

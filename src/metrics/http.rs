@@ -21,7 +21,7 @@ use super::{render, AllMetrics};
 
 /// Connections open at once; their descriptors come out of the process's
 /// reserve (see `runtime::Limits`).
-pub const MAX_CONNECTIONS: usize = 64;
+pub(super) const MAX_CONNECTIONS: usize = 64;
 /// The longest request head read.
 const HEAD_BYTES: usize = 8192;
 /// From accept to the end of the request head.
@@ -36,7 +36,7 @@ pub(super) static SHED: AtomicU64 = AtomicU64::new(0);
 
 /// Serves `GET /metrics` on `inherited` (an upgrade's) or a new socket.
 /// Returns the address and a copy of the socket, for the next upgrade.
-pub fn serve(
+pub(crate) fn serve(
     addr: SocketAddr,
     inherited: Option<OwnedFd>,
     all: AllMetrics,

@@ -13,17 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use http::serve;
+pub(crate) use http::serve;
 
 use crate::proto::ReplyCode;
 use crate::stop::ShedReason;
 
 /// Relay engines, as indexed in [`CoreMetrics::tunnels_by_engine`].
-pub const ENGINES: [&str; 4] = ["copy", "splice", "sealed", "sockmap"];
+pub(crate) const ENGINES: [&str; 4] = ["copy", "splice", "sealed", "sockmap"];
 
 #[derive(Default)]
 #[repr(align(128))]
-pub struct CoreMetrics {
+pub(crate) struct CoreMetrics {
     pub accepted: AtomicU64,
     pub closed: AtomicU64,
     pub rejected_over_limit: AtomicU64,
@@ -83,8 +83,6 @@ pub struct CoreMetrics {
     pub connect_seconds: Histogram,
     /// How long finished TCP tunnels and UDP associations lived.
     pub tunnel_seconds: Histogram,
-    /// Access-log lines the writer had to drop (it never blocks a core).
-    pub access_lines_dropped: AtomicU64,
     /// The configuration generation this core serves new sessions with
     /// (0 as started; each applied SIGHUP adds one).
     pub config_generation: AtomicU64,
@@ -96,31 +94,31 @@ pub struct CoreMetrics {
 /// Why a login was refused unchecked, as indexed in
 /// [`CoreMetrics::auth_refusals`]: the address's wrong-password rate, its
 /// logins already waiting for a hash, the core's hash queue full.
-pub const AUTH_REFUSALS: [&str; 3] = ["failure-rate", "client-queue", "hash-queue"];
+pub(crate) const AUTH_REFUSALS: [&str; 3] = ["failure-rate", "client-queue", "hash-queue"];
 
 /// Commands, as indexed in [`CoreMetrics::open_by_command`].
-pub const COMMANDS: [&str; 3] = ["connect", "bind", "udp-associate"];
+pub(crate) const COMMANDS: [&str; 3] = ["connect", "bind", "udp-associate"];
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
-pub const LATENCY_BUCKETS: [f64; 12] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 /// Upper bounds (seconds) of the tunnel-lifetime histogram's buckets.
-pub const LIFETIME_BUCKETS: [f64; 12] = [
+pub(crate) const LIFETIME_BUCKETS: [f64; 12] = [
     0.01, 0.1, 1.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0, 86400.0,
 ];
 
 /// A Prometheus histogram with one writer (its core): counts per bucket
 /// (not cumulative; rendering adds them up), the sum in microseconds.
 #[derive(Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// One more than the bounds: the last counts what exceeds them all.
     buckets: [AtomicU64; 13],
     sum_us: AtomicU64,
 }
 
 impl Histogram {
-    pub fn observe(&self, d: Duration, bounds: &[f64; 12]) {
+    pub(crate) fn observe(&self, d: Duration, bounds: &[f64; 12]) {
         let s = d.as_secs_f64();
         let i = bounds.iter().position(|&b| s <= b).unwrap_or(bounds.len());
         add(&self.buckets[i], 1);
@@ -130,19 +128,19 @@ impl Histogram {
 
 /// Sets a gauge that only the calling core writes.
 #[inline]
-pub fn set(gauge: &AtomicU64, v: u64) {
+pub(crate) fn set(gauge: &AtomicU64, v: u64) {
     gauge.store(v, Relaxed);
 }
 
 /// Takes one from a gauge that only the calling core writes (never below 0).
 #[inline]
-pub fn sub_one(gauge: &AtomicU64) {
+pub(crate) fn sub_one(gauge: &AtomicU64) {
     gauge.store(gauge.load(Relaxed).saturating_sub(1), Relaxed);
 }
 
 /// Adds to a counter that only the calling core writes.
 #[inline]
-pub fn add(counter: &AtomicU64, n: u64) {
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
     counter.store(counter.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
@@ -158,16 +156,16 @@ impl CoreMetrics {
         by_core.load(Relaxed) + by_kernel.unwrap_or(0)
     }
 
-    pub fn reply(&self, code: ReplyCode) {
+    pub(crate) fn reply(&self, code: ReplyCode) {
         if let Some(c) = self.replies.get(code.to_byte() as usize) {
             add(c, 1);
         }
     }
 }
 
-pub type AllMetrics = Arc<[CoreMetrics]>;
+pub(crate) type AllMetrics = Arc<[CoreMetrics]>;
 
-pub fn new(cores: usize) -> AllMetrics {
+pub(crate) fn new(cores: usize) -> AllMetrics {
     (0..cores).map(|_| CoreMetrics::default()).collect()
 }
 
@@ -175,7 +173,7 @@ pub fn new(cores: usize) -> AllMetrics {
 type Family<'a> = (&'a str, &'a str, &'a str, &'a dyn Fn(&CoreMetrics) -> u64);
 
 /// Renders every core's counters in the Prometheus text format.
-pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
+pub(crate) fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
     let mut out = String::new();
     let mut family =
         |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
@@ -482,7 +480,7 @@ pub fn render(all: &[CoreMetrics], core_ids: &[usize]) -> String {
 static ACCESS_DROPS: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>> =
     std::sync::OnceLock::new();
 
-pub fn count_access_drops(f: Box<dyn Fn() -> u64 + Send + Sync>) {
+pub(crate) fn count_access_drops(f: Box<dyn Fn() -> u64 + Send + Sync>) {
     let _ = ACCESS_DROPS.set(f);
 }
 

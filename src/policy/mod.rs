@@ -17,8 +17,8 @@
 //! after name resolution, with IPv4-mapped IPv6 addresses matched as the
 //! IPv4 address they are.
 
-pub mod source;
-pub mod special;
+pub(crate) mod source;
+pub(crate) mod special;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -72,7 +72,7 @@ pub struct RuleSpec {
 
 /// A destination a rule names.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dest {
+pub(crate) enum Dest {
     Net(IpNet),
     Private,
     /// A domain name, lower case without the trailing dot; with
@@ -85,7 +85,7 @@ pub enum Dest {
 
 impl Dest {
     /// Parses a TARGET of `--allow`/`--deny` or an entry of a rule's `to`.
-    pub fn parse(s: &str) -> Result<Dest, String> {
+    pub(crate) fn parse(s: &str) -> Result<Dest, String> {
         let s = s.trim();
         if s.eq_ignore_ascii_case("private") {
             return Ok(Dest::Private);
@@ -331,7 +331,7 @@ impl Denial<'_> {
 }
 
 /// Labels of [`Denial::metrics_index`].
-pub const DENIAL_REASONS: [&str; 2] = ["rule", "private"];
+pub(crate) const DENIAL_REASONS: [&str; 2] = ["rule", "private"];
 
 impl fmt::Display for Denial<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

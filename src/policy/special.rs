@@ -52,7 +52,7 @@ const V6: &[([u16; 8], u8)] = &[
 ];
 
 /// Whether `ip` is in the set `private`, in whichever form it is written.
-pub fn is_private(ip: IpAddr) -> bool {
+pub(crate) fn is_private(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4_private(v4),
         IpAddr::V6(v6) => match embedded_v4(v6) {
@@ -87,7 +87,7 @@ fn in_prefix128(bits: u128, net: u128, len: u8) -> bool {
 /// IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d, deprecated
 /// but still routed by some stacks), NAT64 (64:ff9b::a.b.c.d) and 6to4
 /// (2002:aabb:ccdd::/48). `::` and `::1` are not compatible addresses.
-pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+pub(crate) fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let bits = u128::from(ip);
     let low32 = Ipv4Addr::from(bits as u32);
     if in_prefix128(bits, 0xffff << 32, 96) {

@@ -44,7 +44,7 @@ const DRAIN_FIRST: Duration = Duration::from_micros(200);
 const DRAIN_MAX: Duration = Duration::from_millis(50);
 
 /// A core's sockmap and the ring its tunnels wait on.
-pub struct Kernel {
+pub(crate) struct Kernel {
     map: SockMap,
     ring: Rc<EventRing>,
 }
@@ -52,7 +52,7 @@ pub struct Kernel {
 impl Kernel {
     /// The maps for `tunnels` tunnels at once; fails where the kernel or
     /// the process's privileges do not allow it.
-    pub fn new(tunnels: usize, ring: Rc<EventRing>) -> io::Result<Kernel> {
+    pub(crate) fn new(tunnels: usize, ring: Rc<EventRing>) -> io::Result<Kernel> {
         let tunnels = u32::try_from(tunnels).unwrap_or(u32::MAX);
         Ok(Kernel {
             map: SockMap::new(tunnels)?,
@@ -62,12 +62,12 @@ impl Kernel {
 
     /// Whether the kernel can relay: the same maps and program a core makes,
     /// made once and dropped (`check-config`).
-    pub fn probe() -> io::Result<()> {
+    pub(crate) fn probe() -> io::Result<()> {
         SockMap::new(1).map(drop)
     }
 
     /// The byte counters of this core's program, for the metrics.
-    pub fn counters(&self) -> io::Result<coresocks_io::sockmap::Counters> {
+    pub(crate) fn counters(&self) -> io::Result<coresocks_io::sockmap::Counters> {
         self.map.counters()
     }
 }

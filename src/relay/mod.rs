@@ -19,7 +19,7 @@ mod pool;
 mod sealed;
 mod splice;
 mod step;
-pub mod throttle;
+pub(crate) mod throttle;
 mod tunnel;
 
 use std::fmt;
@@ -28,25 +28,25 @@ use std::time::{Duration, Instant};
 
 use std::rc::Rc;
 
-pub use pipes::PipePool;
-pub use pool::BufferPool;
-pub use throttle::{Bandwidth, Throttle};
+pub(crate) use pipes::PipePool;
+pub(crate) use pool::BufferPool;
+pub(crate) use throttle::{Bandwidth, Throttle};
 
 use crate::config::{Config, RelayMode};
 use crate::events::Stream;
 use crate::stop::{Stop, StopSignal};
-pub use kernel::Kernel;
+pub(crate) use kernel::Kernel;
 use tunnel::{Direction, UserTunnel};
 
 /// One side of a tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
+pub(crate) enum Side {
     Client,
     Target,
 }
 
 impl Side {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Side::Client => "client",
             Side::Target => "target",
@@ -56,7 +56,7 @@ impl Side {
 
 /// How a tunnel ended.
 #[derive(Debug)]
-pub enum TunnelEnd {
+pub(crate) enum TunnelEnd {
     /// Both directions finished with a FIN.
     Closed,
     /// One side reset the connection or failed; both were closed.
@@ -85,7 +85,7 @@ impl fmt::Display for TunnelEnd {
 /// A relay engine: what a direction runs now (`tunnel.rs`), and which one
 /// carried most of a tunnel's bytes (the report).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
+pub(crate) enum Engine {
     Copy,
     Splice,
     /// Copied through GSS-API wrap/unwrap (RFC 1961 protection; `sealed.rs`);
@@ -96,7 +96,7 @@ pub enum Engine {
 }
 
 impl Engine {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Engine::Copy => "copy",
             Engine::Splice => "splice",
@@ -106,7 +106,7 @@ impl Engine {
     }
 
     /// Index into [`crate::metrics::ENGINES`].
-    pub fn metrics_index(&self) -> usize {
+    pub(crate) fn metrics_index(&self) -> usize {
         match self {
             Engine::Copy => 0,
             Engine::Splice => 1,
@@ -118,7 +118,7 @@ impl Engine {
 
 /// What a finished tunnel reports to the access log and the metrics.
 #[derive(Debug)]
-pub struct RelayReport {
+pub(crate) struct RelayReport {
     pub client_to_target: u64,
     pub target_to_client: u64,
     /// Bytes (both directions) moved by splice; the rest were copied.
@@ -130,7 +130,7 @@ pub struct RelayReport {
 }
 
 /// Per-core relay state: pools, mode and limits.
-pub struct Relay {
+pub(crate) struct Relay {
     pub mode: RelayMode,
     pub buffers: BufferPool,
     pub pipes: PipePool,
@@ -149,13 +149,13 @@ pub struct Relay {
 /// This core's byte counters and engine gauge, which tunnels move as they
 /// go (a scrape sees an hour-long download grow, not one spike at its
 /// end). One writer per core: a plain load and store each.
-pub struct LiveCounters {
+pub(crate) struct LiveCounters {
     all: crate::metrics::AllMetrics,
     index: usize,
 }
 
 impl LiveCounters {
-    pub fn new(all: crate::metrics::AllMetrics, index: usize) -> LiveCounters {
+    pub(crate) fn new(all: crate::metrics::AllMetrics, index: usize) -> LiveCounters {
         LiveCounters { all, index }
     }
 
@@ -185,7 +185,7 @@ impl LiveCounters {
 }
 
 impl Relay {
-    pub fn new(config: &Config, max_pipes: usize, live: LiveCounters) -> Relay {
+    pub(crate) fn new(config: &Config, max_pipes: usize, live: LiveCounters) -> Relay {
         Relay {
             mode: config.relay,
             // Keep enough free buffers for a burst of busy tunnels; beyond
@@ -211,7 +211,7 @@ impl Relay {
     /// With `sockmap` the kernel relays the tunnel when it can: not with
     /// bandwidth limits or GSSAPI protection (both need each byte in user
     /// space), nor when the kernel refuses the pair; those run `auto`.
-    pub fn run<'a>(
+    pub(crate) fn run<'a>(
         &'a self,
         mut client: Stream,
         mut target: Stream,
@@ -271,7 +271,7 @@ impl Relay {
 /// One tunnel, as [`Relay::run`] makes it; ready with its report once it
 /// has ended.
 #[allow(clippy::large_enum_variant)] // in place in the task: a box would cost an allocation per tunnel
-pub enum Tunnel<'a> {
+pub(crate) enum Tunnel<'a> {
     /// Relayed by the core (copy, splice, sealed). A named future rather
     /// than an async fn: an idle tunnel is this struct and nothing else
     /// (an async fn keeps room for every argument and local next to it,
@@ -298,7 +298,7 @@ impl std::future::Future for Tunnel<'_> {
 
 /// A GSSAPI tunnel's protection (integrity or confidentiality) and the
 /// client bytes that arrived with the request, still wrapped.
-pub struct Sealed {
+pub(crate) struct Sealed {
     pub protection: crate::gss_binding::Protection,
     pub pending: Vec<u8>,
 }

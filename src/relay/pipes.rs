@@ -9,7 +9,7 @@ use crate::sys::Pipe;
 /// bounds the pipes this core has at once (two descriptors each); past it,
 /// or when pipe(2) fails (EMFILE), `take` returns `None` and the direction
 /// copies instead: a tunnel never fails for want of a pipe.
-pub struct PipePool {
+pub(crate) struct PipePool {
     size: usize,
     max: usize,
     /// Pipes in existence (handed out or free).
@@ -21,7 +21,7 @@ pub struct PipePool {
 }
 
 impl PipePool {
-    pub fn new(size: usize, max: usize) -> PipePool {
+    pub(crate) fn new(size: usize, max: usize) -> PipePool {
         PipePool {
             size,
             max,
@@ -33,11 +33,11 @@ impl PipePool {
     }
 
     /// Bytes one splice may move into a pipe.
-    pub fn pipe_size(&self) -> usize {
+    pub(crate) fn pipe_size(&self) -> usize {
         self.size
     }
 
-    pub fn take(&self) -> Option<Pipe> {
+    pub(crate) fn take(&self) -> Option<Pipe> {
         if let Some(p) = self.free.borrow_mut().pop() {
             return Some(p);
         }
@@ -61,21 +61,22 @@ impl PipePool {
     }
 
     /// Returns an empty pipe.
-    pub fn give(&self, pipe: Pipe) {
+    pub(crate) fn give(&self, pipe: Pipe) {
         self.free.borrow_mut().push(pipe);
     }
 
     /// Closes a pipe that still holds bytes (a tunnel that broke).
-    pub fn discard(&self, pipe: Pipe) {
+    pub(crate) fn discard(&self, pipe: Pipe) {
         drop(pipe);
         self.live.set(self.live.get() - 1);
     }
 
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.live.get()
     }
 
-    pub fn free_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn free_count(&self) -> usize {
         self.free.borrow().len()
     }
 }

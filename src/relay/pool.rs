@@ -4,7 +4,7 @@ use std::cell::{Cell, RefCell};
 /// while it has bytes in flight, so idle tunnels hold none; the pool keeps at
 /// most `max_free` spare buffers, and [`BufferPool::release_unused`] gives
 /// back the spares that a whole interval did not need.
-pub struct BufferPool {
+pub(crate) struct BufferPool {
     size: usize,
     max_free: usize,
     free: RefCell<Vec<Box<[u8]>>>,
@@ -14,7 +14,7 @@ pub struct BufferPool {
 }
 
 impl BufferPool {
-    pub fn new(size: usize, max_free: usize) -> BufferPool {
+    pub(crate) fn new(size: usize, max_free: usize) -> BufferPool {
         BufferPool {
             size,
             max_free,
@@ -23,14 +23,14 @@ impl BufferPool {
         }
     }
 
-    pub fn take(&self) -> Box<[u8]> {
+    pub(crate) fn take(&self) -> Box<[u8]> {
         let mut free = self.free.borrow_mut();
         let buf = free.pop();
         self.low_water.set(self.low_water.get().min(free.len()));
         buf.unwrap_or_else(|| vec![0u8; self.size].into_boxed_slice())
     }
 
-    pub fn give(&self, buf: Box<[u8]>) {
+    pub(crate) fn give(&self, buf: Box<[u8]>) {
         let mut free = self.free.borrow_mut();
         if free.len() < self.max_free && buf.len() == self.size {
             free.push(buf);
@@ -40,7 +40,7 @@ impl BufferPool {
     /// Frees the spares that sat unused since the last call (the low-water
     /// mark), so a burst's buffers go back once traffic is quiet while a
     /// steady load keeps what it uses. Returns how many were freed.
-    pub fn release_unused(&self) -> usize {
+    pub(crate) fn release_unused(&self) -> usize {
         let mut free = self.free.borrow_mut();
         let unused = self.low_water.get().min(free.len());
         let keep = free.len() - unused;
@@ -50,7 +50,8 @@ impl BufferPool {
         unused
     }
 
-    pub fn free_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn free_count(&self) -> usize {
         self.free.borrow().len()
     }
 }

@@ -33,13 +33,13 @@ const QUANTUM: f64 = 16.0 * 1024.0;
 
 /// Which direction of a tunnel a bucket meters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Way {
+pub(crate) enum Way {
     Up = 0,
     Down = 1,
 }
 
 /// One key's buckets on this core, one per direction.
-pub struct Bucket {
+pub(crate) struct Bucket {
     /// Bytes per second, this core's share.
     rate: f64,
     tokens: [Cell<f64>; 2],
@@ -78,18 +78,18 @@ impl Bucket {
 
 /// The buckets one tunnel reads against: its user's and its client's.
 #[derive(Clone, Default)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     buckets: Vec<Rc<Bucket>>,
 }
 
 impl Throttle {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.buckets.is_empty()
     }
 
     /// How many bytes `way` may read now, or how long to wait before at
     /// least one quantum is there in every bucket.
-    pub fn allowance(&self, way: Way, now: Instant) -> Result<usize, Duration> {
+    pub(crate) fn allowance(&self, way: Way, now: Instant) -> Result<usize, Duration> {
         let mut allow = f64::INFINITY;
         let mut wait = 0.0_f64;
         for b in &self.buckets {
@@ -115,7 +115,7 @@ impl Throttle {
     /// Whether a datagram of `len` bytes fits in every bucket now; if so
     /// it is paid for. UDP is policed, not queued: one that does not fit is
     /// dropped by the caller.
-    pub fn admit(&self, way: Way, len: usize, now: Instant) -> bool {
+    pub(crate) fn admit(&self, way: Way, len: usize, now: Instant) -> bool {
         let fits = self
             .buckets
             .iter()
@@ -127,7 +127,7 @@ impl Throttle {
     }
 
     /// Takes `n` bytes read by `way` out of every bucket.
-    pub fn spend(&self, way: Way, n: usize) {
+    pub(crate) fn spend(&self, way: Way, n: usize) {
         for b in &self.buckets {
             let t = &b.tokens[way as usize];
             t.set(t.get() - n as f64);
@@ -173,14 +173,14 @@ impl<K: Hash + Eq + Clone> Table<K> {
 }
 
 /// This core's bandwidth buckets.
-pub struct Bandwidth {
+pub(crate) struct Bandwidth {
     users: RefCell<Table<String>>,
     clients: RefCell<Table<IpAddr>>,
 }
 
 impl Bandwidth {
     /// `per_user` and `per_client` in bytes per second for the process.
-    pub fn new(per_user: Option<u64>, per_client: Option<u64>, cores: usize) -> Bandwidth {
+    pub(crate) fn new(per_user: Option<u64>, per_client: Option<u64>, cores: usize) -> Bandwidth {
         Bandwidth {
             users: RefCell::new(Table::new(per_user, cores)),
             clients: RefCell::new(Table::new(per_client, cores)),
@@ -189,14 +189,14 @@ impl Bandwidth {
 
     /// A reload's rates, for tunnels that start from now on: open tunnels
     /// keep the buckets (and the rate) they started with.
-    pub fn set_rates(&self, per_user: Option<u64>, per_client: Option<u64>, cores: usize) {
+    pub(crate) fn set_rates(&self, per_user: Option<u64>, per_client: Option<u64>, cores: usize) {
         *self.users.borrow_mut() = Table::new(per_user, cores);
         *self.clients.borrow_mut() = Table::new(per_client, cores);
     }
 
     /// The buckets a new tunnel of `user` (when authenticated) from
     /// `client` reads against; empty when no limit applies.
-    pub fn throttle(&self, user: Option<&str>, client: IpAddr) -> Throttle {
+    pub(crate) fn throttle(&self, user: Option<&str>, client: IpAddr) -> Throttle {
         let now = Instant::now();
         let mut buckets = Vec::new();
         if let Some(user) = user {

@@ -271,7 +271,7 @@ impl Auto {
 /// One tunnel, as [`Relay::run`] makes it: both streams, both
 /// directions, and the client bytes that came with the request. Ready with
 /// the tunnel's report once it has ended.
-pub struct UserTunnel<'a> {
+pub(crate) struct UserTunnel<'a> {
     pub(super) relay: &'a Relay,
     pub(super) client: Stream,
     pub(super) target: Stream,

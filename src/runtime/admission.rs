@@ -27,11 +27,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::rc::Rc;
 
-pub use crate::stop::{ShedReason, Stop, StopSignal};
+pub(crate) use crate::stop::{ShedReason, Stop, StopSignal};
 
 /// Per-core budgets.
 #[derive(Debug, Clone, Copy)]
-pub struct Budgets {
+pub(crate) struct Budgets {
     /// Connections (handshaking or relaying) the core holds.
     pub connections: usize,
     /// Unfinished handshakes the core holds.
@@ -47,11 +47,11 @@ pub struct Budgets {
 
 /// Descriptors a connection is charged at accept: its client's socket and
 /// its target's.
-pub const CONNECTION_DESCRIPTORS: usize = 2;
+pub(super) const CONNECTION_DESCRIPTORS: usize = 2;
 
 /// Why a session may not open more sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum Exhausted {
+pub(crate) enum Exhausted {
     #[error("this core's descriptor budget is spent (RLIMIT_NOFILE)")]
     Core,
     #[error("client address {0} holds its share of this core's descriptors (--client-share)")]
@@ -61,15 +61,15 @@ pub enum Exhausted {
 /// The connection could not be taken: every slot holds an established
 /// tunnel.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Refused;
+pub(crate) struct Refused;
 
-pub struct Admitted {
+pub(crate) struct Admitted {
     pub ticket: Ticket,
     /// A handshake shed to make room for this connection, and why.
     pub shed: Option<ShedReason>,
 }
 
-pub struct Admission {
+pub(crate) struct Admission {
     budgets: Budgets,
     next_id: Cell<u64>,
     /// Every connection on this core.
@@ -100,7 +100,7 @@ struct ClientUse {
 }
 
 impl Admission {
-    pub fn new(budgets: Budgets) -> Rc<Admission> {
+    pub(crate) fn new(budgets: Budgets) -> Rc<Admission> {
         Rc::new(Admission {
             budgets,
             next_id: Cell::new(0),
@@ -113,13 +113,14 @@ impl Admission {
         })
     }
 
+    #[cfg(test)]
     /// Descriptors charged now.
-    pub fn descriptors(&self) -> usize {
+    pub(crate) fn descriptors(&self) -> usize {
         self.descriptors.get()
     }
 
     /// Descriptors `client` holds on this core.
-    pub fn held_by(&self, client: IpAddr) -> usize {
+    pub(crate) fn held_by(&self, client: IpAddr) -> usize {
         self.clients
             .borrow()
             .get(&client)
@@ -165,7 +166,7 @@ impl Admission {
 
     /// Whether the log has not yet said that `client` reached its share;
     /// true once per episode.
-    pub fn first_time_at_share(&self, client: IpAddr) -> bool {
+    pub(crate) fn first_time_at_share(&self, client: IpAddr) -> bool {
         let mut clients = self.clients.borrow_mut();
         let Some(c) = clients.get_mut(&client) else {
             return false;
@@ -174,7 +175,7 @@ impl Admission {
     }
 
     /// Stops every connection whose RFC 1929 user `keep` rejects.
-    pub fn stop_users(&self, keep: impl Fn(&[u8]) -> bool, stop: Stop) -> usize {
+    pub(crate) fn stop_users(&self, keep: impl Fn(&[u8]) -> bool, stop: Stop) -> usize {
         let live = self.live.borrow();
         let mut stopped = 0;
         for (id, user) in self.users.borrow().iter() {
@@ -185,23 +186,23 @@ impl Admission {
         stopped
     }
 
-    pub fn budgets(&self) -> Budgets {
+    pub(crate) fn budgets(&self) -> Budgets {
         self.budgets
     }
 
     /// Connections open now.
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.live.borrow().len()
     }
 
     /// Connections still in their handshake.
-    pub fn handshaking(&self) -> usize {
+    pub(crate) fn handshaking(&self) -> usize {
         self.handshakes.borrow().len()
     }
 
     /// Takes a new connection from `client`, shedding one stalled handshake
     /// when a budget is full.
-    pub fn admit(self: &Rc<Self>, client: IpAddr) -> Result<Admitted, Refused> {
+    pub(crate) fn admit(self: &Rc<Self>, client: IpAddr) -> Result<Admitted, Refused> {
         let b = self.budgets;
         let client_handshakes = self
             .clients
@@ -259,7 +260,7 @@ impl Admission {
     }
 
     /// Tells every connection to stop now.
-    pub fn stop_all(&self, stop: Stop) {
+    pub(crate) fn stop_all(&self, stop: Stop) {
         for signal in self.live.borrow().values() {
             signal.fire(stop);
         }
@@ -290,7 +291,7 @@ impl Admission {
 }
 
 /// A connection's place on its core; dropping it frees the place.
-pub struct Ticket {
+pub(crate) struct Ticket {
     admission: Rc<Admission>,
     id: u64,
     client: IpAddr,
@@ -301,20 +302,20 @@ pub struct Ticket {
 
 impl Ticket {
     /// The connection's number on its core (access log `conn=core.id`).
-    pub fn id(&self) -> u64 {
+    pub(crate) fn id(&self) -> u64 {
         self.id
     }
 
     /// The client sent its request: from here on the connection can no
     /// longer be shed.
-    pub fn handshake_done(&self) {
+    pub(crate) fn handshake_done(&self) {
         self.admission.end_handshake(self.id);
     }
 
     /// Whether the client's address holds more than its share of the
     /// core's descriptors (this connection's own counted): its new
     /// requests are then refused.
-    pub fn over_share(&self) -> Result<(), Exhausted> {
+    pub(crate) fn over_share(&self) -> Result<(), Exhausted> {
         let a = &self.admission;
         if a.held_by(self.client) > a.budgets.descriptors_per_client {
             return Err(Exhausted::ClientShare(self.client));
@@ -325,14 +326,14 @@ impl Ticket {
     /// Charges `n` more descriptors to this connection, before the
     /// session opens them; they are refunded by [`Ticket::refund`] or when
     /// the ticket drops.
-    pub fn charge(&self, n: usize) -> Result<(), Exhausted> {
+    pub(crate) fn charge(&self, n: usize) -> Result<(), Exhausted> {
         self.admission.charge(self.client, n)?;
         self.descriptors.set(self.descriptors.get() + n);
         Ok(())
     }
 
     /// Gives back `n` descriptors charged with [`Ticket::charge`].
-    pub fn refund(&self, n: usize) {
+    pub(crate) fn refund(&self, n: usize) {
         let n = n.min(
             self.descriptors
                 .get()
@@ -343,7 +344,7 @@ impl Ticket {
     }
 
     /// Records the RFC 1929 user this connection authenticated as.
-    pub fn set_user(&self, user: &[u8]) {
+    pub(crate) fn set_user(&self, user: &[u8]) {
         self.admission
             .users
             .borrow_mut()

@@ -22,7 +22,7 @@ use crate::udp::UdpTable;
 /// Everything a core's connections touch. Lives in an `Rc` on its core;
 /// only `config` (read-only) and `all_metrics` (single-writer slots) are
 /// shared with other threads.
-pub struct Core {
+pub(crate) struct Core {
     pub id: usize,
     index: usize,
     /// This core's own copy of the configuration; SIGHUP swaps it. A
@@ -45,7 +45,7 @@ pub struct Core {
 }
 
 impl Core {
-    pub fn new(
+    pub(crate) fn new(
         id: usize,
         index: usize,
         config: Arc<Config>,
@@ -117,14 +117,14 @@ impl Core {
     }
 
     /// The configuration new sessions start with.
-    pub fn config(&self) -> Arc<Config> {
+    pub(crate) fn config(&self) -> Arc<Config> {
         self.config.borrow().clone()
     }
 
     /// Takes a reloaded configuration (SIGHUP) for new sessions, and the
     /// limits that live in this core's tables. Settings that need a
     /// restart were checked unchanged before it got here.
-    pub fn reconfigure(&self, config: Arc<Config>) {
+    pub(crate) fn reconfigure(&self, config: Arc<Config>) {
         let cores = self.all_metrics.len();
         self.quotas.set_limits(config.quotas, cores);
         self.bandwidth.set_rates(
@@ -147,12 +147,12 @@ impl Core {
         *self.config.borrow_mut() = config;
     }
 
-    pub fn metrics(&self) -> &CoreMetrics {
+    pub(crate) fn metrics(&self) -> &CoreMetrics {
         &self.all_metrics[self.index]
     }
 
     /// Connections open on this core (handshaking or relaying).
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.admission.live()
     }
 }
@@ -174,7 +174,7 @@ async fn return_spare_buffers(core: Rc<Core>) {
 /// What serves one accepted connection (`session::serve`, boxed): the
 /// runtime accepts and admits, the service speaks the protocol. Passed in
 /// by the caller, so the runtime does not depend on the session.
-pub type Serve = fn(
+pub(crate) type Serve = fn(
     Rc<Core>,
     Stream,
     SocketAddr,
@@ -182,7 +182,7 @@ pub type Serve = fn(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 
 /// Runs one core: accepts on its listeners until shutdown, then drains.
-pub async fn run_core(
+pub(super) async fn run_core(
     core: Rc<Core>,
     serve: Serve,
     listeners: Vec<OwnedFd>,
@@ -396,7 +396,7 @@ fn fd_hint(e: &io::Error) -> &'static str {
 }
 
 /// For logs: the addresses a core listens on.
-pub fn describe(addrs: &[SocketAddr]) -> String {
+pub(super) fn describe(addrs: &[SocketAddr]) -> String {
     addrs
         .iter()
         .map(|a| a.to_string())

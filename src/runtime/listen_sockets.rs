@@ -47,7 +47,7 @@ fn listen_error(addr: SocketAddr, source: io::Error) -> ListenError {
 }
 
 /// How the listening sockets are made.
-pub struct ListenSetup<'a> {
+pub(crate) struct ListenSetup<'a> {
     pub backlog: u32,
     pub ipv6_only: bool,
     /// The cores' CPUs, in core order (for steering).
@@ -91,7 +91,7 @@ fn steer(fds: &[OwnedFd], setup: &ListenSetup) -> io::Result<()> {
 /// Opens `cores` listening sockets on each address; returns, per address,
 /// the address actually bound (a port of 0 becomes the kernel's choice, the
 /// same for every core) and one socket per core.
-pub fn open_listeners(
+pub(crate) fn open_listeners(
     addrs: &[SocketAddr],
     setup: &ListenSetup,
     mut inherited: Option<&mut super::upgrade::Inherited>,

@@ -6,9 +6,9 @@ mod admission;
 mod core;
 
 mod listen_sockets;
-pub mod notify;
-pub mod reload;
-pub mod upgrade;
+pub(crate) mod notify;
+pub(crate) mod reload;
+pub(crate) mod upgrade;
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -17,10 +17,11 @@ use std::sync::{mpsc, Arc};
 
 use glommio::{LocalExecutorBuilder, Placement, PoolPlacement};
 
-pub use self::core::{Core, Serve};
-pub use admission::{Admission, Budgets, Exhausted, ShedReason, Stop, StopSignal, Ticket};
-pub use listen_sockets::{open_listeners, ListenError, ListenSetup};
-pub use reload::{ConfigSlot, Reloader};
+pub(crate) use self::core::{Core, Serve};
+pub(crate) use admission::{Budgets, Exhausted, Stop, StopSignal, Ticket};
+pub(crate) use listen_sockets::{open_listeners, ListenError, ListenSetup};
+pub(crate) use reload::ConfigSlot;
+pub use reload::Reloader;
 
 use crate::config::Config;
 use crate::metrics;
@@ -59,7 +60,7 @@ pub enum RuntimeError {
 
 /// Starts every core and blocks until they have all finished (after a
 /// SIGINT/SIGTERM and the grace period). SIGHUP runs `reloader`.
-pub fn run(config: Config, reloader: Reloader, serve: Serve) -> Result<(), RuntimeError> {
+pub(crate) fn run(config: Config, reloader: Reloader, serve: Serve) -> Result<(), RuntimeError> {
     let allowed = crate::sys::allowed_cpus().map_err(|e| RuntimeError::Cores(e.to_string()))?;
     let cpus = config.cores.select(&allowed).map_err(RuntimeError::Cores)?;
 
@@ -246,7 +247,7 @@ pub fn run(config: Config, reloader: Reloader, serve: Serve) -> Result<(), Runti
 
 /// What one core may hold, sized from RLIMIT_NOFILE.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub budgets: Budgets,
     pub pipes_per_core: usize,
     /// One line for the log at start: what the limits allow, and why.
@@ -276,7 +277,7 @@ impl Limits {
     /// budget.
     ///
     /// [`Admission`]: admission::Admission
-    pub fn plan(config: &Config, cores: usize, nofile: Option<u64>) -> Limits {
+    pub(crate) fn plan(config: &Config, cores: usize, nofile: Option<u64>) -> Limits {
         const DEFAULT_CONNECTIONS: usize = 10_000;
         const DEFAULT_HANDSHAKES: usize = 2048;
         const DEFAULT_HANDSHAKES_PER_CLIENT: usize = 256;

@@ -6,7 +6,7 @@ use std::os::unix::net::UnixDatagram;
 
 /// Sends `state` ("READY=1", "RELOADING=1", "STOPPING=1", ...). Failures
 /// are ignored: systemd's bookkeeping must never stop the proxy.
-pub fn notify(state: &str) {
+pub(crate) fn notify(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
@@ -26,7 +26,7 @@ pub fn notify(state: &str) {
 }
 
 /// `RELOADING=1` with the monotonic time systemd asks reloads to carry.
-pub fn reloading() {
+pub(crate) fn reloading() {
     let usec = crate::sys::monotonic_usec();
     notify(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
 }

@@ -158,7 +158,7 @@ impl Reloader {
 }
 
 /// A core's view of the slot: whether a reload it has not taken is there.
-pub struct Follower {
+pub(crate) struct Follower {
     slot: Arc<ConfigSlot>,
     index: usize,
     seen: u64,
@@ -166,14 +166,14 @@ pub struct Follower {
 
 impl Follower {
     /// For the core at `index` in the slot's list.
-    pub fn new(slot: Arc<ConfigSlot>, index: usize) -> Follower {
+    pub(crate) fn new(slot: Arc<ConfigSlot>, index: usize) -> Follower {
         let seen = slot.generation();
         Follower { slot, index, seen }
     }
 
     /// The new configuration and its generation, once per reload. Call
     /// [`Follower::applied`] once it serves new sessions.
-    pub fn take(&mut self) -> Option<(u64, Config)> {
+    pub(crate) fn take(&mut self) -> Option<(u64, Config)> {
         let now = self.slot.generation();
         if now == self.seen {
             return None;
@@ -183,7 +183,7 @@ impl Follower {
     }
 
     /// Tells the reloading thread this core now serves `generation`.
-    pub fn applied(&self, generation: u64) {
+    pub(crate) fn applied(&self, generation: u64) {
         self.slot.acknowledge(self.index, generation);
     }
 }

@@ -28,7 +28,7 @@ const HELLO: &str = "coresocks-upgrade 1";
 
 /// What the old process hands over: each listening address with its
 /// per-core sockets, and the metrics socket.
-pub struct Inherited {
+pub(crate) struct Inherited {
     pub listeners: Vec<(SocketAddr, Vec<OwnedFd>)>,
     pub metrics: Option<(SocketAddr, OwnedFd)>,
     /// Said `READY` on once the new cores run; the old process then drains.
@@ -37,12 +37,12 @@ pub struct Inherited {
 
 impl Inherited {
     /// Takes the sockets for `addr`, if the old process had it.
-    pub fn take(&mut self, addr: SocketAddr) -> Option<Vec<OwnedFd>> {
+    pub(crate) fn take(&mut self, addr: SocketAddr) -> Option<Vec<OwnedFd>> {
         let i = self.listeners.iter().position(|(a, _)| *a == addr)?;
         Some(self.listeners.swap_remove(i).1)
     }
 
-    pub fn take_metrics(&mut self, addr: SocketAddr) -> Option<OwnedFd> {
+    pub(crate) fn take_metrics(&mut self, addr: SocketAddr) -> Option<OwnedFd> {
         match self.metrics.take() {
             Some((a, fd)) if a == addr => Some(fd),
             other => {
@@ -54,7 +54,7 @@ impl Inherited {
 
     /// Tells the old process to stop accepting, and waits until it has let
     /// go of the upgrade socket's path.
-    pub fn ready(mut self) -> std::io::Result<()> {
+    pub(crate) fn ready(mut self) -> std::io::Result<()> {
         self.conn.write_all(b"READY\n")?;
         let mut line = String::new();
         BufReader::new(&self.conn).read_line(&mut line)?;
@@ -69,7 +69,7 @@ impl Inherited {
 
 /// Asks a running process at `path` for its sockets. `Ok(None)`: nobody
 /// listens there (a first start).
-pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
+pub(crate) fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
     let conn = match UnixStream::connect(path) {
         Ok(c) => c,
         Err(e)
@@ -140,14 +140,14 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
 /// with copies of the listening sockets. On a new process's `READY` it
 /// marks the sockets handed over (so the cores close their copies without
 /// `shutdown(2)`), starts the graceful drain, and removes `path`.
-pub struct Offer {
+pub(crate) struct Offer {
     pub path: PathBuf,
     pub listeners: Vec<(SocketAddr, Vec<OwnedFd>)>,
     pub metrics: Option<(SocketAddr, OwnedFd)>,
 }
 
 impl Offer {
-    pub fn serve(
+    pub(crate) fn serve(
         self,
         handed_over: Arc<AtomicBool>,
         shutdown: Arc<AtomicBool>,

@@ -6,7 +6,7 @@ use crate::config::AccessLogFormat;
 use crate::proto::{Command, ReplyCode, TargetAddr};
 
 /// One access-log line, filled in as the session goes.
-pub struct AccessRecord {
+pub(crate) struct AccessRecord {
     pub conn_id: u64,
     pub core: usize,
     pub client: SocketAddr,
@@ -37,7 +37,7 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    pub fn new(core: usize, conn_id: u64, client: SocketAddr) -> AccessRecord {
+    pub(crate) fn new(core: usize, conn_id: u64, client: SocketAddr) -> AccessRecord {
         AccessRecord {
             conn_id,
             core,
@@ -60,7 +60,7 @@ impl AccessRecord {
     }
 
     /// The line in `format`.
-    pub fn render(&self, format: AccessLogFormat) -> String {
+    pub(crate) fn render(&self, format: AccessLogFormat) -> String {
         match format {
             AccessLogFormat::Logfmt => self.line(),
             AccessLogFormat::Json => self.json(),
@@ -69,7 +69,7 @@ impl AccessRecord {
 
     /// logfmt: `key=value` pairs, `-` for absent values; user names and
     /// domains are quoted when they hold spaces, quotes or `=`.
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         let mut s = String::with_capacity(256);
         let dash = |o: Option<String>| o.unwrap_or_else(|| "-".to_owned());
         let _ = write!(
@@ -98,7 +98,7 @@ impl AccessRecord {
 
     /// One JSON object with logfmt's keys; absent values are null,
     /// counts are numbers.
-    pub fn json(&self) -> String {
+    pub(crate) fn json(&self) -> String {
         let text = |v: Option<String>| v.map_or(serde_json::Value::Null, serde_json::Value::from);
         serde_json::json!({
             "conn": format!("{}.{}", self.core, self.conn_id),

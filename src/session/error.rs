@@ -7,7 +7,7 @@ use crate::resolve::ResolveError;
 /// knows which reply (if any) the client gets, so no error reaches a client
 /// without the right code.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     #[error("malformed message: {0}")]
     Proto(#[from] ProtoError),
     #[error("client closed the connection during the handshake")]
@@ -27,8 +27,6 @@ pub enum SessionError {
     /// The GSSAPI method (RFC 1961) failed; the client got the abort.
     #[error("GSSAPI: {0}")]
     GssapiFailed(String),
-    #[error("command {0} is not supported")]
-    CommandNotSupported(crate::proto::Command),
     #[error("{0}")]
     Resolve(#[from] ResolveError),
     #[error("connect to {addr} failed: {source}")]
@@ -75,13 +73,12 @@ pub enum SessionError {
 impl SessionError {
     /// The request reply this error warrants; `None` where the failure
     /// happened before a request could be answered (greeting, auth, I/O).
-    pub fn reply_code(&self) -> Option<ReplyCode> {
+    pub(crate) fn reply_code(&self) -> Option<ReplyCode> {
         match self {
             SessionError::Proto(e) => match e {
                 ProtoError::UnsupportedVersion(_) => Some(ReplyCode::GeneralFailure),
                 other => other.reply_code(),
             },
-            SessionError::CommandNotSupported(_) => Some(ReplyCode::CommandNotSupported),
             SessionError::Resolve(_) => Some(ReplyCode::HostUnreachable),
             SessionError::Connect { source, .. } => Some(connect_reply_code(source)),
             // A target that does not answer in time is unreachable from
@@ -115,7 +112,7 @@ impl SessionError {
     }
 
     /// A short tag for the access log's `end=` field.
-    pub fn tag(&self) -> &'static str {
+    pub(crate) fn tag(&self) -> &'static str {
         match self {
             SessionError::Proto(_) => "bad-request",
             SessionError::ClientClosed => "client-closed",
@@ -128,7 +125,6 @@ impl SessionError {
             SessionError::Exhausted(crate::runtime::Exhausted::ClientShare(_)) => "client-share",
             SessionError::Exhausted(crate::runtime::Exhausted::Core) => "descriptor-limit",
             SessionError::GssapiFailed(_) => "gssapi-failed",
-            SessionError::CommandNotSupported(_) => "command-not-supported",
             SessionError::Resolve(ResolveError::Timeout { .. }) => "resolve-timeout",
             SessionError::Resolve(_) => "resolve-failed",
             SessionError::Connect { .. } => "connect-failed",
@@ -148,7 +144,7 @@ impl SessionError {
 }
 
 /// Maps connect(2)'s errno to the reply RFC 1928 means by it.
-pub fn connect_reply_code(e: &io::Error) -> ReplyCode {
+pub(crate) fn connect_reply_code(e: &io::Error) -> ReplyCode {
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => ReplyCode::ConnectionRefused,
         Some(libc::ENETUNREACH) | Some(libc::ENETDOWN) => ReplyCode::NetworkUnreachable,
@@ -201,7 +197,7 @@ mod tests {
             Some(ReplyCode::AddressTypeNotSupported)
         );
         assert_eq!(
-            SessionError::CommandNotSupported(crate::proto::Command::Bind).reply_code(),
+            SessionError::Proto(ProtoError::UnsupportedCommand(9)).reply_code(),
             Some(ReplyCode::CommandNotSupported)
         );
         assert_eq!(SessionError::NoAcceptableMethod.reply_code(), None);

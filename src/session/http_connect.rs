@@ -99,7 +99,6 @@ pub(super) fn status_of(e: &SessionError) -> Option<HttpStatus> {
     use SessionError as E;
     Some(match e {
         E::Proto(p) => p.http_status().unwrap_or(HttpStatus::BadRequest),
-        E::CommandNotSupported(_) => HttpStatus::MethodNotAllowed,
         E::Resolve(ResolveError::Timeout { .. }) | E::ConnectTimeout(_) => {
             HttpStatus::GatewayTimeout
         }

@@ -38,9 +38,9 @@ use std::rc::Rc;
 use crate::events::Stream;
 use futures_lite::future;
 
-pub use access::AccessRecord;
-pub use error::{connect_reply_code, SessionError};
-pub use password::PasswordGate;
+pub(crate) use access::AccessRecord;
+pub(crate) use error::SessionError;
+pub(crate) use password::PasswordGate;
 use reply::Session;
 use tunnel::{tunnel_ended, Established, Next, Relaying};
 
@@ -56,7 +56,7 @@ use crate::runtime::{Core, Stop, Ticket};
 /// it returns: a task's allocation is the size of its largest state, and a
 /// tunnel that lives for hours should carry only the relay's.
 /// [`serve`] as the runtime takes it ([`crate::runtime::Serve`]).
-pub fn serve_boxed(
+pub(crate) fn serve_boxed(
     core: Rc<Core>,
     client: Stream,
     peer: SocketAddr,
@@ -72,7 +72,7 @@ pub fn serve_boxed(
 /// outcome handed on whole (a value taken apart in a `match` keeps its
 /// room across the arm's await), and the tunnel awaited where it lies.
 #[allow(clippy::manual_async_fn)] // see above: an async fn would be larger
-pub fn serve(
+pub(crate) fn serve(
     core: Rc<Core>,
     client: Stream,
     peer: SocketAddr,

@@ -38,7 +38,7 @@ use crate::proto::{UserPassRequest, UserPassStatus};
 use crate::runtime::Core;
 
 /// Logins of one address waiting for a hash on one core.
-pub const WAITING_PER_CLIENT: u32 = 4;
+pub(super) const WAITING_PER_CLIENT: u32 = 4;
 
 /// Verified logins one core remembers, at most.
 const CACHE_ENTRIES: usize = 4096;
@@ -49,7 +49,7 @@ const TRACKED_ADDRESSES: usize = 4096;
 
 /// Why a login was refused without a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The address's wrong passwords used up its rate.
     FailureRate,
     /// The address has [`WAITING_PER_CLIENT`] logins waiting already.
@@ -65,7 +65,7 @@ impl Refusal {
     }
 
     /// The access log's `end=`.
-    pub fn tag(self) -> &'static str {
+    pub(crate) fn tag(self) -> &'static str {
         match self {
             Refusal::FailureRate => "auth-failure-rate",
             Refusal::ClientQueue => "auth-client-queue",
@@ -99,7 +99,7 @@ struct Verified {
 }
 
 /// One core's login bookkeeping.
-pub struct PasswordGate {
+pub(crate) struct PasswordGate {
     cores: u32,
     waiting: RefCell<HashMap<IpAddr, u32>>,
     failures: RefCell<HashMap<IpAddr, Bucket>>,
@@ -108,7 +108,7 @@ pub struct PasswordGate {
 
 impl PasswordGate {
     /// `cores`: the rate is shared out among them.
-    pub fn new(cores: usize) -> PasswordGate {
+    pub(crate) fn new(cores: usize) -> PasswordGate {
         PasswordGate {
             cores: cores.max(1) as u32,
             waiting: RefCell::default(),
@@ -132,12 +132,12 @@ impl PasswordGate {
     }
 
     /// Whether `client` may try a password now.
-    pub fn may_try(&self, client: IpAddr, per_minute: u32, now: Instant) -> bool {
+    pub(crate) fn may_try(&self, client: IpAddr, per_minute: u32, now: Instant) -> bool {
         self.tokens(client, per_minute, now) >= 1.0
     }
 
     /// A wrong password from `client`: one token less.
-    pub fn failed(&self, client: IpAddr, per_minute: u32, now: Instant) {
+    pub(crate) fn failed(&self, client: IpAddr, per_minute: u32, now: Instant) {
         let tokens = self.tokens(client, per_minute, now) - 1.0;
         let mut failures = self.failures.borrow_mut();
         if failures.len() >= TRACKED_ADDRESSES && !failures.contains_key(&client) {
@@ -162,7 +162,13 @@ impl PasswordGate {
 
     /// Whether this login was verified against `users` within the cache's
     /// lifetime.
-    pub fn remembers(&self, users: &UserDb, user: &[u8], password: &[u8], now: Instant) -> bool {
+    pub(crate) fn remembers(
+        &self,
+        users: &UserDb,
+        user: &[u8],
+        password: &[u8],
+        now: Instant,
+    ) -> bool {
         let verified = self.verified.borrow();
         let (Some(v), Some(mac)) = (verified.get(user), login_mac(user, password)) else {
             return false;
@@ -171,7 +177,7 @@ impl PasswordGate {
     }
 
     /// Remembers a login just verified against `users`.
-    pub fn remember(
+    pub(crate) fn remember(
         &self,
         users: &UserDb,
         user: &[u8],

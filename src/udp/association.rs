@@ -24,7 +24,7 @@ use crate::sys::DatagramBatch;
 
 /// How an association ended.
 #[derive(Debug)]
-pub enum UdpEnd {
+pub(crate) enum UdpEnd {
     /// The client closed the TCP control connection (RFC 1928: the
     /// association ends with it).
     ControlClosed,
@@ -47,7 +47,7 @@ impl std::fmt::Display for UdpEnd {
 
 /// Counters of one association, for the access log and metrics.
 #[derive(Debug, Default, Clone)]
-pub struct UdpReport {
+pub(crate) struct UdpReport {
     pub datagrams_up: u64,
     pub datagrams_down: u64,
     pub bytes_up: u64,
@@ -74,7 +74,7 @@ pub struct UdpReport {
 
 impl UdpReport {
     /// Every datagram dropped, whatever the reason.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped_fragmented
             + self.dropped_reserved
             + self.dropped_foreign
@@ -88,7 +88,7 @@ impl UdpReport {
 
 /// Whose datagrams these are, for the egress policy, and where the
 /// association's outbound sockets come from.
-pub struct Egress<'a> {
+pub(crate) struct Egress<'a> {
     pub policy: &'a Policy,
     pub outbound: &'a Outbound,
     pub client: IpAddr,
@@ -560,7 +560,7 @@ async fn control_closed(control: &mut Stream) -> UdpEnd {
 /// Why an association could not be set up; the session answers with a
 /// failure reply.
 #[derive(Debug, thiserror::Error)]
-pub enum SetupError {
+pub(crate) enum SetupError {
     #[error("this core is at max-udp-associations-per-core")]
     Full,
     #[error("cannot open the UDP relay socket: {0}")]
@@ -568,39 +568,39 @@ pub enum SetupError {
 }
 
 /// A set-up association, ready to answer the client with its address.
-pub struct Prepared<'a> {
+pub(crate) struct Prepared<'a> {
     assoc: Association<'a>,
     _slot: super::Slot<'a>,
 }
 
 impl Prepared<'_> {
     /// BND.ADDR/BND.PORT for the reply: where the client sends datagrams.
-    pub fn relay_addr(&self) -> io::Result<SocketAddr> {
+    pub(crate) fn relay_addr(&self) -> io::Result<SocketAddr> {
         let a: SocketAddr = self.assoc.client.local_addr()?;
         Ok(SocketAddr::new(a.ip().to_canonical(), a.port()))
     }
 
     /// The outbound sockets' own address (what targets see), IPv4 first.
-    pub fn outbound_addr(&self) -> Option<SocketAddr> {
+    pub(crate) fn outbound_addr(&self) -> Option<SocketAddr> {
         let out = self.assoc.out_v4.as_ref().or(self.assoc.out_v6.as_ref())?;
         out.local_addr().ok()
     }
 
     /// Sockets the association opened: its relay socket and one or two
     /// outbound ones.
-    pub fn sockets(&self) -> usize {
+    pub(crate) fn sockets(&self) -> usize {
         1 + usize::from(self.assoc.out_v4.is_some()) + usize::from(self.assoc.out_v6.is_some())
     }
 
     /// Wraps and unwraps every datagram to and from the client with the
     /// GSSAPI context (after the reply that went out under it).
-    pub fn protect(&mut self, protection: Protection) {
+    pub(crate) fn protect(&mut self, protection: Protection) {
         self.assoc.protection = Some(RefCell::new(protection));
     }
 }
 
 /// Opens the association's sockets on this core.
-pub fn prepare<'a>(
+pub(crate) fn prepare<'a>(
     table: &'a UdpTable,
     egress: Egress<'a>,
     control: &Stream,
@@ -656,7 +656,7 @@ pub fn prepare<'a>(
 /// idles out, or a socket fails. Sockets wait on `events` (the core's
 /// ring) when there is one. Sockets and the table slot are freed on
 /// return.
-pub async fn serve(
+pub(crate) async fn serve(
     prepared: Prepared<'_>,
     mut control: Stream,
     idle_timeout: Duration,

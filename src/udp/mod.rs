@@ -19,18 +19,18 @@
 
 mod association;
 
-pub use association::{prepare, serve, Egress, SetupError};
+pub(crate) use association::{prepare, serve, Egress, SetupError};
 
 use std::cell::{Cell, RefCell};
 
 /// Largest UDP payload on IPv6 loopback (65535 - 8); IPv4 allows 28 less.
-pub const MAX_DATAGRAM: usize = 65_527;
+pub(crate) const MAX_DATAGRAM: usize = 65_527;
 /// Longest RFC 1928 UDP header we write (IPv6: RSV 2 + FRAG 1 + ATYP 1 +
 /// 16 + PORT 2).
-pub const MAX_HEADER: usize = 22;
+pub(crate) const MAX_HEADER: usize = 22;
 
 /// Per-core UDP state: the association count and the receive batch.
-pub struct UdpTable {
+pub(crate) struct UdpTable {
     live: Cell<usize>,
     pub max_associations: usize,
     pub max_targets: usize,
@@ -40,7 +40,7 @@ pub struct UdpTable {
 }
 
 impl UdpTable {
-    pub fn new(max_associations: usize, max_targets: usize) -> UdpTable {
+    pub(crate) fn new(max_associations: usize, max_targets: usize) -> UdpTable {
         UdpTable {
             live: Cell::new(0),
             max_associations,
@@ -49,7 +49,7 @@ impl UdpTable {
         }
     }
 
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.live.get()
     }
 
