@@ -82,6 +82,13 @@ echo "== run --balancer nft"
 run_script 0 run --balancer nft
 check "summary line printed" grep -q '^summary: balancer=nft ' "$OUT"
 check "loop had zero failures" test "$(field '^summary:' failures)" = 0
+if [[ "$(field '^summary:' failures)" != 0 ]]; then
+  # The next run clears these logs: show what they say about the failure.
+  for f in "$CS_LB_DIR"/*.log; do
+    echo "     --- $(basename "$f"): warnings and errors"
+    grep -iE 'warn|error|refus|reset' "$f" | tail -20 | sed 's/^/     /' || true
+  done
+fi
 check "loop completed connections" test "$(field '^summary:' connections)" -gt 0
 for n in a b; do
   acc=$(field "^instance $n " accepted)
