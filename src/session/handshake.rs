@@ -219,13 +219,13 @@ impl Authenticated {
     /// plaintext after it is early data.
     async fn read_request(mut self) -> (Requested, Result<Request, SessionError>) {
         let (request, early) = match &mut self.login.protection {
-            Some(p) => match self.wire.next::<GssMessage>().await {
-                Ok(m) => match gssapi_method::open_request(p, m) {
+            Some(p) => {
+                let sealed = self.wire.next::<GssMessage>().await;
+                match sealed.and_then(|m| gssapi_method::open_request(p, m)) {
                     Ok((request, early)) => (Ok(request), early),
                     Err(e) => (Err(e), Vec::new()),
-                },
-                Err(e) => (Err(e), Vec::new()),
-            },
+                }
+            }
             None => (self.wire.next::<Request>().await, Vec::new()),
         };
         (Requested::new(self.wire, self.login, early), request)
