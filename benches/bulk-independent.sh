@@ -15,8 +15,10 @@
 # and the proxy's CPU seconds (user + system, from /proc) per GiB moved.
 #
 # Env: ROUNDS (3), SIZE_MIB (2048, the curl file), IPERF_SECS (4),
-#      PROXY_CPU (1), LOAD_CPU (0), OUT (bench-out), JSON=FILE (also write
-#      the medians as JSON).
+#      PROXY_CPU (1), LOAD_CPU (0), JSON=FILE (also write the medians as
+#      JSON). The served file, nginx's and proxychains4's configuration and
+#      the raw outputs live in a scratch directory removed at exit (the file
+#      alone is SIZE_MIB), so a results directory never holds them.
 # Needs curl, nginx, iperf3, proxychains4 (Debian packages of those names).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,9 +27,6 @@ SIZE_MIB=${SIZE_MIB:-2048}
 IPERF_SECS=${IPERF_SECS:-4}
 PROXY_CPU=${PROXY_CPU:-1}
 LOAD_CPU=${LOAD_CPU:-0}
-OUT=${OUT:-bench-out}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
 for tool in curl nginx iperf3 proxychains4; do
   command -v "$tool" >/dev/null || {
     echo "bulk-independent: $tool not found (apt-get install curl nginx iperf3 proxychains4)" >&2
@@ -39,20 +38,30 @@ variants=("$@")
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+work=$(mktemp -d "${TMPDIR:-/tmp}/bulk-independent.XXXXXX")
+chmod 755 "$work" # nginx's worker runs as another user
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  # What a proxy or nginx complained of is all that outlives the scratch.
+  for f in "$work"/*.log "$work"/nginx.err; do
+    [ -s "$f" ] && { echo "--- $(basename "$f")" && cat "$f"; } >&2
+  done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
-# nginx serving one file of SIZE_MIB from a tmpfs-backed directory.
-web=$OUT/bulk-www
+# nginx serving one file of SIZE_MIB.
+web=$work/www
 mkdir -p "$web"
 [ "$(stat -c %s "$web/big" 2>/dev/null || echo 0)" = $((SIZE_MIB << 20)) ] ||
   head -c $((SIZE_MIB << 20)) /dev/zero >"$web/big"
 nginx_port=$(free_port)
-cat >"$OUT/bulk-nginx.conf" <<CONF
+cat >"$work/nginx.conf" <<CONF
 daemon off;
 worker_processes 1;
-pid $OUT/bulk-nginx.pid;
-error_log $OUT/bulk-nginx.err;
+pid $work/nginx.pid;
+error_log $work/nginx.err;
 events { worker_connections 64; }
 http {
   access_log off;
@@ -61,7 +70,7 @@ http {
   server { listen 127.0.0.1:$nginx_port; root $web; }
 }
 CONF
-taskset -c "$LOAD_CPU" nginx -c "$OUT/bulk-nginx.conf" -p "$OUT" &
+taskset -c "$LOAD_CPU" nginx -c "$work/nginx.conf" -p "$work" &
 pids+=($!)
 iperf_port=$(free_port)
 taskset -c "$LOAD_CPU" iperf3 -s -B 127.0.0.1 -p "$iperf_port" >/dev/null 2>&1 &
@@ -75,7 +84,7 @@ for v in "${variants[@]}"; do
   port=$(free_port)
   # shellcheck disable=SC2086 # the command and its flags are meant to split
   taskset -c "$PROXY_CPU" ${v#*=} --listen "127.0.0.1:$port" --cores 1 --allow 127.0.0.0/8 \
-    --access-log off --log-level warn 2>"$OUT/bulk-$name.log" &
+    --access-log off --log-level warn 2>"$work/$name.log" &
   vpid[$name]=$!
   vport[$name]=$port
   pids+=($!)
@@ -94,27 +103,31 @@ measure() { # tool name
     curl)
       local proxy=()
       [ -n "$pid" ] && proxy=(--socks5-hostname "127.0.0.1:${vport[$name]}")
-      read -r bytes secs < <(taskset -c "$LOAD_CPU" curl -s -o /dev/null "${proxy[@]}" \
-        -w '%{size_download} %{time_total}\n' "http://127.0.0.1:$nginx_port/big")
+      read -r bytes secs < <(taskset -c "$LOAD_CPU" curl -sf -o /dev/null "${proxy[@]}" \
+        -w '%{size_download} %{time_total}\n' "http://127.0.0.1:$nginx_port/big" || echo 0 0)
+      [ "$bytes" = $((SIZE_MIB << 20)) ] || {
+        echo "bulk-independent: curl through $name got $bytes of $((SIZE_MIB << 20)) bytes" >&2
+        exit 1
+      }
       gbits=$(awk -v b="$bytes" -v s="$secs" 'BEGIN { printf "%.2f", b * 8 / s / 1e9 }')
       ;;
     iperf3)
       local pre=()
       if [ -n "$pid" ]; then
-        cat >"$OUT/bulk-proxychains.conf" <<CONF
+        cat >"$work/proxychains.conf" <<CONF
 strict_chain
 quiet_mode
 [ProxyList]
 socks5 127.0.0.1 ${vport[$name]}
 CONF
-        pre=(proxychains4 -q -f "$OUT/bulk-proxychains.conf")
+        pre=(proxychains4 -q -f "$work/proxychains.conf")
       fi
       taskset -c "$LOAD_CPU" "${pre[@]}" iperf3 -c 127.0.0.1 -p "$iperf_port" -R -t "$IPERF_SECS" \
-        -J >"$OUT/bulk-iperf.out"
+        -J >"$work/iperf.json"
       read -r gbits bytes < <(python3 -c '
 import json, sys
 e = json.load(open(sys.argv[1]))["end"]["sum_received"]
-print("%.2f %d" % (e["bits_per_second"] / 1e9, e["bytes"]))' "$OUT/bulk-iperf.out")
+print("%.2f %d" % (e["bits_per_second"] / 1e9, e["bytes"]))' "$work/iperf.json")
       ;;
   esac
   if [ -n "$pid" ]; then
@@ -127,7 +140,8 @@ print("%.2f %d" % (e["bits_per_second"] / 1e9, e["bytes"]))' "$OUT/bulk-iperf.ou
 }
 
 # One fetch first, so that every measured round reads a warm page cache.
-curl -s -o /dev/null "http://127.0.0.1:$nginx_port/big"
+curl -sf -o /dev/null "http://127.0.0.1:$nginx_port/big" ||
+  { echo "bulk-independent: nginx does not serve the file" >&2 && exit 1; }
 
 names=(direct)
 for v in "${variants[@]}"; do names+=("${v%%=*}"); done
